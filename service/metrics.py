@@ -1,0 +1,60 @@
+"""Prometheus metrics, defined once so every module counts into the same series.
+
+Label values are bounded sets (event types Marathon defines, a few reasons and results, agent
+hosts); task and app ids never become labels, so a busy cluster cannot blow up cardinality.
+Each registrar process gets its own registry (`Metrics()`), which keeps tests and the benchmark's
+in-process runs independent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "mcr_"
+        self.events_received = Counter(p + "events_received_total", "Marathon events received, by type",
+                                       ["type"], registry=r)
+        self.events_rejected = Counter(p + "events_rejected_total", "Callback bodies rejected, by reason",
+                                       ["reason"], registry=r)
+        self.events_ignored = Counter(p + "events_ignored_total", "Events of types the registrar ignores",
+                                      registry=r)
+        self.registrations = Counter(p + "registrations_total", "Consul service registrations, by result",
+                                     ["result"], registry=r)
+        self.deregistrations = Counter(p + "deregistrations_total", "Consul deregistrations, by result",
+                                       ["result"], registry=r)
+        self.skips = Counter(p + "tasks_skipped_total", "Tasks left unregistered, by reason", ["reason"],
+                             registry=r)
+        self.docker_latency = Histogram(p + "docker_request_seconds", "Docker Engine API call latency",
+                                        ["call"], buckets=LATENCY_BUCKETS, registry=r)
+        self.consul_latency = Histogram(p + "consul_request_seconds", "Consul agent API call latency",
+                                        ["call"], buckets=LATENCY_BUCKETS, registry=r)
+        self.marathon_latency = Histogram(p + "marathon_request_seconds", "Marathon REST call latency",
+                                          ["call"], buckets=LATENCY_BUCKETS, registry=r)
+        self.event_to_registration = Histogram(
+            p + "event_to_registration_seconds",
+            "From receiving a task event to the Consul write it caused", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(p + "work_queue_depth", "Keys waiting for a worker", registry=r)
+        self.in_flight = Gauge(p + "work_in_flight", "Keys being worked on", registry=r)
+        self.retries = Counter(p + "retries_total", "Retried outside calls, by system", ["system"],
+                               registry=r)
+        self.managed = Gauge(p + "managed_registrations", "Registrations the registrar holds in Consul",
+                             registry=r)
+        self.resync_duration = Histogram(p + "resync_duration_seconds", "Full resync duration",
+                                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60), registry=r)
+        self.resyncs = Counter(p + "resyncs_total", "Full resyncs, by result", ["result"], registry=r)
+        self.drift = Counter(p + "drift_found_total", "Drift found, by kind (missing, orphan, drifted)",
+                             ["kind"], registry=r)
+        self.repairs = Counter(p + "repairs_total", "Drift repairs, by result", ["result"], registry=r)
+        self.event_source_connected = Gauge(p + "event_source_connected",
+                                            "1 while the Marathon event source is attached", registry=r)
+        self.reconnects = Counter(p + "event_source_reconnects_total", "Event stream reconnects", registry=r)
+        self.subscription = Gauge(p + "callback_subscribed",
+                                  "1 while our callback URL is subscribed in Marathon", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

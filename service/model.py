@@ -1,0 +1,205 @@
+"""The registrar's vocabulary: immutable values that cross module boundaries.
+
+Marathon JSON, Docker JSON and Consul JSON are parsed into these at the edges, so the pure core
+(`naming`, `desired`) and the reconciler never touch raw payloads of three systems with three
+versions' worth of shapes. Everything here is hashable and comparable, which is what makes
+"desired == actual, so write nothing" a plain equality test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MANAGED_BY = "marathon-consul-registrar"
+
+
+class AddressMode(StrEnum):
+    AUTO = "auto"
+    OVERLAY = "overlay"
+    HOST = "host"
+
+
+class Naming(StrEnum):
+    DNS = "dns"
+    FLAT = "flat"
+
+
+class NetworkMode(StrEnum):
+    BRIDGE = "BRIDGE"
+    HOST = "HOST"
+    USER = "USER"  # 1.4 USER / 1.5+ `container` networks
+
+
+# Mesos task states after which the task is gone (plus TASK_KILLING, which means "going away").
+TERMINAL_STATES = frozenset(
+    {
+        "TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED",
+        "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNREACHABLE", "TASK_UNKNOWN",
+    }
+)
+GOING_AWAY_STATES = TERMINAL_STATES | {"TASK_KILLING"}
+
+
+@dataclass(frozen=True, slots=True)
+class PortMapping:
+    """One port of an app: `container_port` is what the service listens on inside its container
+    (the overlay port); `host_port` is the port Marathon asked for on the host (0 = any, None = no
+    host port at all, e.g. a USER-network mapping without hostPort). The task's actual host port
+    comes from `Task.ports`, by index."""
+
+    container_port: int
+    host_port: int | None = 0
+    name: str | None = None
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A Marathon app health check, normalised across versions (defaults from marathon.md §5.4)."""
+
+    protocol: str = "HTTP"  # HTTP HTTPS TCP COMMAND MESOS_HTTP MESOS_HTTPS MESOS_TCP
+    path: str = "/"
+    port_index: int = 0
+    port: int | None = None  # a fixed port wins over port_index
+    interval_seconds: int = 60
+    timeout_seconds: int = 20
+    grace_period_seconds: int = 300
+    max_consecutive_failures: int = 3
+    command: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """What the registrar needs of a Marathon app definition, whatever the Marathon version."""
+
+    id: str  # "/web/customer1/site1"
+    version: str = ""
+    network_mode: NetworkMode = NetworkMode.BRIDGE
+    port_mappings: tuple[PortMapping, ...] = ()
+    health_checks: tuple[HealthCheck, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A Marathon task as the REST API or a status_update_event reports it."""
+
+    id: str
+    app_id: str
+    host: str
+    state: str = "TASK_RUNNING"
+    ports: tuple[int, ...] = ()  # host ports by port index
+    ip_addresses: tuple[str, ...] = ()
+    app_version: str = ""
+    # Marathon's view of each health check by index: True alive, False failing, None unknown yet
+    health: tuple[bool | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A task's container on its slave: which networks gave it which IP."""
+
+    id: str
+    task_id: str
+    network_ips: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4, empties dropped
+    running: bool = True
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.task_id))
+
+    def overlay_ip(self, networks: tuple[str, ...]) -> str | None:
+        """The first non-empty IP among `networks`, in the operator's order (DESIGN §2.7)."""
+        for name in networks:
+            ip = self.network_ips.get(name)
+            if ip:
+                return ip
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulCheck:
+    """A Consul check attached to a registration. Exactly one of http/tcp/ttl is set."""
+
+    check_id: str
+    name: str
+    http: str | None = None
+    tcp: str | None = None
+    ttl: str | None = None
+    interval: str | None = None  # Go duration string, e.g. "10s"
+    timeout: str | None = None
+    tls_skip_verify: bool = False
+    notes: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.http else "tcp" if self.tcp else "ttl"
+
+    def to_consul(self) -> dict[str, object]:
+        body: dict[str, object] = {"CheckID": self.check_id, "Name": self.name}
+        if self.http:
+            body["HTTP"] = self.http
+        if self.tcp:
+            body["TCP"] = self.tcp
+        if self.ttl:
+            body["TTL"] = self.ttl
+        if self.interval:
+            body["Interval"] = self.interval
+        if self.timeout:
+            body["Timeout"] = self.timeout
+        if self.tls_skip_verify:
+            body["TLSSkipVerify"] = True
+        if self.notes:
+            body["Notes"] = self.notes
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One Consul service instance the registrar wants on the agent of `agent_host`."""
+
+    agent_host: str
+    service_id: str
+    name: str
+    tags: tuple[str, ...]
+    address: str
+    port: int
+    meta: tuple[tuple[str, str], ...]  # sorted pairs, so equality ignores order
+    checks: tuple[ConsulCheck, ...] = ()
+
+    @property
+    def meta_dict(self) -> dict[str, str]:
+        return dict(self.meta)
+
+    @property
+    def task_id(self) -> str:
+        return self.meta_dict.get("marathon-task-id", "")
+
+    def to_consul(self) -> dict[str, object]:
+        """The body of PUT /v1/agent/service/register."""
+        body: dict[str, object] = {
+            "ID": self.service_id,
+            "Name": self.name,
+            "Tags": list(self.tags),
+            "Address": self.address,
+            "Port": self.port,
+            "Meta": self.meta_dict,
+        }
+        if self.checks:
+            body["Checks"] = [c.to_consul() for c in self.checks]
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Why a task gets no registration now (logged and counted, never silent)."""
+
+    task_id: str
+    reason: str  # a short, bounded metric label value: "no-overlay-ip", "register-false", ...
+    detail: str = ""
+    retry: bool = False  # True: the answer may change (e.g. container not up yet); try again later
