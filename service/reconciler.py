@@ -1,0 +1,530 @@
+"""Converge Consul to Marathon + Docker: the work queue, per-app workers, and the full resync.
+
+Concurrency model (after kopf's queueing): events are hints, never instructions (DESIGN §2.1).
+A hint marks an *app* as dirty, optionally narrowed to some of its tasks; hints for an app that is
+already queued coalesce into one batch, so a deployment's burst of status updates costs one
+Marathon read per app, one container listing per slave and one Consul read per agent. An app is
+worked on by at most one worker at a time (per-key serial, so two writes for one task never race);
+different apps run concurrently up to `workers`. Inside a batch, Consul writes for different tasks
+run concurrently, bounded by `write_concurrency`.
+
+A failed batch goes back into the queue after a capped exponential back-off with jitter, merged
+with whatever hints arrived meanwhile; after `max_attempts` it is left to the next resync, which
+re-derives everything from scratch, so nothing is dropped for good.
+
+The resync reads the whole desired state (`GET /v2/apps?embed=apps.tasks`) and everything we own
+on every agent, and reports missing / orphan / drifted registrations. Repairs are not applied from
+that bulk snapshot (a task may have started between the two reads): each app with drift is
+reconciled again through the same per-app lock as event work, from a fresh read of that app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from service.consul_registry import AgentClient, ConsulAgents, ConsulError, OwnedService
+from service.desired import desired_registrations
+from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.marathon.client import MarathonClient
+from service.marathon.events import AppEvent, HealthEvent, TaskEvent
+from service.metrics import Metrics
+from service.model import (
+    GOING_AWAY_STATES,
+    AddressMode,
+    App,
+    ConsulCheck,
+    Container,
+    Naming,
+    Registration,
+    Skip,
+    Task,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    naming: Naming = Naming.DNS
+    address_mode: AddressMode = AddressMode.AUTO
+    networks: tuple[str, ...] = ("weave", "bridge")
+    workers: int = 16
+    write_concurrency: int = 64
+    max_attempts: int = 8
+    backoff_initial: float = 0.2
+    backoff_max: float = 15.0
+
+
+@dataclass
+class Batch:
+    """What is known to be dirty for one app. `task_ids is None` means the whole app."""
+
+    task_ids: set[str] | None = field(default_factory=set)
+    hosts: set[str] = field(default_factory=set)
+    received: dict[str, float] = field(default_factory=dict)  # task id -> first event time (latency)
+    attempts: int = 0
+
+    def merge(self, other: Batch) -> None:
+        if self.task_ids is None or other.task_ids is None:
+            self.task_ids = None
+        else:
+            self.task_ids |= other.task_ids
+        self.hosts |= other.hosts
+        for tid, t in other.received.items():
+            self.received[tid] = min(t, self.received.get(tid, t))
+        self.attempts = max(self.attempts, other.attempts)
+
+
+class RetryLater(Exception):
+    """Some tasks of a batch could not be settled yet (container not up, agent down)."""
+
+    def __init__(self, message: str, remaining: Batch) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
+@dataclass
+class Drift:
+    """What a resync found, per agent URL."""
+
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    orphan: dict[str, list[str]] = field(default_factory=dict)
+    drifted: dict[str, list[str]] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)  # agent -> error
+    skipped: dict[str, str] = field(default_factory=dict)  # task id -> reason
+    apps_to_repair: set[str] = field(default_factory=set)
+
+    def add(self, kind: str, agent: str, service_id: str, app_id: str) -> None:
+        getattr(self, kind).setdefault(agent, []).append(service_id)
+        self.apps_to_repair.add(app_id)
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(len(v) for v in getattr(self, k).values()) for k in ("missing", "orphan", "drifted")}
+
+    def as_dict(self) -> dict[str, object]:
+        return {"missing": self.missing, "orphan": self.orphan, "drifted": self.drifted,
+                "unreachable_agents": self.unreachable, "skipped_tasks": self.skipped, "counts": self.counts()}
+
+
+class Reconciler:
+    def __init__(self, *, marathon: MarathonClient, lookup: ContainerLookup, agents: ConsulAgents,
+                 metrics: Metrics, settings: ReconcileSettings | None = None) -> None:
+        self.marathon = marathon
+        self.lookup = lookup
+        self.agents = agents
+        self.metrics = metrics
+        self.settings = settings or ReconcileSettings()
+        self._pending: dict[str, Batch] = {}
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
+        self._delayed: set[asyncio.TimerHandle] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._write_slots = asyncio.Semaphore(self.settings.write_concurrency)
+        self._workers: list[asyncio.Task[None]] = []
+        self._app_cache: dict[tuple[str, str], App] = {}
+        self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
+        self._managed: dict[str, Registration] = {}  # service id -> what we last saw/wrote
+        self._failing: dict[str, str] = {}  # app id -> last error, while retrying
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._logged_rewrites: set[str] = set()
+        self.resync_count = 0
+        self.last_resync: dict[str, object] | None = None
+
+    # ------------------------------------------------------------------ intake
+    def hint_task(self, event: TaskEvent, received_at: float | None = None) -> None:
+        now = received_at if received_at is not None else time.monotonic()
+        self._enqueue(event.app_id, Batch(task_ids={event.task_id}, hosts={event.host} if event.host else set(),
+                                          received={event.task_id: now}))
+
+    def hint_app(self, app_id: str) -> None:
+        self._app_cache = {k: v for k, v in self._app_cache.items() if k[0] != app_id}
+        self._enqueue(app_id, Batch(task_ids=None))
+
+    def hint(self, event: TaskEvent | AppEvent | HealthEvent, received_at: float | None = None) -> None:
+        if isinstance(event, TaskEvent):
+            self.hint_task(event, received_at)
+        elif isinstance(event, AppEvent):
+            for app_id in event.app_ids:
+                self.hint_app(app_id)
+        elif isinstance(event, HealthEvent):
+            self._enqueue(event.app_id, Batch(task_ids=None))
+
+    def _enqueue(self, app_id: str, batch: Batch) -> None:
+        current = self._pending.get(app_id)
+        if current is None:
+            self._pending[app_id] = batch
+        else:
+            current.merge(batch)
+        if app_id not in self._running and app_id not in self._queued:
+            self._queued.add(app_id)
+            self._ready.put_nowait(app_id)
+        self._idle.clear()
+        self.metrics.queue_depth.set(len(self._queued))
+
+    # ------------------------------------------------------------------ workers
+    def start(self) -> None:
+        for i in range(self.settings.workers):
+            self._workers.append(asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}"))
+
+    async def stop(self) -> None:
+        for handle in self._delayed:
+            handle.cancel()
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    async def wait_idle(self) -> None:
+        """Wait until no work is queued, running or waiting for a retry (tests, `sync`, bench)."""
+        await self._idle.wait()
+
+    def _check_idle(self) -> None:
+        if not self._pending and not self._running and not self._delayed:
+            self._idle.set()
+        self.metrics.queue_depth.set(len(self._queued))
+        self.metrics.in_flight.set(len(self._running))
+
+    async def _worker(self) -> None:
+        while True:
+            app_id = await self._ready.get()
+            self._queued.discard(app_id)
+            batch = self._pending.pop(app_id, None)
+            if batch is None:
+                continue
+            self._running.add(app_id)
+            self.metrics.queue_depth.set(len(self._queued))
+            self.metrics.in_flight.set(len(self._running))
+            try:
+                async with self._lock(app_id):
+                    await self.reconcile_app(app_id, batch)
+                self._failing.pop(app_id, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is retried, never lost
+                remaining = exc.remaining if isinstance(exc, RetryLater) else batch
+                self._retry_later(app_id, remaining, exc)
+            finally:
+                self._running.discard(app_id)
+                if app_id in self._pending and app_id not in self._queued:
+                    self._queued.add(app_id)
+                    self._ready.put_nowait(app_id)
+                self._check_idle()
+
+    def _retry_later(self, app_id: str, batch: Batch, exc: Exception) -> None:
+        batch.attempts += 1
+        self._failing[app_id] = str(exc)
+        if batch.attempts >= self.settings.max_attempts:
+            log.error("app %s: giving up after %d attempts, the next resync retries: %s", app_id, batch.attempts, exc)
+            return
+        delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (batch.attempts - 1))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        log.warning("app %s: %s; retry %d in %.2fs", app_id, exc, batch.attempts, delay)
+        self.metrics.retries.labels("reconcile").inc()
+
+        def fire() -> None:
+            self._delayed.discard(handle)
+            self._enqueue(app_id, batch)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._delayed.add(handle)
+
+    def _lock(self, app_id: str) -> asyncio.Lock:
+        lock = self._locks.get(app_id)
+        if lock is None:
+            lock = self._locks[app_id] = asyncio.Lock()
+        return lock
+
+    # ------------------------------------------------------------------ one app
+    async def _app_definition(self, app_id: str, tasks: list[Task]) -> App | None:
+        versions = {t.app_version for t in tasks} or {""}
+        cached = [self._app_cache.get((app_id, v)) for v in versions]
+        if all(cached) and len(cached) == 1:
+            return cached[0]
+        app = await self.marathon.app(app_id)
+        if app is not None:
+            self._app_cache[(app_id, app.version)] = app
+        return app
+
+    async def reconcile_app(self, app_id: str, batch: Batch) -> None:
+        """Make Consul hold exactly what Marathon's current view of `app_id` asks for, limited to the
+        batch's tasks unless the whole app is dirty."""
+        tasks = await self.marathon.app_tasks(app_id)
+        app = await self._app_definition(app_id, tasks) if tasks else None
+        tasks = tasks or []
+        if batch.task_ids is not None:
+            tasks = [t for t in tasks if t.id in batch.task_ids]
+        hosts = {t.host for t in tasks} | batch.hosts | self._locations.get(app_id, set())
+        owned, unreachable = await self._read_agents(hosts, app_id)
+        if batch.task_ids is not None:
+            owned = {k: v for k, v in owned.items() if v.registration.task_id in batch.task_ids}
+        desired, skips = await self._desired(app, tasks)
+        retry_tasks = {s.task_id for s in skips if s.retry}
+        # Registrations of a task we must retry stay as they are: we do not yet know their new truth.
+        owned = {k: v for k, v in owned.items() if v.registration.task_id not in retry_tasks}
+        await self._apply(app_id, desired, owned, batch, tasks)
+        if unreachable or retry_tasks:
+            remaining = Batch(task_ids=set(retry_tasks) if not unreachable else batch.task_ids,
+                              hosts=set(unreachable) | batch.hosts,
+                              received={k: v for k, v in batch.received.items()},
+                              attempts=batch.attempts)
+            reasons = [f"agent {h}: {e}" for h, e in unreachable.items()]
+            reasons += [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
+            raise RetryLater("; ".join(reasons)[:500], remaining)
+
+    async def _read_agents(self, hosts: Iterable[str], app_id: str | None
+                           ) -> tuple[dict[str, OwnedService], dict[str, str]]:
+        owned: dict[str, OwnedService] = {}
+        unreachable: dict[str, str] = {}
+        agents: dict[int, AgentClient] = {id(a): a for a in (self.agents.agent(h) for h in hosts)}
+
+        async def read(agent: AgentClient) -> None:
+            try:
+                owned.update(await agent.owned(app_id))
+            except ConsulError as exc:
+                unreachable[agent.host] = str(exc)
+
+        await asyncio.gather(*(read(a) for a in agents.values()))
+        return owned, unreachable
+
+    async def _container(self, task: Task) -> Container | Skip | None:
+        if self.settings.address_mode is AddressMode.HOST:
+            return None
+        try:
+            return await self.lookup.find(task.host, task.id)
+        except DockerLookupError as exc:
+            return Skip(task_id=task.id, reason="docker-unreachable", detail=str(exc), retry=True)
+
+    async def _desired(self, app: App | None, tasks: list[Task]) -> tuple[dict[str, Registration], list[Skip]]:
+        desired: dict[str, Registration] = {}
+        skips: list[Skip] = []
+        if app is None:
+            return desired, skips
+        running = [t for t in tasks if t.state not in GOING_AWAY_STATES and t.state == "TASK_RUNNING"]
+        containers = await asyncio.gather(*(self._container(t) for t in running))
+        for task, container in zip(running, containers, strict=True):
+            if isinstance(container, Skip):
+                skips.append(container)
+                continue
+            result = desired_registrations(app, task, container, naming=self.settings.naming,
+                                           address_mode=self.settings.address_mode, networks=self.settings.networks)
+            if isinstance(result, Skip):
+                skips.append(result)
+                self.metrics.skips.labels(result.reason).inc()
+                continue
+            for reg in result:
+                desired[reg.service_id] = reg
+        return desired, skips
+
+    async def _apply(self, app_id: str, desired: dict[str, Registration], owned: dict[str, OwnedService],
+                     batch: Batch, tasks: list[Task]) -> None:
+        health = {t.id: t.health for t in tasks}
+        jobs = []
+        for sid, reg in desired.items():
+            have = owned.get(sid)
+            if have is None or have.registration.agent_host != reg.agent_host or not have.matches(reg):
+                jobs.append(self._register(reg, batch.received.get(reg.task_id), health.get(reg.task_id, ()),
+                                           have))
+            else:
+                jobs.append(self._sync_ttl(reg, health.get(reg.task_id, ()), have))
+        for sid, have in owned.items():
+            if sid not in desired or desired[sid].agent_host != have.registration.agent_host:
+                jobs.append(self._deregister(have.registration))
+        if jobs:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        hosts = {r.agent_host for r in desired.values()}
+        if batch.task_ids is not None:
+            hosts |= self._locations.get(app_id, set())
+        self._locations[app_id] = hosts
+        if not hosts:
+            self._locations.pop(app_id, None)
+        self.metrics.managed.set(len(self._managed))
+
+    async def _register(self, reg: Registration, received: float | None, health: tuple[bool | None, ...],
+                        had: OwnedService | None) -> None:
+        agent = self.agents.agent(reg.agent_host)
+        async with self._write_slots:
+            try:
+                await agent.register(reg)
+            except ConsulError:
+                self.metrics.registrations.labels("error").inc()
+                raise
+        self.metrics.registrations.labels("updated" if had else "created").inc()
+        if received is not None:
+            self.metrics.event_to_registration.observe(time.monotonic() - received)
+        self._managed[reg.service_id] = reg
+        await self._sync_ttl(reg, health, None)
+
+    async def _sync_ttl(self, reg: Registration, health: tuple[bool | None, ...], have: OwnedService | None) -> None:
+        """Checks Consul cannot run (Marathon COMMAND checks) mirror Marathon's verdict as TTL checks."""
+        self._managed[reg.service_id] = reg
+        for check in reg.checks:
+            if not check.ttl:
+                continue
+            want, output = ttl_status(check, health)
+            if have is not None and have.check_status.get(check.check_id) == want:
+                continue
+            async with self._write_slots:
+                await self.agents.agent(reg.agent_host).set_ttl(check.check_id, want, output)
+
+    async def _deregister(self, reg: Registration) -> None:
+        async with self._write_slots:
+            try:
+                await self.agents.agent(reg.agent_host).deregister(reg.service_id)
+            except ConsulError:
+                self.metrics.deregistrations.labels("error").inc()
+                raise
+        self.metrics.deregistrations.labels("ok").inc()
+        self._managed.pop(reg.service_id, None)
+
+    # ------------------------------------------------------------------ resync
+    async def resync(self, *, dry_run: bool = False) -> Drift:
+        """Compare everything Marathon runs with everything we own in Consul; repair through the
+        per-app path unless `dry_run`. Returns what was found."""
+        started = time.perf_counter()
+        drift = Drift()
+        try:
+            apps = await self.marathon.apps_with_tasks()
+            tasks_by_app = {app.id: (app, tasks) for app, tasks in apps}
+            hosts = {t.host for _, tasks in apps for t in tasks}
+            for locs in self._locations.values():
+                hosts |= locs
+            hosts |= await self._catalog_hosts(hosts)
+            agents = await self._distinct_agents(hosts, drift)
+            owned: dict[str, OwnedService] = {}
+            owner_agent: dict[str, str] = {}
+            for agent, result in zip(agents, await asyncio.gather(*(a.owned() for a in agents),
+                                                                   return_exceptions=True), strict=True):
+                if isinstance(result, BaseException):
+                    drift.unreachable[agent.url] = str(result)
+                    continue
+                for sid, svc in result.items():
+                    owned[sid] = svc
+                    owner_agent[sid] = agent.url
+            desired: dict[str, Registration] = {}
+            health: dict[str, tuple[bool | None, ...]] = {}
+            for app, tasks in tasks_by_app.values():
+                regs, skips = await self._desired(app, tasks)
+                desired.update(regs)
+                health.update({t.id: t.health for t in tasks})
+                for s in skips:
+                    drift.skipped[s.task_id] = s.reason
+                    if s.retry:
+                        drift.apps_to_repair.add(app.id)
+            for sid, reg in desired.items():
+                have = owned.get(sid)
+                url = self.agents.agent(reg.agent_host).url
+                if have is None:
+                    if url not in drift.unreachable:
+                        drift.add("missing", url, sid, reg.meta_dict.get("marathon-app-id", ""))
+                elif have.registration.agent_host != reg.agent_host or not have.matches(reg) or \
+                        not _ttl_in_sync(reg, health.get(reg.task_id, ()), have):
+                    drift.add("drifted", url, sid, reg.meta_dict.get("marathon-app-id", ""))
+            for sid, have in owned.items():
+                if sid not in desired:
+                    drift.add("orphan", owner_agent[sid], sid, have.registration.meta_dict.get("marathon-app-id", ""))
+            # remember where each app's registrations are, so per-app work finds orphans on any agent
+            locations: dict[str, set[str]] = {}
+            for have in owned.values():
+                locations.setdefault(have.registration.meta_dict.get("marathon-app-id", ""), set()).add(
+                    have.registration.agent_host)
+            for app_id, hs in locations.items():
+                self._locations.setdefault(app_id, set()).update(hs)
+            self._managed = {sid: svc.registration for sid, svc in owned.items()}
+            for kind, n in drift.counts().items():
+                if n:
+                    self.metrics.drift.labels(kind).inc(n)
+            if not dry_run:
+                await self._repair(drift)
+            self.metrics.resyncs.labels("ok" if not drift.unreachable else "partial").inc()
+        except Exception:
+            self.metrics.resyncs.labels("error").inc()
+            raise
+        finally:
+            self.metrics.resync_duration.observe(time.perf_counter() - started)
+        self.resync_count += 1
+        self.last_resync = {"at": time.time(), "seconds": round(time.perf_counter() - started, 3),
+                            **drift.as_dict(), "dry_run": dry_run}
+        self.metrics.managed.set(len(self._managed))
+        return drift
+
+    async def _catalog_hosts(self, known: set[str]) -> set[str]:
+        """Agents of nodes with no task left may still hold our orphans: find them in the catalog."""
+        if not self.agents.per_host or not known:
+            return set()
+        for host in sorted(known):
+            try:
+                return set(await self.agents.agent(host).catalog_node_addresses())
+            except ConsulError as exc:
+                log.warning("catalog read via %s failed: %s", host, exc)
+        return set()
+
+    async def _distinct_agents(self, hosts: set[str], drift: Drift) -> list[AgentClient]:
+        """One client per real agent: a host name and an IP may lead to the same agent (node)."""
+        candidates = {a.url: a for a in (self.agents.agent(h) for h in hosts)}
+        names = await asyncio.gather(*(a.node_name() for a in candidates.values()), return_exceptions=True)
+        seen: dict[str, AgentClient] = {}
+        for agent, name in zip(candidates.values(), names, strict=True):
+            if isinstance(name, BaseException):
+                drift.unreachable[agent.url] = str(name)
+                continue
+            seen.setdefault(name, agent)
+        return list(seen.values())
+
+    async def _repair(self, drift: Drift) -> None:
+        slots = asyncio.Semaphore(self.settings.workers)
+
+        async def repair(app_id: str) -> None:
+            async with slots, self._lock(app_id):
+                try:
+                    await self.reconcile_app(app_id, Batch(task_ids=None))
+                    self.metrics.repairs.labels("ok").inc()
+                except Exception as exc:
+                    self.metrics.repairs.labels("error").inc()
+                    remaining = exc.remaining if isinstance(exc, RetryLater) else Batch(task_ids=None)
+                    self._retry_later(app_id, remaining, exc)
+
+        await asyncio.gather(*(repair(a) for a in sorted(drift.apps_to_repair)))
+
+    # ------------------------------------------------------------------ views
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "registrations": [
+                {"service_id": r.service_id, "agent": self.agents.url_for(r.agent_host), "name": r.name,
+                 "tags": list(r.tags), "address": r.address, "port": r.port, "meta": r.meta_dict,
+                 "checks": [c.to_consul() for c in r.checks]}
+                for r in sorted(self._managed.values(), key=lambda r: r.service_id)
+            ],
+            "queued_apps": sorted(self._pending),
+            "running_apps": sorted(self._running),
+            "retrying_apps": dict(sorted(self._failing.items())),
+            "resyncs": self.resync_count,
+            "last_resync": self.last_resync,
+        }
+
+
+def ttl_status(check: ConsulCheck, health: tuple[bool | None, ...]) -> tuple[str, str]:
+    """Marathon's verdict for the health check behind a TTL mirror check (id ends in its 1-based index)."""
+    try:
+        index = int(check.check_id.rsplit(":", 1)[1]) - 1
+    except (IndexError, ValueError):
+        index = -1
+    alive = health[index] if 0 <= index < len(health) else None
+    if alive is True:
+        return "passing", "Marathon reports this health check alive"
+    if alive is False:
+        return "critical", "Marathon reports this health check failing"
+    return "critical", "no result from Marathon for this health check yet"
+
+
+def _ttl_in_sync(reg: Registration, health: tuple[bool | None, ...], have: OwnedService) -> bool:
+    return all(have.check_status.get(c.check_id) == ttl_status(c, health)[0] for c in reg.checks if c.ttl)
