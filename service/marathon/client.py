@@ -1,0 +1,339 @@
+"""Marathon REST client: the few calls the registrar makes, against a cluster of Marathons.
+
+Why it looks like this:
+
+- **Several URLs, one in use.** `--marathon` lists every Marathon master. The client talks to one
+  of them (the *current* endpoint) and moves on to the next one on a connection error, a timeout or
+  a 5xx (a standby during leader election answers 503). With more than one URL it also asks
+  `GET /v2/leader` which master leads and prefers that one if it is in the list (DESIGN §2.8: use
+  the leader, move on when one is down); standbys proxy REST calls to the leader, so this saves a
+  hop rather than being needed for correctness. The question is asked lazily, once after start and
+  once after every failover.
+- **Bounded retries.** Transient failures (above) are retried with tenacity: a fixed number of
+  attempts (at least one per URL), exponential back-off with full jitter and a cap, every retry
+  counted in `mcr_retries_total{system="marathon"}`. Every attempt has its own total timeout and is
+  timed in `mcr_marathon_request_seconds{call=...}` (the call label is a fixed, bounded name).
+  Anything else (4xx, a 200 that is not JSON) is not retried and raises `MarathonError` carrying the
+  status and the body, because retrying a request Marathon rejected only delays the same answer.
+- **Credentials.** `http://user:password@host:8080` is split into a bare URL and an
+  `aiohttp.BasicAuth`; only the bare URL (user name at most) ever appears in logs and errors.
+- **Parsing elsewhere.** JSON becomes model types through the pure parsers of `parse.py`, so the
+  shapes of a dozen Marathon versions are handled (and unit-tested) in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from yarl import URL
+
+from service.marathon.parse import app_from_json, apps_from_json, task_from_json
+from service.metrics import Metrics
+from service.model import App, Task
+
+log = logging.getLogger(__name__)
+
+EventTransport = Literal["callback", "sse"]
+
+# Statuses that say "this master cannot answer now", not "your request is wrong".
+_TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+_BODY_IN_ERROR = 500  # characters of a response body kept in MarathonError
+
+
+class MarathonError(Exception):
+    """A Marathon call failed for good: a non-retryable answer, or retries exhausted.
+
+    `status` is the HTTP status (None when no master answered at all); `body` the start of the
+    response body, which is where Marathon explains itself (e.g. the 400 "http event callback
+    system is not running" of a Marathon without callbacks).
+    """
+
+    def __init__(self, method: str, url: str, status: int | None, body: str = "", reason: str = "") -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.body = body[:_BODY_IN_ERROR]
+        self.reason = reason
+        what = f"HTTP {status}" if status is not None else (reason or "no answer")
+        detail = f": {self.body}" if self.body else (f" ({reason})" if reason and status is not None else "")
+        super().__init__(f"Marathon {method} {url} -> {what}{detail}")
+
+
+class _Transient(Exception):
+    """An attempt failed in a way worth retrying on the next endpoint (internal)."""
+
+    def __init__(self, endpoint_index: int, status: int | None, body: str, reason: str) -> None:
+        super().__init__(reason)
+        self.endpoint_index = endpoint_index
+        self.status = status
+        self.body = body
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One Marathon master: its base URL without credentials, and the credentials apart."""
+
+    base: URL
+    auth: aiohttp.BasicAuth | None
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        u = URL(url.strip())
+        if not u.scheme or not u.host:
+            raise ValueError(f"not an absolute Marathon URL: {url.rsplit('@', 1)[-1]}")
+        auth = aiohttp.BasicAuth(u.user or "", u.password or "") if u.user is not None else None
+        return cls(base=u.with_user(None).with_query(None).with_fragment(None), auth=auth)
+
+    @property
+    def display(self) -> str:
+        """The URL as logs show it: never the password."""
+        return str(self.base)
+
+    @property
+    def host_port(self) -> tuple[str, int | None]:
+        return ((self.base.host or "").lower(), self.base.port)
+
+    def url(self, path: str) -> URL:
+        """`path` (starting with /) under the base URL, keeping a base path (Marathon behind a proxy)."""
+        return self.base.with_path(self.base.path.rstrip("/") + path)
+
+
+def app_path(app_id: str) -> str:
+    """`/web/customer1/site1` -> `/web/customer1/site1`, tolerant of a missing leading slash."""
+    return "/" + app_id.strip("/")
+
+
+class MarathonClient:
+    """Async client for the Marathon REST calls the registrar makes. Share one per process."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if isinstance(urls, str):  # a comma list straight from --marathon
+            urls = [u for u in urls.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("at least one Marathon URL is needed")
+        self.endpoints: tuple[Endpoint, ...] = tuple(Endpoint.parse(u) for u in urls)
+        self.session = session
+        self.metrics = metrics
+        self.timeout = timeout
+        # Every URL gets at least one try before a call gives up.
+        self._attempts = max(attempts, len(self.endpoints))
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._current = 0
+        self._leader_checked = len(self.endpoints) == 1  # nothing to choose between
+        self._leader_lock = asyncio.Lock()
+
+    # -- endpoint selection -------------------------------------------------------------------
+
+    @property
+    def current(self) -> Endpoint:
+        """The endpoint calls go to now (the leader when known and listed)."""
+        return self.endpoints[self._current]
+
+    @property
+    def current_index(self) -> int:
+        return self._current
+
+    def _failover(self, failed_index: int) -> None:
+        """Move past `failed_index`, unless a concurrent call already moved on."""
+        if len(self.endpoints) == 1 or self._current != failed_index:
+            return
+        self._current = (failed_index + 1) % len(self.endpoints)
+        self._leader_checked = False
+        log.warning("Marathon %s failed; switching to %s",
+                    self.endpoints[failed_index].display, self.current.display)
+
+    async def _ensure_leader(self) -> None:
+        if self._leader_checked:
+            return
+        async with self._leader_lock:
+            if self._leader_checked:
+                return
+            await self.find_leader()
+
+    async def find_leader(self) -> Endpoint | None:
+        """Ask the current master who leads; switch to that master if it is one of ours.
+
+        A transient failure raises `_Transient` (so the calling attempt fails over); "no leader"
+        (404) or a leader outside our list keeps the current endpoint, since any live master
+        proxies REST calls to the leader.
+        """
+        index = self._current
+        obj = await self._attempt("leader", "GET", "/v2/leader", index=index, ok_statuses=(404,))
+        self._leader_checked = True
+        leader = obj.get("leader") if isinstance(obj, dict) else None
+        if not isinstance(leader, str) or not leader:
+            return None
+        lu = URL(leader if "://" in leader else f"{self.current.base.scheme}://{leader}")
+        wanted = ((lu.host or "").lower(), lu.port)
+        for i, ep in enumerate(self.endpoints):
+            if ep.host_port == wanted:
+                if i != self._current:
+                    log.info("Marathon leader is %s; using it", ep.display)
+                    self._current = i
+                return ep
+        log.debug("Marathon leader %s is not among the configured URLs; staying on %s",
+                  leader, self.current.display)
+        return None
+
+    # -- the HTTP machinery ---------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        index: int,
+        params: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        ok_statuses: tuple[int, ...] = (),
+    ) -> Any:
+        """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses)."""
+        ep = self.endpoints[index]
+        url = ep.url(path)
+        started = time.monotonic()
+        try:
+            async with self.session.request(
+                method, url, params=params, headers=headers, data=data, auth=ep.auth,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
+            raise _Transient(index, None, "", f"{type(e).__name__}: {e}".rstrip(": ")) from e
+        finally:
+            self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
+        text = raw.decode("utf-8", errors="replace")
+        if status in _TRANSIENT_STATUSES:
+            raise _Transient(index, status, text, f"HTTP {status}")
+        if status in ok_statuses and not 200 <= status < 300:
+            return None
+        if not 200 <= status < 300:
+            raise MarathonError(method, str(url), status, text)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise MarathonError(method, str(url), status, text, reason=f"response is not JSON: {e}") from e
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.metrics.retries.labels("marathon").inc()
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("Marathon call failed (%s); retry %d of %d", exc, state.attempt_number,
+                 self._attempts - 1)
+
+    async def _call(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        ok_statuses: tuple[int, ...] = (),
+    ) -> Any:
+        """A request with leader preference, failover and bounded retries."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        await self._ensure_leader()
+                        return await self._attempt(call, method, path, index=self._current, params=params,
+                                                   headers=headers, data=data, ok_statuses=ok_statuses)
+                    except _Transient as t:
+                        self._failover(t.endpoint_index)
+                        raise
+        except _Transient as t:
+            url = str(self.endpoints[t.endpoint_index].url(path))
+            raise MarathonError(method, url, t.status, t.body,
+                                reason=f"gave up after {self._attempts} attempts: {t.reason}") from t
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """`GET /v2/info`: name, version, leader, and (≤ 1.4) the event subscriber config."""
+        obj = await self._call("info", "GET", "/v2/info")
+        return obj if isinstance(obj, dict) else {}
+
+    async def event_transport(self) -> EventTransport:
+        """`callback` when Marathon runs the http_callback subscriber (≤ 1.4, DESIGN §2.8), else `sse`."""
+        sub = (await self.info()).get("event_subscriber")
+        return "callback" if isinstance(sub, dict) and sub.get("type") == "http_callback" else "sse"
+
+    async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
+        """Every app with its tasks in one call: the resync's view of Marathon."""
+        obj = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")])
+        return apps_from_json(obj or {})
+
+    async def app(self, app_id: str) -> App | None:
+        """The app definition, or None when Marathon does not know the app (404)."""
+        obj = await self._call("app", "GET", "/v2/apps" + app_path(app_id), ok_statuses=(404,))
+        if obj is None:
+            return None
+        return app_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
+
+    async def app_tasks(self, app_id: str) -> list[Task] | None:
+        """The app's tasks, or None when Marathon does not know the app (404)."""
+        obj = await self._call("app_tasks", "GET", "/v2/apps" + app_path(app_id) + "/tasks",
+                               ok_statuses=(404,))
+        if obj is None:
+            return None
+        tasks = obj.get("tasks", []) if isinstance(obj, dict) else []
+        return [task_from_json(t, app_id=app_path(app_id)) for t in tasks or []]
+
+    async def subscriptions(self) -> list[str]:
+        """The callback URLs Marathon posts events to (≤ 1.4; 400 when callbacks are off)."""
+        obj = await self._call("subscriptions", "GET", "/v2/eventSubscriptions")
+        urls = obj.get("callbackUrls") if isinstance(obj, dict) else None
+        return [u for u in urls or [] if isinstance(u, str)]
+
+    # The resource is @Consumes(application/json): without the header Jersey may answer 415,
+    # even though the body is empty (marathon.md §1.2).
+    _JSON_EMPTY = {"Content-Type": "application/json"}
+
+    async def subscribe(self, callback_url: str) -> None:
+        """Add `callback_url` to Marathon's subscribers (idempotent: a repeat is a 200 no-op)."""
+        await self._call("subscribe", "POST", "/v2/eventSubscriptions",
+                         params=[("callbackUrl", callback_url)], headers=self._JSON_EMPTY, data=b"")
+
+    async def unsubscribe(self, callback_url: str) -> None:
+        """Remove `callback_url` from Marathon's subscribers (unknown URLs are a 200 too)."""
+        await self._call("unsubscribe", "DELETE", "/v2/eventSubscriptions",
+                         params=[("callbackUrl", callback_url)], headers=self._JSON_EMPTY, data=b"")

@@ -1,0 +1,323 @@
+"""Marathon's SSE event stream (`GET /v2/events`): a byte-level parser and a reconnecting reader.
+
+Why it looks like this:
+
+- **The parser is pure and incremental** (`SSEParser`): bytes in, `(event, data)` pairs out, no
+  I/O, so the framing rules are unit-tested chunk by chunk. It follows the WHATWG rules: lines end
+  at CR, LF or CRLF; an empty line dispatches the event; `:` lines are comments. Marathon's Jetty
+  writes `event: X\\r\\ndata: {json}\\r\\n\\r\\n`, and its keep-alive is a bare CR, flushed, then
+  a LF, flushed (marathon.md §2.2), so a CR ending one read and the LF starting the next must be
+  one line end, not two. Lines are decoded only once complete: CR and LF never occur inside a
+  UTF-8 sequence, so a character split across reads is never decoded half.
+- **The reader never gives up** (`EventStream.run`): Marathon closes every stream when its leader
+  steps down, closes slow consumers (1.8+), and a standby answers 302 to the leader (1.7+). Any
+  end of the stream (EOF, error, non-200) is followed by a reconnect with capped, fully jittered
+  exponential back-off, reset once a connection has stayed up for a while. There is no replay
+  (no `Last-Event-ID`), so every successful connect calls `on_connect()`, which is where the
+  caller schedules a full resync (DESIGN §2.1).
+- **Silence watchdog instead of a timeout.** The stream is endless, so there is no total timeout;
+  Jetty sends a heartbeat every 10 s, so no byte at all for 3 heartbeats means a dead peer (a
+  half-open TCP connection after a master vanished) and the stream is dropped and reconnected.
+- **Callbacks run on the reader's task**, in stream order, and must only enqueue: while they run
+  the stream is not read, and Marathon 1.8+ drops a consumer that falls behind. A failing
+  `on_event` is logged and the stream goes on; a failing `on_connect` drops the connection, so the
+  resync it should have scheduled is attempted again on the next connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from service.marathon.client import MarathonClient
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = "\ufeff"
+_MAX_REDIRECTS = 5
+ACCEPT = "text/event-stream"  # Jetty compares it with == : anything else is a 405 (marathon.md §2.1)
+
+
+class SSEError(Exception):
+    """The byte stream cannot be an SSE stream (e.g. a line longer than the parser accepts)."""
+
+
+class SSEParser:
+    """Incremental `text/event-stream` parser: feed bytes, get complete `(event, data)` pairs.
+
+    One parser per connection: an event cut off by the end of a connection is discarded, as the
+    spec says, so after a reconnect start from a fresh parser (or call `reset()`).
+    """
+
+    def __init__(self, *, max_line_bytes: int = 16 * 1024 * 1024) -> None:
+        self._max_line = max_line_bytes
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = b""
+        self._skip_lf = False  # the previous chunk ended in CR: a LF starting the next one is its pair
+        self._first_line = True
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        """Consume `chunk`; return the events it completed, in order."""
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[tuple[str, str]] = []
+        start = 0
+        for m in _LINE_END.finditer(buf):
+            self._line(buf[start:m.start()], events)
+            start = m.end()
+        if start and buf[start - 1:start] == b"\r":
+            self._skip_lf = True  # the match was a lone CR at the very end of the buffer
+        self._buf = buf[start:]
+        if len(self._buf) > self._max_line:
+            raise SSEError(f"SSE line longer than {self._max_line} bytes")
+        return events
+
+    def _line(self, raw: bytes, events: list[tuple[str, str]]) -> None:
+        line = raw.decode("utf-8", errors="replace")
+        if self._first_line:
+            self._first_line = False
+            line = line.removeprefix(_BOM)
+        if not line:
+            if self._data:
+                events.append((self._event or "message", "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
+        if line.startswith(":"):
+            return  # comment
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        # `id` and `retry` are not sent by Marathon and unusable without Last-Event-ID support;
+        # unknown fields are ignored, as the spec says.
+
+
+OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
+OnConnect = Callable[[], Awaitable[None] | None]
+
+
+class _StreamFailed(Exception):
+    """A connection attempt or a stream ended badly; `failover` says: try the next master."""
+
+    def __init__(self, message: str, *, failover: bool) -> None:
+        super().__init__(message)
+        self.failover = failover
+
+
+class EventStream:
+    """Reads Marathon's event stream forever, reconnecting, until `stop()`.
+
+    `on_event` gets each event's decoded JSON object (with `eventType` filled from the SSE event
+    name if the payload lacks it); `on_connect` is called after every successful (re)connect.
+    `event_types` filters server-side (Marathon ≥ 1.3.7); None means every event.
+    """
+
+    def __init__(
+        self,
+        client: MarathonClient,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        metrics: Metrics,
+        on_event: OnEvent,
+        on_connect: OnConnect,
+        event_types: Sequence[str] | None = None,
+        heartbeat_interval: float = 10.0,
+        backoff_initial: float = 0.5,
+        backoff_cap: float = 30.0,
+        stable_after: float | None = None,
+    ) -> None:
+        self.client = client
+        self.session = session or client.session
+        self.metrics = metrics
+        self.on_event = on_event
+        self.on_connect = on_connect
+        self.event_types = list(event_types) if event_types else []
+        self.silence_timeout = 3 * heartbeat_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_cap = backoff_cap
+        # A connection that outlived one silence window was healthy: the next back-off starts over.
+        self.stable_after = self.silence_timeout if stable_after is None else stable_after
+        self.connected = False
+        self.connects = 0  # successful connects so far (tests and /ready read it)
+        self._index = client.current_index
+        self._stop = asyncio.Event()
+        self._failures = 0
+        self._connected_at: float | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run()` to return; it does so promptly even mid-read or mid-back-off."""
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self.metrics.event_source_connected.set(1 if value else 0)
+
+    async def run(self) -> None:
+        """Connect, read, reconnect, until `stop()`. Cancelling the task also ends it, cleanly."""
+        self._stop.clear()
+        first = True
+        try:
+            while not self._stop.is_set():
+                if not first:
+                    self.metrics.reconnects.inc()
+                first = False
+                self._connected_at = None
+                # The connection runs in its own task so that stop() can cut a read short.
+                self._reader = asyncio.create_task(self._read_once())
+                try:
+                    await self._reader
+                    log.warning("Marathon event stream closed by %s; reconnecting", self._display)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if self._stop.is_set() and not (current and current.cancelling()):
+                        break  # our own stop(), not a cancellation of run()
+                    raise
+                except _StreamFailed as e:
+                    log.warning("Marathon event stream: %s", e)
+                    if e.failover:
+                        self._next_endpoint()
+                except (aiohttp.ClientError, TimeoutError, OSError, SSEError) as e:
+                    log.warning("Marathon event stream from %s failed: %s: %s",
+                                self._display, type(e).__name__, e)
+                    if self._connected_at is None:
+                        self._next_endpoint()  # could not even connect: try the next master
+                finally:
+                    self._reader = None
+                    self._set_connected(False)
+                if self._stop.is_set():
+                    break
+                if self._connected_at is not None and time.monotonic() - self._connected_at >= self.stable_after:
+                    self._failures = 0
+                await self._sleep(self._backoff())
+        finally:
+            self._set_connected(False)
+
+    def _backoff(self) -> float:
+        """Full jitter: uniform in [0, min(cap, initial * 2^failures)] (AWS architecture blog)."""
+        ceiling = min(self.backoff_cap, self.backoff_initial * (2 ** min(self._failures, 30)))
+        self._failures += 1
+        return random.uniform(0, ceiling)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    def _next_endpoint(self) -> None:
+        self._index = (self._index + 1) % len(self.client.endpoints)
+
+    @property
+    def _display(self) -> str:
+        return self.client.endpoints[self._index].display
+
+    # -- one connection --------------------------------------------------------------------------
+
+    def _params(self) -> list[tuple[str, str]]:
+        return [("plan-format", "light")] + [("event_type", t) for t in self.event_types]
+
+    async def _read_once(self) -> None:
+        """One connection, from request to end of stream."""
+        endpoint = self.client.endpoints[self._index]
+        url: URL = endpoint.url("/v2/events").with_query(self._params())
+        headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
+        # No total timeout: the stream is endless. The connect and the response head are bounded;
+        # the body is watched by the silence watchdog below.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.client.timeout, sock_read=None)
+        for _ in range(_MAX_REDIRECTS + 1):
+            async with asyncio.timeout(self.client.timeout):
+                resp = await self.session.get(url, headers=headers, auth=endpoint.auth, timeout=timeout,
+                                              allow_redirects=False)
+            async with resp:
+                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                    # Followed by hand: aiohttp drops credentials on a redirect to another host, and
+                    # the leader wants the same ones as the standby that sent us there.
+                    url = url.join(URL(resp.headers["Location"]))
+                    log.info("Marathon event stream: %s redirects to %s", self._display, url)
+                    continue
+                if resp.status != 200:
+                    body = (await resp.content.read(500)).decode("utf-8", errors="replace")
+                    hint = " (does Marathon see Accept: text/event-stream?)" if resp.status == 405 else ""
+                    raise _StreamFailed(f"{url} answered HTTP {resp.status}{hint}: {body}",
+                                        failover=resp.status >= 500)
+                if resp.content_type != ACCEPT:
+                    raise _StreamFailed(f"{url} answered 200 with Content-Type {resp.content_type!r}, "
+                                        "not an event stream", failover=True)
+                await self._consume(resp)
+                return
+        raise _StreamFailed(f"more than {_MAX_REDIRECTS} redirects from {self._display}", failover=True)
+
+    async def _consume(self, resp: aiohttp.ClientResponse) -> None:
+        self._connected_at = time.monotonic()
+        self._set_connected(True)
+        self.connects += 1
+        log.info("Marathon event stream attached to %s", resp.url.with_query(None))
+        try:
+            await _maybe_await(self.on_connect())
+        except Exception as e:
+            raise _StreamFailed(f"on_connect failed: {type(e).__name__}: {e}", failover=False) from e
+        parser = SSEParser()
+        while True:
+            try:
+                async with asyncio.timeout(self.silence_timeout):
+                    chunk = await resp.content.readany()
+            except TimeoutError:
+                raise _StreamFailed(f"no byte from {resp.url.with_query(None)} for "
+                                    f"{self.silence_timeout:g}s (3 heartbeats); dropping it",
+                                    failover=False) from None
+            if not chunk:
+                break  # EOF: the master closed the stream (leader change, slow consumer)
+            for name, data in parser.feed(chunk):
+                await self._dispatch(name, data)
+
+    async def _dispatch(self, name: str, data: str) -> None:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            self.metrics.events_rejected.labels("bad-json").inc()
+            log.warning("Marathon event %r with a data line that is not JSON: %.200s", name, data)
+            return
+        if not isinstance(obj, dict):
+            self.metrics.events_rejected.labels("not-an-event").inc()
+            log.warning("Marathon event %r whose data is not a JSON object: %.200s", name, data)
+            return
+        if name != "message":
+            obj.setdefault("eventType", name)
+        try:
+            await _maybe_await(self.on_event(obj))
+        except Exception:
+            log.exception("handling Marathon event %r failed; the next resync repairs what it missed", name)
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(result):
+        await result
