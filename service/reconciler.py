@@ -53,6 +53,7 @@ class ReconcileSettings:
     naming: Naming = Naming.DNS
     address_mode: AddressMode = AddressMode.AUTO
     networks: tuple[str, ...] = ("weave", "bridge")
+    health_checks: str = "consul"  # consul | marathon | both (which checks Consul runs itself)
     workers: int = 16
     write_concurrency: int = 64
     max_attempts: int = 8

@@ -1,0 +1,160 @@
+"""Operator-facing configuration: the `serve` options of DESIGN §3, each also read from MCR_<OPTION>.
+
+Precedence: command line, then `MCR_<OPTION>` env, then the default (which may itself come from the
+Marathon-provided env: `$HOST`, `$PORT0`, and Consul's `CONSUL_HTTP_TOKEN`). Validation happens
+here, once, so a bad value stops the process at start with one line naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.model import AddressMode, Naming
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message names the option and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Config:
+    marathon: tuple[str, ...]
+    events: str
+    listen_host: str
+    listen_port: int
+    callback_url: str | None
+    consul: str
+    consul_token: str | None
+    docker: str
+    networks: tuple[str, ...]
+    address_mode: AddressMode
+    naming: Naming
+    resync_interval: float
+    health_checks: str
+    workers: int
+    log_level: str
+
+
+# option -> (default, help); defaults that depend on the environment are computed in `_defaults`
+OPTIONS: dict[str, str] = {
+    "marathon": "Marathon URL(s), comma separated; user:password@ in a URL for basic auth",
+    "events": "event transport: auto (callbacks if /v2/info shows an http_callback subscriber, else SSE), "
+              "callback or sse",
+    "listen": "HOST:PORT of the registrar's HTTP server",
+    "callback-url": "URL Marathon posts events to (callback transport)",
+    "consul": "Consul agent URL template; {host} = the task's host",
+    "consul-token": "Consul ACL token",
+    "docker": "Docker Engine API URL template of each slave; {host} = the task's host",
+    "networks": "Docker networks whose IP is the overlay IP, in order of preference",
+    "address-mode": "without an overlay IP: auto = fall back to host:hostPort, overlay = wait, host = always host",
+    "naming": "naming strategy: dns (name = first path segment, tags = deeper levels) or flat",
+    "resync-interval": "seconds between full resyncs",
+    "health-checks": "which checks Consul runs: consul (translated Marathon checks), marathon (TTL checks "
+                     "mirroring Marathon's verdict) or both",
+    "workers": "apps reconciled concurrently",
+    "log-level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
+    port0 = env.get("PORT0")
+    host = env.get("HOST")
+    return {
+        "marathon": "http://127.0.0.1:8080",
+        "events": "auto",
+        "listen": f"0.0.0.0:{port0}" if port0 else "0.0.0.0:8000",
+        "callback-url": f"http://{host}:{port0}/v1/events" if host and port0 else None,
+        "consul": "http://{host}:8500",
+        "consul-token": env.get("CONSUL_HTTP_TOKEN"),
+        "docker": "tcp://{host}:2375",
+        "networks": "weave,bridge",
+        "address-mode": "auto",
+        "naming": "dns",
+        "resync-interval": "60",
+        "health-checks": "consul",
+        "workers": "16",
+        "log-level": "INFO",
+    }
+
+
+def env_name(option: str) -> str:
+    return "MCR_" + option.upper().replace("-", "_")
+
+
+def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    defaults = _defaults(env)
+    for option, help_text in OPTIONS.items():
+        default = env.get(env_name(option), defaults[option])
+        shown = "(none)" if default is None else ("***" if option == "consul-token" and default else default)
+        parser.add_argument(f"--{option}", default=default, metavar=option.split("-")[-1].upper(),
+                            help=f"{help_text} [env {env_name(option)}; default {shown}]")
+
+
+def _url(option: str, value: str, schemes: tuple[str, ...]) -> str:
+    parsed = urllib.parse.urlsplit(value.replace("{host}", "placeholder"))
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+        raise ConfigError(f"--{option}: {value!r} is not a {'/'.join(schemes)} URL")
+    return value
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"--{option}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _number(option: str, value: str, kind: type[int] | type[float], minimum: float) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"--{option}: {value!r} is not a number") from None
+    if number < minimum:
+        raise ConfigError(f"--{option}: {value} is below the minimum {minimum}")
+    return number
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    marathon = tuple(u.strip().rstrip("/") for u in str(args.marathon).split(",") if u.strip())
+    if not marathon:
+        raise ConfigError("--marathon: no URL given")
+    for url in marathon:
+        _url("marathon", url, ("http", "https"))
+    host, sep, port = str(args.listen).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen: {args.listen!r} is not HOST:PORT")
+    events = _choice("events", args.events, ("auto", "callback", "sse"))
+    callback_url = args.callback_url or None
+    if callback_url:
+        _url("callback-url", callback_url, ("http", "https"))
+    elif events == "callback":
+        raise ConfigError("--callback-url: required with --events callback (or run under Marathon with $HOST/$PORT0)")
+    networks = tuple(n.strip() for n in str(args.networks).split(",") if n.strip())
+    if not networks:
+        raise ConfigError("--networks: no network name given")
+    try:
+        address_mode = AddressMode(args.address_mode)
+    except ValueError:
+        raise ConfigError(f"--address-mode: {args.address_mode!r} is not one of auto, overlay, host") from None
+    try:
+        naming = Naming(args.naming)
+    except ValueError:
+        raise ConfigError(f"--naming: {args.naming!r} is not one of dns, flat") from None
+    level = str(args.log_level).upper()
+    _choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+    return Config(
+        marathon=marathon, events=events, listen_host=host or "0.0.0.0", listen_port=int(port),
+        callback_url=callback_url,
+        consul=_url("consul", args.consul, ("http", "https")),
+        consul_token=args.consul_token or None,
+        docker=_url("docker", args.docker, ("tcp", "http", "unix")),
+        networks=networks, address_mode=address_mode, naming=naming,
+        resync_interval=float(_number("resync-interval", args.resync_interval, float, 1.0)),
+        health_checks=_choice("health-checks", args.health_checks, ("consul", "marathon", "both")),
+        workers=int(_number("workers", args.workers, int, 1)),
+        log_level=level,
+    )

@@ -1,0 +1,91 @@
+"""The registrar's HTTP face: Marathon's callback endpoint plus health, readiness, metrics and state.
+
+The callback handler only parses, validates and queues (DESIGN §2.10): Marathon ≤ 1.4 puts a
+subscriber that answers slowly or with non-2xx into back-off and drops its events meanwhile, so
+the handler must never wait on Consul or Docker. Marathon posts JSON with `application/json`, but
+1.3.10+ sends `text/plain`; the body is parsed as JSON whatever the Content-Type says.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from service.intake import EventIntake
+from service.marathon.events import EventError
+from service.metrics import Metrics
+from service.reconciler import Reconciler
+
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # a heavy 1.4 deployment_info carries whole root groups
+
+
+@dataclass
+class Readiness:
+    """Why the registrar is not ready yet (DESIGN §3: event source attached, first resync done)."""
+
+    source_attached: bool = False
+    first_resync_done: bool = False
+    source_detail: str = "event source not attached yet"
+    notes: list[str] = field(default_factory=list)
+
+    def reasons(self) -> list[str]:
+        out = []
+        if not self.source_attached:
+            out.append(self.source_detail)
+        if not self.first_resync_done:
+            out.append("first resync not finished yet")
+        return out
+
+
+def _error(status: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"error": reason, "message": message}, status=status)
+
+
+def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, readiness: Readiness,
+             max_event_bytes: int = MAX_EVENT_BYTES) -> web.Application:
+    async def events(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > max_event_bytes:
+            metrics.events_rejected.labels("too-large").inc()
+            return _error(413, "too-large", f"event body of {request.content_length} bytes exceeds "
+                                            f"the limit of {max_event_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > max_event_bytes:
+                metrics.events_rejected.labels("too-large").inc()
+                return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
+        try:
+            obj = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            metrics.events_rejected.labels("not-json").inc()
+            return _error(400, "not-json", f"body is not JSON: {exc}")
+        try:
+            outcome = intake.accept(obj)
+        except EventError as exc:
+            return _error(400, exc.reason, str(exc))
+        return web.json_response({"status": outcome}, status=202 if outcome == "queued" else 200)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        reasons = readiness.reasons()
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def registrations(_: web.Request) -> web.Response:
+        return web.json_response(reconciler.snapshot())
+
+    app = web.Application(client_max_size=max_event_bytes + 1)
+    app.router.add_post("/v1/events", events)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/v1/registrations", registrations)
+    return app
