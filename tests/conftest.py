@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import ensure_world
 
+pytest_plugins = ["tests.registrar_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def world() -> None:

@@ -1,0 +1,187 @@
+"""Fixtures for tests that run the registrar as a real process against the test world."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from devcluster.__main__ import marathon_sim_argv
+from devcluster.topology import MARATHON_URL, SLAVES
+from tests.helpers import ROOT, Process, free_port, http, wait_for
+
+CONSUL = SLAVES[0].consul_url
+NODE_OF_HOST = {s.host: s.name for s in SLAVES}
+WEB_CMD = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def reset_consul() -> None:
+    status, body, _ = http("POST", f"{CONSUL}/_sim/reset")
+    assert status == 200, (status, body)
+
+
+def app_json(app_id: str, instances: int, version: str, *, health: bool = True, labels: dict | None = None,
+             network: str = "BRIDGE", cmd: str = WEB_CMD) -> dict:
+    """A busybox web app in the JSON shape of the given Marathon version."""
+    checks = [{"protocol": "HTTP" if version == "1.4" else "MESOS_HTTP", "path": "/", "portIndex": 0,
+               "intervalSeconds": 1, "timeoutSeconds": 1, "gracePeriodSeconds": 10, "maxConsecutiveFailures": 3}]
+    body: dict = {"id": app_id, "instances": instances, "cpus": 0.1, "mem": 32, "cmd": cmd,
+                  "labels": labels or {}, "healthChecks": checks if health else []}
+    mapping = {"containerPort": 80, "hostPort": 0, "protocol": "tcp", "name": "http"}
+    if version == "1.4":
+        body["container"] = {"type": "DOCKER", "docker": {"image": "local/busybox:1", "network": network,
+                                                          "portMappings": [mapping]}}
+    else:
+        mode = {"BRIDGE": "container/bridge", "HOST": "host"}.get(network, "container")
+        body["networks"] = [{"mode": mode}] if mode != "container" else [{"mode": mode, "name": "weave"}]
+        body["container"] = {"type": "DOCKER", "docker": {"image": "local/busybox:1"}, "portMappings": [mapping]}
+    return body
+
+
+@dataclass
+class Marathon:
+    url: str
+    version: str
+
+    def deploy(self, app_id: str, instances: int = 3, **kw: object) -> None:
+        status, body, _ = http("POST", f"{self.url}/v2/apps", app_json(app_id, instances, self.version, **kw))
+        assert status == 201, (status, body)
+
+    def scale(self, app_id: str, instances: int) -> None:
+        status, body, _ = http("PUT", f"{self.url}/v2/apps{app_id}", {"instances": instances})
+        assert status == 200, (status, body)
+
+    def delete(self, app_id: str) -> None:
+        status, body, _ = http("DELETE", f"{self.url}/v2/apps{app_id}")
+        assert status in (200, 404), (status, body)
+
+    def tasks(self, app_id: str) -> list[dict]:
+        status, body, _ = http("GET", f"{self.url}/v2/apps{app_id}/tasks")
+        if status == 404:
+            return []
+        assert status == 200, (status, body)
+        return body["tasks"]
+
+    def running(self, app_id: str) -> list[dict]:
+        return [t for t in self.tasks(app_id) if t.get("state") == "TASK_RUNNING"]
+
+    def apps(self) -> list[str]:
+        status, body, _ = http("GET", f"{self.url}/v2/apps")
+        assert status == 200, (status, body)
+        return [a["id"] for a in body["apps"]]
+
+    def delete_all(self) -> None:
+        for app_id in self.apps():
+            self.delete(app_id)
+        wait_for(lambda: not self.apps(), 30, what="all apps deleted")
+
+
+@dataclass
+class Registrar:
+    url: str
+    process: Process
+
+    def ready(self) -> bool:
+        return http("GET", f"{self.url}/ready")[0] == 200
+
+    def post_event(self, raw: bytes, content_type: str = "application/json") -> tuple[int, object]:
+        status, body, _ = http("POST", f"{self.url}/v1/events", raw=raw, headers={"Content-Type": content_type})
+        return status, body
+
+
+def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 3.0,
+                    extra: list[str] | None = None) -> Registrar:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}",
+            "--callback-url", f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
+            "--log-level", "DEBUG", *(extra or [])]
+    proc = Process(argv, f"registrar-{port}")
+    registrar = Registrar(url, proc)
+    try:
+        wait_for(lambda: not proc.alive() or registrar.ready(), 30, what="registrar /ready")
+    except AssertionError:
+        proc.stop()
+        raise AssertionError(f"registrar did not become ready:\n{proc.tail()}") from None
+    assert proc.alive(), f"registrar exited:\n{proc.tail()}"
+    return registrar
+
+
+def consul_instances(service: str, tag: str | None = None) -> list[dict]:
+    url = f"{CONSUL}/v1/health/service/{service}" + (f"?tag={tag}" if tag else "")
+    status, body, _ = http("GET", url)
+    assert status == 200, (status, body)
+    return body
+
+
+def managed_instances() -> list[dict]:
+    """Every service instance on every agent that carries the registrar's ownership Meta."""
+    out = []
+    for slave in SLAVES:
+        status, body, _ = http("GET", f"{slave.consul_url}/v1/agent/services")
+        assert status == 200, (status, body)
+        out += [dict(s, Agent=slave.host) for s in body.values()
+                if (s.get("Meta") or {}).get("managed-by") == "marathon-consul-registrar"]
+    return out
+
+
+def overlay_ip(task: dict) -> str:
+    """The task container's overlay IP, read straight from its slave's Docker engine."""
+    slave = next(s for s in SLAVES if s.host == task["host"])
+    client = docker.DockerClient(base_url=slave.docker_local_url)
+    try:
+        [c] = client.api.containers(filters={"label": f"MESOS_TASK_ID={task['id']}"})
+        return c["NetworkSettings"]["Networks"][slave.overlay_network]["IPAddress"]
+    finally:
+        client.close()
+
+
+def dig(name: str, rtype: str = "A") -> list[str]:
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", "8600", "+short", "+tries=1", "+time=2", name, rtype],
+                         capture_output=True, text=True, timeout=10)
+    return sorted(line for line in out.stdout.split() if line)
+
+
+@contextlib.contextmanager
+def marathon_sim(version: str) -> Iterator[Marathon]:
+    """The world's Marathon 1.10 simulator (SSE), or a Marathon 1.4 simulator (callbacks) of our own,
+    with no apps before and after, and an empty Consul before."""
+    reset_consul()
+    if version == "1.10":
+        m = Marathon(MARATHON_URL, "1.10")
+        m.delete_all()
+        yield m
+        m.delete_all()
+        return
+    port = free_port()
+    proc = Process(marathon_sim_argv("1.4", ("127.0.0.1", port)), f"marathon14-{port}")
+    m = Marathon(f"http://127.0.0.1:{port}", "1.4")
+    try:
+        wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what="marathon 1.4 simulator")
+        yield m
+        m.delete_all()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=["1.10", "1.4"])
+def marathon(request: pytest.FixtureRequest, world: None) -> Iterator[Marathon]:
+    with marathon_sim(request.param) as m:
+        yield m
+
+
+@pytest.fixture
+def marathon14(world: None) -> Iterator[Marathon]:
+    with marathon_sim("1.4") as m:
+        yield m
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=60)
