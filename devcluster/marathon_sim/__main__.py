@@ -1,0 +1,138 @@
+"""`python -m devcluster.marathon_sim`: run the Marathon simulator.
+
+    python -m devcluster.marathon_sim --listen 127.0.0.1:8080 --marathon-version 1.10 \\
+        --slave 127.0.0.2=unix:///var/lib/devcluster/s1.sock:bridge \\
+        --slave 127.0.0.3=unix:///var/lib/devcluster/s2.sock:weave
+
+Logs go to stderr. SIGTERM/SIGINT: remove every container this process launched, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+
+from aiohttp import web
+
+from devcluster.marathon_sim.bus import EventBus
+from devcluster.marathon_sim.callbacks import CallbackDispatcher
+from devcluster.marathon_sim.config import SimConfig, SlaveConfig, parse_version
+from devcluster.marathon_sim.http_api import Api
+from devcluster.marathon_sim.launcher import SIM_LABEL, SlaveDocker
+from devcluster.marathon_sim.scheduler import Scheduler
+from devcluster.marathon_sim.sse import EventStreams
+from devcluster.marathon_sim.state import Registry
+
+log = logging.getLogger("marathon_sim")
+
+
+def parse_args(argv: list[str] | None = None) -> SimConfig:
+    p = argparse.ArgumentParser(prog="python -m devcluster.marathon_sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the REST API (default %(default)s)")
+    p.add_argument("--marathon-version", default="1.10", help="1.4 .. 1.10 (default %(default)s)")
+    p.add_argument("--slave", action="append", default=[], metavar="HOST=DOCKER_URL:OVERLAY_NETWORK",
+                   help="a Mesos slave: its host, its Docker engine, its overlay's Docker network (repeat)")
+    p.add_argument("--heartbeat-interval", type=float, default=10.0,
+                   help="SSE heartbeat period in seconds (Jetty's default %(default)s)")
+    p.add_argument("--standby-of", metavar="URL", help="run as a standby of the leader at URL")
+    p.add_argument("--event-subscriber", choices=["http_callback"],
+                   help="accepted for symmetry with Marathon; callbacks are always on in 1.4 mode")
+    p.add_argument("--http-endpoints", default="", help="comma-separated callback URLs subscribed at start (1.4)")
+    p.add_argument("--http-event-request-timeout", type=float, default=10.0,
+                   help="callback request timeout in seconds (Marathon's http_event_request_timeout, 10 s)")
+    p.add_argument("--http-event-callback-slow-consumer-timeout", type=float, default=10.0,
+                   help="a 2xx callback answer slower than this counts as a failure (default 10 s)")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    try:
+        version = parse_version(a.marathon_version)
+        slaves = tuple(SlaveConfig.parse(s) for s in a.slave)
+    except ValueError as exc:
+        p.error(str(exc))
+    host, _, port = a.listen.rpartition(":")
+    if a.event_subscriber and version >= (1, 5):
+        p.error("--event-subscriber does not exist from Marathon 1.5 on")
+    if a.http_endpoints and version >= (1, 5):
+        p.error("--http-endpoints does not exist from Marathon 1.5 on")
+    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return SimConfig(version=version, listen_host=host or "127.0.0.1", listen_port=int(port), slaves=slaves,
+                     heartbeat_interval=a.heartbeat_interval, standby_of=a.standby_of,
+                     http_endpoints=tuple(u for u in a.http_endpoints.split(",") if u),
+                     http_event_request_timeout=a.http_event_request_timeout,
+                     http_event_callback_slow_consumer_timeout=a.http_event_callback_slow_consumer_timeout)
+
+
+async def serve(cfg: SimConfig) -> None:
+    loop = asyncio.get_running_loop()
+    bus = EventBus()
+    registry = Registry(cfg)
+    dockers: dict[str, SlaveDocker] = {}
+    if not cfg.standby_of:
+        for slave in cfg.slaves:
+            d = SlaveDocker(slave)
+            try:
+                await asyncio.to_thread(d.ping)
+            except Exception as exc:
+                raise SystemExit(f"marathon_sim: slave {slave.host} Docker at {slave.docker_url} is not "
+                                 f"reachable ({exc}); start the slaves (bash devcluster/slaves-up.sh)") from exc
+            dockers[slave.host] = d
+    scheduler = Scheduler(cfg, registry, bus, dockers)
+    streams = EventStreams(cfg, bus)
+    callbacks = None
+    if cfg.callbacks:
+        callbacks = CallbackDispatcher(cfg)
+        for url in cfg.http_endpoints:
+            callbacks.subscribe(url)
+        bus.attach(callbacks)
+        log.warning("HttpCallbackEventSubscriber support is deprecated with Marathon 1.4")
+    watchers = []
+    for host, d in dockers.items():
+        def on_die(cid: str, attrs: dict[str, str], host: str = host) -> None:
+            loop.call_soon_threadsafe(scheduler.on_container_died, host, cid, attrs)
+        t = threading.Thread(target=d.watch_deaths, args=(on_die,), daemon=True, name=f"docker-events-{host}")
+        t.start()
+        watchers.append(t)
+
+    api = Api(cfg, registry, scheduler, streams, callbacks)
+    runner = web.AppRunner(api.build(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)
+    await site.start()
+    log.info("Marathon %s simulator on http://%s (%s), slaves: %s", cfg.version_string, cfg.listen,
+             "standby of " + cfg.standby_of if cfg.standby_of else "leader",
+             ", ".join(f"{s.host}={s.docker_url}:{s.overlay_network}" for s in cfg.slaves) or "none")
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: removing the containers this process launched")
+    streams.drop_all()
+    await scheduler.shutdown()
+    for d in dockers.values():
+        d.stop_watching()
+    if callbacks is not None:
+        await callbacks.close()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    asyncio.run(serve(cfg))
+    # last sweep, after every launch thread has finished: nothing labelled with our pid may survive
+    if not cfg.standby_of:
+        for slave in cfg.slaves:
+            d = SlaveDocker(slave)
+            for cid in d.containers_labelled(f"{SIM_LABEL}={os.getpid()}"):
+                d.remove(cid)
+
+
+if __name__ == "__main__":
+    main()
