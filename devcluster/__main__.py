@@ -111,6 +111,7 @@ def up(marathon_version: str) -> None:
 
 
 def down() -> None:
+    _stop("registrar")  # the demo's, if it ran
     _stop("marathon-sim")
     _stop("consul-sim")
     subprocess.run(["bash", str(HERE / "slaves-down.sh")], check=False, stdout=subprocess.DEVNULL)

@@ -1,0 +1,113 @@
+"""The demo: the registrar against the local test world, ending with what it registered.
+
+Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devcluster down`),
+deploys /web/customer1/site1 with 3 instances and an HTTP health check, waits for Consul to hold
+3 passing instances, then prints Consul's view, the DNS answer and one overlay IP's HTTP answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from devcluster.topology import MARATHON_URL, RUN_DIR, SLAVES
+
+APP = "/web/customer1/site1"
+REGISTRAR = "http://127.0.0.1:8000"
+APP_JSON = {
+    "id": APP, "instances": 3, "cpus": 0.1, "mem": 32,
+    "cmd": "mkdir -p /www && echo \"hello from $HOST:$PORT0 ($MESOS_TASK_ID)\" > /www/index.html && "
+           "exec httpd -f -p 80 -h /www",
+    "container": {"type": "DOCKER", "docker": {"image": "local/busybox:1"},
+                  "portMappings": [{"containerPort": 80, "hostPort": 0, "protocol": "tcp", "name": "http"}]},
+    "networks": [{"mode": "container/bridge"}],
+    "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/", "portIndex": 0, "intervalSeconds": 2,
+                      "timeoutSeconds": 1, "gracePeriodSeconds": 10}],
+}
+
+
+def call(method: str, url: str, body: object = None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            text = resp.read().decode()
+            return resp.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def start_registrar() -> None:
+    pid_file = RUN_DIR / "registrar.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            time.sleep(1)
+        except (OSError, ValueError):
+            pass
+    log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--marathon", MARATHON_URL, "--listen", "127.0.0.1:8000",
+         "--callback-url", f"{REGISTRAR}/v1/events", "--resync-interval", "30"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    wait("the registrar to be ready", lambda: call("GET", f"{REGISTRAR}/ready")[0] == 200, 30)
+    print(f"registrar running (pid {proc.pid}), {REGISTRAR}/metrics, log {RUN_DIR / 'registrar.log'}")
+
+
+def main() -> None:
+    start_registrar()
+    status, _ = call("GET", f"{MARATHON_URL}/v2/apps{APP}")
+    if status == 200:
+        call("DELETE", f"{MARATHON_URL}/v2/apps{APP}")
+        wait("the old demo app to go", lambda: call("GET", f"{MARATHON_URL}/v2/apps{APP}")[0] == 404, 30)
+    status, body = call("POST", f"{MARATHON_URL}/v2/apps", APP_JSON)
+    if status != 201:
+        raise SystemExit(f"demo: Marathon refused the app: {status} {body}")
+    print(f"deployed {APP} with 3 instances")
+    consul = SLAVES[0].consul_url
+
+    def three_passing():
+        status, body = call("GET", f"{consul}/v1/health/service/web?passing=1")
+        return body if status == 200 and isinstance(body, list) and len(body) == 3 else None
+
+    instances = wait("3 passing instances of web in Consul", three_passing, 60)
+    print("\nConsul holds (service web):")
+    for inst in sorted(instances, key=lambda i: i["Service"]["Address"]):
+        svc = inst["Service"]
+        checks = ", ".join(f"{c['Status']} {c.get('Output', '').split(':')[0]}" for c in inst["Checks"])
+        print(f"  {svc['ID']}\n    node {inst['Node']['Node']}  address {svc['Address']}:{svc['Port']}  "
+              f"tags {svc['Tags']}\n    checks: {checks}")
+    name = "site1.customer1.web.service.dc1.consul"
+    print(f"\n$ dig @127.0.0.1 -p 8600 {name} +short")
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", "8600", name, "+short"], capture_output=True, text=True)
+    print(out.stdout.rstrip())
+    ip = instances[0]["Service"]["Address"]
+    print(f"\n$ curl http://{ip}:80/")
+    with urllib.request.urlopen(f"http://{ip}:80/", timeout=5) as resp:
+        print(resp.read().decode().rstrip())
+    print("\nStop everything with: .venv/bin/python -m devcluster down")
+
+
+if __name__ == "__main__":
+    main()
