@@ -1,0 +1,107 @@
+"""`python -m devcluster.consul_sim`: one process, one HTTP agent per `--agent`, one DNS server.
+
+    python -m devcluster.consul_sim --agent 127.0.0.2:8500=slave1 --agent 127.0.0.3:8500=slave2 \
+        --dns 127.0.0.1:8600 [--datacenter dc1] [--no-checks] \
+        [--acl-default-policy allow|deny] [--acl-token SECRET=ACCESSOR:RULES ...]
+
+Each `--agent HOST:PORT=NODENAME` is a Consul client agent whose node is NODENAME with node
+Address HOST; all agents feed one catalog. ACLs are off unless `--acl-default-policy` is given
+(token rules syntax: see `devcluster.consul_sim.acl`). `--no-checks` stores checks but never runs
+them (benchmarks). `--check-reap-interval` / `--check-deregister-min` exist for tests only and
+default to Consul's 30 s / 1 min. Logs go to stderr; SIGTERM/SIGINT exit cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from devcluster.consul_sim.acl import AclStore, parse_token_arg
+from devcluster.consul_sim.checks import CheckRunner
+from devcluster.consul_sim.dns_server import serve_dns
+from devcluster.consul_sim.http_api import Sim, make_app
+from devcluster.consul_sim.state import State
+
+log = logging.getLogger("consul_sim")
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _agent(text: str) -> tuple[str, int, str]:
+    addr, sep, node = text.partition("=")
+    if not sep or not node:
+        raise argparse.ArgumentTypeError(f"want HOST:PORT=NODENAME, got {text!r}")
+    host, port = _hostport(addr)
+    return host, port, node
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m devcluster.consul_sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agent", action="append", type=_agent, required=True, metavar="HOST:PORT=NODENAME")
+    p.add_argument("--dns", type=_hostport, metavar="HOST:PORT")
+    p.add_argument("--datacenter", default="dc1")
+    p.add_argument("--no-checks", action="store_true", help="store checks but never run them")
+    p.add_argument("--acl-default-policy", choices=["allow", "deny"])
+    p.add_argument("--acl-token", action="append", default=[], type=parse_token_arg,
+                   metavar="SECRET=ACCESSOR:RULES")
+    p.add_argument("--check-reap-interval", type=float, default=30.0, help=argparse.SUPPRESS)
+    p.add_argument("--check-deregister-min", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    state = State(args.datacenter, args.agent)
+    sim = Sim(state, AclStore(args.acl_default_policy, args.acl_token))
+    runner: CheckRunner | None = None
+    if not args.no_checks:
+        runner = CheckRunner(state, reap_interval=args.check_reap_interval,
+                             deregister_min=args.check_deregister_min)
+        await runner.start()
+        sim.ttl_reset = runner.ttl_reset
+    runners: list[web.AppRunner] = []
+    for agent in state.agents.values():
+        r = web.AppRunner(make_app(sim, agent), access_log=None, shutdown_timeout=0.5)
+        await r.setup()
+        await web.TCPSite(r, agent.host, agent.port, reuse_address=True).start()
+        runners.append(r)
+        log.info("agent %s (node %s) listening on http://%s", agent.node, agent.node, agent.addr)
+    closers: list[object] = []
+    if args.dns:
+        closers = await serve_dns(state, *args.dns)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("consul simulator ready (datacenter %s, checks %s, acl %s)", args.datacenter,
+             "off" if args.no_checks else "on", args.acl_default_policy or "disabled")
+    await stop.wait()
+    log.info("shutting down")
+    for c in closers:
+        c.close()  # type: ignore[attr-defined]
+    for r in runners:
+        await r.cleanup()
+    if runner is not None:
+        await runner.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
