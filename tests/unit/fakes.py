@@ -1,0 +1,126 @@
+"""In-memory stand-ins for Marathon, Docker and the Consul agents, for fast reconciler tests.
+
+They implement just the methods the reconciler calls, with the same semantics as the real
+clients (owned() returns only registrations with our Meta; deregistering an unknown id is False).
+The end-to-end tests run the same logic against the simulators and real engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.consul_registry import ConsulError, OwnedService
+from service.model import MANAGED_BY, App, Container, HealthCheck, PortMapping, Registration, Task
+
+
+def web_app(app_id: str = "/web/customer1/site1", checks: tuple[HealthCheck, ...] = ()) -> App:
+    return App(id=app_id, version="v1", port_mappings=(PortMapping(container_port=80, host_port=0, name="http"),),
+               health_checks=checks)
+
+
+@dataclass
+class FakeMarathon:
+    apps: dict[str, App] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Task]] = field(default_factory=dict)
+    reads: int = 0
+
+    async def app(self, app_id: str) -> App | None:
+        self.reads += 1
+        return self.apps.get(app_id)
+
+    async def app_tasks(self, app_id: str) -> list[Task] | None:
+        self.reads += 1
+        if app_id not in self.apps:
+            return None
+        return list(self.tasks.get(app_id, {}).values())
+
+    async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
+        self.reads += 1
+        return [(app, list(self.tasks.get(app.id, {}).values())) for app in self.apps.values()]
+
+
+@dataclass
+class FakeLookup:
+    containers: dict[str, Container] = field(default_factory=dict)  # task id -> container
+
+    async def find(self, host: str, task_id: str) -> Container | None:
+        return self.containers.get(task_id)
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeAgent:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.url = f"http://{host}:8500"
+        self.services: dict[str, Registration] = {}
+        self.foreign: dict[str, dict] = {}
+        self.status: dict[str, str] = {}
+        self.writes = 0
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConsulError(f"consul agent {self.url}: connection refused")
+
+    async def node_name(self) -> str:
+        self._check()
+        return f"node-{self.host}"
+
+    async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
+        self._check()
+        return {
+            sid: OwnedService(reg, {c.check_id: c.kind for c in reg.checks},
+                              {c.check_id: self.status.get(c.check_id, "critical") for c in reg.checks})
+            for sid, reg in self.services.items()
+            if reg.meta_dict.get("managed-by") == MANAGED_BY
+            and (app_id is None or reg.meta_dict.get("marathon-app-id") == app_id)
+        }
+
+    async def register(self, reg: Registration) -> None:
+        self._check()
+        self.writes += 1
+        self.services[reg.service_id] = reg
+
+    async def deregister(self, service_id: str) -> bool:
+        self._check()
+        self.writes += 1
+        return self.services.pop(service_id, None) is not None
+
+    async def set_ttl(self, check_id: str, status: str, output: str) -> None:
+        self._check()
+        self.writes += 1
+        self.status[check_id] = status
+
+    async def catalog_node_addresses(self) -> list[str]:
+        self._check()
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeAgents:
+    per_host = True
+
+    def __init__(self) -> None:
+        self.agents: dict[str, FakeAgent] = {}
+
+    def agent(self, host: str) -> FakeAgent:
+        return self.agents.setdefault(host, FakeAgent(host))
+
+    def url_for(self, host: str) -> str:
+        return self.agent(host).url
+
+    def known(self) -> list[FakeAgent]:
+        return list(self.agents.values())
+
+    def managed(self) -> dict[str, Registration]:
+        return {sid: reg for a in self.agents.values() for sid, reg in a.services.items()}
+
+    def writes(self) -> int:
+        return sum(a.writes for a in self.agents.values())
+
+    async def close(self) -> None:
+        return None

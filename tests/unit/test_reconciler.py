@@ -1,0 +1,303 @@
+"""The reconciler's convergence rules, with in-memory Marathon/Docker/Consul (tests/unit/fakes.py).
+
+Events are hints: whatever order, duplication or loss they arrive with, after the queue drains and
+one resync runs, Consul's managed set equals Marathon's running tasks exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from hypothesis import HealthCheck as HypothesisHealthCheck
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.marathon.events import AppEvent, TaskEvent
+from service.metrics import Metrics
+from service.model import Container, HealthCheck, Task
+from service.reconciler import Reconciler, ReconcileSettings
+from tests.unit.fakes import FakeAgents, FakeLookup, FakeMarathon, web_app
+
+HOSTS = ("127.0.0.2", "127.0.0.3")
+APP = "/web/customer1/site1"
+
+
+class World:
+    """Marathon + Docker truth that the test mutates, and the events Marathon would emit."""
+
+    def __init__(self) -> None:
+        self.marathon = FakeMarathon()
+        self.lookup = FakeLookup()
+        self.agents = FakeAgents()
+        self.events: list[TaskEvent | AppEvent] = []
+        self._n = itertools.count(1)
+
+    def reconciler(self, **kw: object) -> Reconciler:
+        s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, **kw)  # type: ignore[arg-type]
+        return Reconciler(marathon=self.marathon, lookup=self.lookup, agents=self.agents,  # type: ignore[arg-type]
+                          metrics=Metrics(), settings=s)
+
+    def deploy(self, app_id: str, checks: tuple[HealthCheck, ...] = ()) -> None:
+        self.marathon.apps[app_id] = web_app(app_id, checks)
+        self.marathon.tasks.setdefault(app_id, {})
+        self.events.append(AppEvent(app_ids=(app_id,), event_type="api_post_event"))
+
+    def start_task(self, app_id: str) -> Task:
+        n = next(self._n)
+        host = HOSTS[n % 2]
+        task = Task(id=f"{app_id.strip('/').replace('/', '_')}.uuid-{n}", app_id=app_id, host=host,
+                    ports=(31000 + n,), app_version="v1")
+        self.marathon.tasks[app_id][task.id] = task
+        self.lookup.containers[task.id] = Container(id=f"c{n}", task_id=task.id,
+                                                    network_ips={"weave": f"10.32.{n // 250}.{n % 250}"})
+        self.events.append(self._event(task, "TASK_RUNNING"))
+        return task
+
+    def kill_task(self, app_id: str, task_id: str) -> None:
+        task = self.marathon.tasks[app_id].pop(task_id)
+        self.lookup.containers.pop(task_id, None)
+        self.events.append(self._event(task, "TASK_KILLING"))
+        self.events.append(self._event(task, "TASK_KILLED"))
+
+    def delete(self, app_id: str) -> None:
+        for tid in list(self.marathon.tasks.get(app_id, {})):
+            self.kill_task(app_id, tid)
+        self.marathon.apps.pop(app_id, None)
+        self.marathon.tasks.pop(app_id, None)
+        self.events.append(AppEvent(app_ids=(app_id,), event_type="app_terminated_event"))
+
+    @staticmethod
+    def _event(task: Task, state: str) -> TaskEvent:
+        return TaskEvent(task_id=task.id, app_id=task.app_id, state=state, host=task.host, ports=task.ports,
+                         ip_addresses=(), app_version="v1")
+
+    def running_task_ids(self) -> set[str]:
+        return {tid for tasks in self.marathon.tasks.values() for tid in tasks}
+
+    def managed_task_ids(self) -> set[str]:
+        return {reg.task_id for reg in self.agents.managed().values()}
+
+
+async def drain(r: Reconciler) -> None:
+    async with asyncio.timeout(10):
+        await r.wait_idle()
+
+
+async def test_event_registers_and_kill_deregisters() -> None:
+    w = World()
+    w.deploy(APP)
+    t1, t2 = w.start_task(APP), w.start_task(APP)
+    r = w.reconciler()
+    r.start()
+    try:
+        for e in w.events:
+            r.hint(e)
+        await drain(r)
+        assert w.managed_task_ids() == {t1.id, t2.id}
+        reg = w.agents.agent(t1.host).services[f"mcr-{t1.id}-0"]
+        assert (reg.name, reg.address, reg.port) == ("web", w.lookup.containers[t1.id].network_ips["weave"], 80)
+        assert reg.agent_host == t1.host
+        w.kill_task(APP, t1.id)
+        r.hint(w.events[-1])
+        await drain(r)
+        assert w.managed_task_ids() == {t2.id}
+    finally:
+        await r.stop()
+
+
+async def test_duplicates_change_nothing_and_killed_before_running_ends_right() -> None:
+    w = World()
+    w.deploy(APP)
+    t = w.start_task(APP)
+    r = w.reconciler()
+    r.start()
+    try:
+        running = w.events[-1]
+        for _ in range(5):
+            r.hint(running)
+        await drain(r)
+        writes = w.agents.writes()
+        for _ in range(5):
+            r.hint(running)
+            await drain(r)
+        assert w.agents.writes() == writes, "re-registering the same task must write nothing"
+        # TASK_KILLED delivered before TASK_RUNNING: the truth (Marathon) decides, not the order
+        w.kill_task(APP, t.id)
+        r.hint(w.events[-1])
+        r.hint(running)
+        await drain(r)
+        assert w.managed_task_ids() == set()
+    finally:
+        await r.stop()
+
+
+async def test_running_event_for_task_marathon_no_longer_lists_registers_nothing() -> None:
+    w = World()
+    w.deploy(APP)
+    t = w.start_task(APP)
+    running = w.events[-1]
+    w.kill_task(APP, t.id)
+    r = w.reconciler()
+    r.start()
+    try:
+        r.hint(running)
+        await drain(r)
+        assert w.managed_task_ids() == set()
+        assert w.agents.writes() == 0
+    finally:
+        await r.stop()
+
+
+async def test_container_not_up_yet_is_retried_not_dropped() -> None:
+    w = World()
+    w.deploy(APP)
+    t = w.start_task(APP)
+    container = w.lookup.containers.pop(t.id)
+    r = w.reconciler()
+    r.start()
+    try:
+        r.hint(w.events[-1])
+        await asyncio.sleep(0.05)
+        assert w.managed_task_ids() == set()
+        w.lookup.containers[t.id] = container
+        await drain(r)
+        assert w.managed_task_ids() == {t.id}
+    finally:
+        await r.stop()
+
+
+async def test_agent_outage_delays_but_does_not_lose() -> None:
+    w = World()
+    w.deploy(APP)
+    t = w.start_task(APP)
+    w.agents.agent(t.host).down = True
+    r = w.reconciler()
+    r.start()
+    try:
+        r.hint(w.events[-1])
+        await asyncio.sleep(0.05)
+        assert w.managed_task_ids() == set()
+        w.agents.agent(t.host).down = False
+        await drain(r)
+        assert w.managed_task_ids() == {t.id}
+    finally:
+        await r.stop()
+
+
+async def test_resync_repairs_missing_orphan_and_drift_and_is_silent_when_clean() -> None:
+    w = World()
+    w.deploy(APP)
+    keep, drift, missing = w.start_task(APP), w.start_task(APP), w.start_task(APP)
+    r = w.reconciler()
+    r.start()
+    try:
+        found = await r.resync()
+        await drain(r)
+        assert found.counts() == {"missing": 3, "orphan": 0, "drifted": 0}
+        assert w.managed_task_ids() == {keep.id, drift.id, missing.id}
+        # behind our back: one deregistered, one edited, one orphan of a task that is gone
+        agent = w.agents.agent(missing.host)
+        del agent.services[f"mcr-{missing.id}-0"]
+        sid = f"mcr-{drift.id}-0"
+        edited = w.agents.agent(drift.host).services[sid]
+        w.agents.agent(drift.host).services[sid] = type(edited)(**{
+            **{f: getattr(edited, f) for f in edited.__slots__}, "address": "10.99.99.99", "tags": ("extra",)})
+        gone = w.start_task(APP)
+        await r.resync()
+        w.marathon.tasks[APP].pop(gone.id)
+        found = await r.resync()
+        await drain(r)
+        assert found.counts() == {"missing": 1, "orphan": 1, "drifted": 1}
+        assert w.managed_task_ids() == {keep.id, drift.id, missing.id}
+        assert w.agents.agent(drift.host).services[sid].address != "10.99.99.99"
+        writes = w.agents.writes()
+        found = await r.resync()
+        await drain(r)
+        assert found.counts() == {"missing": 0, "orphan": 0, "drifted": 0}
+        assert w.agents.writes() == writes, "a resync with no drift writes nothing"
+    finally:
+        await r.stop()
+
+
+async def test_command_check_is_a_ttl_mirror_of_marathon_health() -> None:
+    w = World()
+    w.deploy(APP, checks=(HealthCheck(protocol="COMMAND", command="true", interval_seconds=5),))
+    t = w.start_task(APP)
+    w.marathon.tasks[APP][t.id] = Task(**{**{f: getattr(t, f) for f in t.__slots__}, "health": (True,)})
+    r = w.reconciler()
+    r.start()
+    try:
+        await r.resync()
+        await drain(r)
+        [reg] = w.agents.managed().values()
+        [check] = reg.checks
+        assert check.ttl
+        assert w.agents.agent(t.host).status[check.check_id] == "passing"
+        w.marathon.tasks[APP][t.id] = Task(**{**{f: getattr(t, f) for f in t.__slots__}, "health": (False,)})
+        found = await r.resync()
+        await drain(r)
+        assert found.counts()["drifted"] == 1
+        assert w.agents.agent(t.host).status[check.check_id] == "critical"
+    finally:
+        await r.stop()
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["deploy", "start", "kill", "delete"]), st.integers(0, 2),
+                         st.integers(0, 50)), min_size=1, max_size=25)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HypothesisHealthCheck.too_slow])
+@given(ops=OPS, data=st.data())
+def test_any_interleaving_with_duplicates_and_drops_converges_after_one_resync(ops, data) -> None:
+    w = World()
+    apps = ["/web/a/x", "/web/b", "/api/c/d"]
+    for op, a, pick in ops:
+        app_id = apps[a]
+        if op == "deploy" and app_id not in w.marathon.apps:
+            w.deploy(app_id)
+        elif op == "start" and app_id in w.marathon.apps:
+            w.start_task(app_id)
+        elif op == "kill" and w.marathon.tasks.get(app_id):
+            tids = sorted(w.marathon.tasks[app_id])
+            w.kill_task(app_id, tids[pick % len(tids)])
+        elif op == "delete" and app_id in w.marathon.apps:
+            w.delete(app_id)
+    events = list(w.events)
+    delivered = data.draw(st.lists(st.sampled_from(events), max_size=3 * len(events)) if events else st.just([]))
+    delivered = data.draw(st.permutations(delivered))
+
+    async def run() -> None:
+        r = w.reconciler()
+        r.start()
+        try:
+            for e in delivered:
+                r.hint(e)
+                if data.draw(st.booleans()):
+                    await asyncio.sleep(0)
+            await drain(r)
+            await r.resync()
+            await drain(r)
+        finally:
+            await r.stop()
+
+    asyncio.run(run())
+    assert w.managed_task_ids() == w.running_task_ids()
+
+
+@pytest.mark.parametrize("mode,expected_kinds",
+                         [("consul", ["http"]), ("marathon", ["ttl"]), ("both", ["http", "ttl"])])
+async def test_health_checks_mode(mode: str, expected_kinds: list[str]) -> None:
+    w = World()
+    w.deploy(APP, checks=(HealthCheck(protocol="HTTP", path="/h", interval_seconds=5, timeout_seconds=2),))
+    w.start_task(APP)
+    r = w.reconciler(health_checks=mode)
+    r.start()
+    try:
+        await r.resync()
+        await drain(r)
+        [reg] = w.agents.managed().values()
+        assert sorted(c.kind for c in reg.checks) == expected_kinds
+    finally:
+        await r.stop()
