@@ -15,8 +15,9 @@ Why it looks like this:
   timed in `mcr_marathon_request_seconds{call=...}` (the call label is a fixed, bounded name).
   Anything else (4xx, a 200 that is not JSON) is not retried and raises `MarathonError` carrying the
   status and the body, because retrying a request Marathon rejected only delays the same answer.
-- **Credentials.** `http://user:password@host:8080` is split into a bare URL and an
-  `aiohttp.BasicAuth`; only the bare URL (user name at most) ever appears in logs and errors.
+- **Credentials.** `http://user:password@host:8080` is split into a bare URL and a ready
+  `Authorization: Basic ...` header value (aiohttp 3.14 deprecates `auth=`/`BasicAuth`); only the
+  bare URL, without user or password, ever appears in logs, errors and reprs.
 - **Parsing elsewhere.** JSON becomes model types through the pure parsers of `parse.py`, so the
   shapes of a dozen Marathon versions are handled (and unit-tested) in one place.
 """
@@ -24,11 +25,12 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -68,9 +70,10 @@ class MarathonError(Exception):
         self.status = status
         self.body = body[:_BODY_IN_ERROR]
         self.reason = reason
-        what = f"HTTP {status}" if status is not None else (reason or "no answer")
-        detail = f": {self.body}" if self.body else (f" ({reason})" if reason and status is not None else "")
-        super().__init__(f"Marathon {method} {url} -> {what}{detail}")
+        what = f"HTTP {status}" if status is not None else "no answer"
+        why = f" ({reason})" if reason else ""
+        said = f": {self.body}" if self.body else ""
+        super().__init__(f"Marathon {method} {url} -> {what}{why}{said}")
 
 
 class _Transient(Exception):
@@ -86,18 +89,29 @@ class _Transient(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One Marathon master: its base URL without credentials, and the credentials apart."""
+    """One Marathon master: its base URL without credentials, and the credentials apart.
+
+    The credentials are kept as a ready `Authorization` value, excluded from `repr`, so that
+    logging an endpoint (or a structure holding one) never prints the password.
+    """
 
     base: URL
-    auth: aiohttp.BasicAuth | None
+    authorization: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
         u = URL(url.strip())
         if not u.scheme or not u.host:
             raise ValueError(f"not an absolute Marathon URL: {url.rsplit('@', 1)[-1]}")
-        auth = aiohttp.BasicAuth(u.user or "", u.password or "") if u.user is not None else None
-        return cls(base=u.with_user(None).with_query(None).with_fragment(None), auth=auth)
+        authorization = None
+        if u.user is not None:
+            authorization = aiohttp.encode_basic_auth(u.user, u.password or "")
+        return cls(base=u.with_user(None).with_query(None).with_fragment(None), authorization=authorization)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers every request to this master carries (only credentials, today)."""
+        return {"Authorization": self.authorization} if self.authorization else {}
 
     @property
     def display(self) -> str:
@@ -221,7 +235,7 @@ class MarathonClient:
         started = time.monotonic()
         try:
             async with self.session.request(
-                method, url, params=params, headers=headers, data=data, auth=ep.auth,
+                method, url, params=params, headers={**(headers or {}), **ep.headers}, data=data,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
                 status = resp.status
@@ -285,6 +299,16 @@ class MarathonClient:
                                 reason=f"gave up after {self._attempts} attempts: {t.reason}") from t
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
+    @contextlib.contextmanager
+    def _shape(self, method: str, path: str) -> Iterator[None]:
+        """Turn a parser's ValueError into a MarathonError: to callers, a response they cannot
+        use is a failed call like any other (it is not retried: the same answer would come back)."""
+        try:
+            yield
+        except ValueError as e:
+            raise MarathonError(method, str(self.current.url(path)), 200,
+                                reason=f"unexpected response: {e}") from e
+
     # -- the calls ------------------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any]:
@@ -300,14 +324,16 @@ class MarathonClient:
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         """Every app with its tasks in one call: the resync's view of Marathon."""
         obj = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")])
-        return apps_from_json(obj or {})
+        with self._shape("GET", "/v2/apps"):
+            return apps_from_json(obj)
 
     async def app(self, app_id: str) -> App | None:
         """The app definition, or None when Marathon does not know the app (404)."""
         obj = await self._call("app", "GET", "/v2/apps" + app_path(app_id), ok_statuses=(404,))
         if obj is None:
             return None
-        return app_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
+        with self._shape("GET", "/v2/apps" + app_path(app_id)):
+            return app_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
 
     async def app_tasks(self, app_id: str) -> list[Task] | None:
         """The app's tasks, or None when Marathon does not know the app (404)."""
@@ -315,8 +341,11 @@ class MarathonClient:
                                ok_statuses=(404,))
         if obj is None:
             return None
-        tasks = obj.get("tasks", []) if isinstance(obj, dict) else []
-        return [task_from_json(t, app_id=app_path(app_id)) for t in tasks or []]
+        with self._shape("GET", "/v2/apps" + app_path(app_id) + "/tasks"):
+            tasks = obj.get("tasks") if isinstance(obj, dict) else None
+            if not isinstance(tasks, list):
+                raise ValueError("tasks response: tasks: expected a list")
+            return [task_from_json(t, app_id=app_path(app_id)) for t in tasks]
 
     async def subscriptions(self) -> list[str]:
         """The callback URLs Marathon posts events to (≤ 1.4; 400 when callbacks are off)."""

@@ -249,13 +249,13 @@ class EventStream:
         """One connection, from request to end of stream."""
         endpoint = self.client.endpoints[self._index]
         url: URL = endpoint.url("/v2/events").with_query(self._params())
-        headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
+        headers = {"Accept": ACCEPT, "Cache-Control": "no-cache", **endpoint.headers}
         # No total timeout: the stream is endless. The connect and the response head are bounded;
         # the body is watched by the silence watchdog below.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.client.timeout, sock_read=None)
         for _ in range(_MAX_REDIRECTS + 1):
             async with asyncio.timeout(self.client.timeout):
-                resp = await self.session.get(url, headers=headers, auth=endpoint.auth, timeout=timeout,
+                resp = await self.session.get(url, headers=headers, timeout=timeout,
                                               allow_redirects=False)
             async with resp:
                 if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:

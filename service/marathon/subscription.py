@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 class CallbackSubscription:
     """Keeps `callback_url` subscribed to Marathon's event callbacks."""
 
-    def __init__(self, client: MarathonClient, callback_url: str, metrics: Metrics) -> None:
+    def __init__(self, client: MarathonClient, callback_url: str, metrics: Metrics, *,
+                 remove_timeout: float = 5.0) -> None:
         self.client = client
         self.callback_url = callback_url
         self.metrics = metrics
+        self.remove_timeout = remove_timeout
 
     async def ensure(self) -> bool:
         """Subscribe if our URL is missing. Returns True when it had to (re-)subscribe.
@@ -46,14 +48,14 @@ class CallbackSubscription:
         self.metrics.subscription.set(1)
         return True
 
-    async def remove(self, *, timeout: float = 5.0) -> bool:
-        """Unsubscribe, giving up after `timeout` seconds. Returns whether Marathon confirmed it.
+    async def remove(self) -> bool:
+        """Unsubscribe, giving up after `remove_timeout` seconds. Returns whether Marathon confirmed it.
 
         Never raises for a Marathon failure: this runs during shutdown, where the only useful
         reaction to a failure is a log line.
         """
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.remove_timeout):
                 await self.client.unsubscribe(self.callback_url)
         except (MarathonError, TimeoutError) as e:
             log.warning("could not unsubscribe %s from Marathon: %s", self.callback_url, e or "timed out")
