@@ -203,7 +203,7 @@ def decode_body(body: bytes, t: Any) -> dict[str, Any]:
         if not isinstance(v, GoObject):
             raise GoJSONError(f"json: cannot unmarshal {go_kind(v)} into Go value of type {_type_name(t)}")
         ctx = _Ctx()
-        out = _decode_struct(v, t, t[1], ctx)
+        out = _decode(v, t, t[1], ctx) if t[0] == "check" else _decode_struct(v, t, t[1], ctx)
         if ctx.saved is not None:
             raise ctx.saved
         return out
