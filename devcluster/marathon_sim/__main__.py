@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
                    help="callback request timeout in seconds (Marathon's http_event_request_timeout, 10 s)")
     p.add_argument("--http-event-callback-slow-consumer-timeout", type=float, default=10.0,
                    help="a 2xx callback answer slower than this counts as a failure (default 10 s)")
+    p.add_argument("--default-network-name", default="weave",
+                   help="network of container/USER apps that name none (default %(default)s)")
+    p.add_argument("--strict-deployment-lock", action="store_true",
+                   help="409 for a change to an app under deployment unless ?force=true (real Marathon); "
+                        "default: every change supersedes the running deployment")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     try:
@@ -66,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
                      heartbeat_interval=a.heartbeat_interval, standby_of=a.standby_of,
                      http_endpoints=tuple(u for u in a.http_endpoints.split(",") if u),
                      http_event_request_timeout=a.http_event_request_timeout,
-                     http_event_callback_slow_consumer_timeout=a.http_event_callback_slow_consumer_timeout)
+                     http_event_callback_slow_consumer_timeout=a.http_event_callback_slow_consumer_timeout,
+                     default_network_name=a.default_network_name or None,
+                     strict_deployment_lock=a.strict_deployment_lock)
 
 
 async def serve(cfg: SimConfig) -> None:

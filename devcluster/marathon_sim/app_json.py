@@ -236,8 +236,10 @@ def _str_map(v: Any, errors: _Errors, path: str, allow_secret: bool = False) -> 
     return out
 
 
-def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = None) -> AppSpec:
-    """Validate a POST/PUT body into an AppSpec; `base` supplies fields a PUT leaves out."""
+def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = None,
+              default_network_name: str | None = None) -> AppSpec:
+    """Validate a POST/PUT body into an AppSpec; `base` supplies fields a PUT leaves out.
+    A container/USER network without a name gets `--default_network_name`, as in Marathon."""
     errors = _Errors()
     if not isinstance(body, dict):
         raise ValidationError([{"path": "/", "errors": ["error.expected.jsobject"]}])
@@ -287,7 +289,7 @@ def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = No
                                                 "/upgradeStrategy/maximumOverCapacity", 1.0)
 
     if any(k in body for k in ("container", "networks", "ipAddress", "portDefinitions", "ports")):
-        _parse_networking(body, spec, errors)
+        _parse_networking(body, spec, errors, default_network_name)
     if base is None and spec.network == "host" and "portDefinitions" not in body and "ports" not in body:
         spec.port_definitions = [PortDefinition(port=0)]  # Marathon gives a host-networked app one port
     if not spec.image:
@@ -299,7 +301,7 @@ def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = No
     return spec
 
 
-def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors) -> None:
+def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, default_net: str | None) -> None:
     container = body.get("container")
     if container is not None and not isinstance(container, dict):
         errors.add("/container", "error.expected.jsobject")
@@ -347,7 +349,7 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors) -> N
         elif mode == "container/bridge":
             spec.network = "bridge"
         elif mode == "container":
-            name = n0.get("name")
+            name = n0.get("name") or default_net
             if not isinstance(name, str) or not name:
                 errors.add("/networks(0)/name", "is required for container mode networks")
                 name = "?"
@@ -361,7 +363,7 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors) -> N
             spec.network = "bridge"
         elif old_network == "USER":
             ip = body.get("ipAddress") or {}
-            name = ip.get("networkName") if isinstance(ip, dict) else None
+            name = (ip.get("networkName") if isinstance(ip, dict) else None) or default_net
             if not isinstance(name, str) or not name:
                 errors.add("/ipAddress/networkName", "is required for USER networking")
                 name = "?"

@@ -6,7 +6,7 @@ the code asks "does this Marathon have X" instead of comparing version strings e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class SimConfig:
     http_endpoints: tuple[str, ...] = ()
     http_event_request_timeout: float = 10.0
     http_event_callback_slow_consumer_timeout: float = 10.0
-    image_pull: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    default_network_name: str | None = "weave"
+    strict_deployment_lock: bool = False
 
     @property
     def version_string(self) -> str:

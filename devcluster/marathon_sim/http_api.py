@@ -134,7 +134,7 @@ class Api:
             "leader_proxy_connection_timeout_ms": 5000, "leader_proxy_read_timeout_ms": 10000,
             "features": [] if self.cfg.version < (1, 5) else ["task_killing"],
             "mesos_leader_ui_url": "http://127.0.0.1:5050/", "env_vars_prefix": None,
-            "mesos_bridge_name": "mesos-bridge", "default_network_name": None,
+            "mesos_bridge_name": "mesos-bridge", "default_network_name": self.cfg.default_network_name,
         }
         body: dict[str, Any] = {
             "name": "marathon", "version": self.cfg.version_string, "buildref": "marathon-sim",
@@ -182,7 +182,7 @@ class Api:
     async def create_app(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         try:
-            spec = parse_app(body)
+            spec = parse_app(body, default_network_name=self.cfg.default_network_name)
         except ValidationError as exc:
             return _json(exc.body(), 422)
         existing = self.reg.apps.get(spec.id)
@@ -235,7 +235,7 @@ class Api:
             if rec is not None:
                 return self._locked(AppLocked([d["id"] for d in self.sched.deployment_ids_for(app_id)]))
             try:
-                spec = parse_app(body, app_id=app_id)
+                spec = parse_app(body, app_id=app_id, default_network_name=self.cfg.default_network_name)
             except ValidationError as exc:
                 return _json(exc.body(), 422)
             dep = self.sched.create_app(spec, client_ip=request.remote or "", uri=request.path)
@@ -243,7 +243,8 @@ class Api:
                          headers={"Marathon-Deployment-Id": dep.id})
         scale_only = isinstance(body, dict) and set(body) <= {"id", "instances"} and "instances" in body
         try:
-            spec = parse_app(body, app_id=app_id, base=rec.spec)
+            spec = parse_app(body, app_id=app_id, base=rec.spec,
+                             default_network_name=self.cfg.default_network_name)
         except ValidationError as exc:
             return _json(exc.body(), 422)
         try:

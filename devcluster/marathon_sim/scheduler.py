@@ -129,8 +129,10 @@ class Scheduler:
         current = self._deploying.get(app_id)
         if current is None or current[1].done():
             return
-        if not force:
+        if not force and self.cfg.strict_deployment_lock:
             raise AppLocked([current[0].id])
+        # without --strict-deployment-lock every change acts as `force=true`: the running deployment
+        # is cancelled (deployment_failed) and the new one takes over
         current[1].cancel()
 
     def create_app(self, spec: AppSpec, *, client_ip: str, uri: str) -> Deployment:
