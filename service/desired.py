@@ -1,0 +1,282 @@
+"""Marathon app + task + container -> the Consul registrations the task should have. Pure.
+
+This is the whole product decision in one function, kept free of I/O so every case is a table
+row in a unit test. The reconciler compares the result with what the agent holds and writes only
+the difference.
+
+Result contract:
+- `[]`: the task should have no registrations (it is not TASK_RUNNING: staging, killing,
+  unreachable or gone); the caller deregisters whatever it holds for the task.
+- `Skip(retry=False)`: the task should have no registrations for a reason worth counting (the app
+  opted out, has no ports, ...); the caller deregisters too.
+- `Skip(retry=True)`: the answer is not known yet (container not found, no overlay IP under
+  `--address-mode overlay`, host ports not reported yet); the caller keeps what is registered and
+  retries later.
+- otherwise one `Registration` per port mapping that does not opt out, in port order.
+
+Addresses (DESIGN §2.3): `Address` = the container's overlay IP and `Port` = the container port,
+because that is what is routable across the Weave overlay. Checks go to the task's host and mapped
+host port instead, because the Consul agent is usually not on the overlay; a mapping without a host
+port has nothing on the host, so its checks use the overlay address. `address-source` in `Meta`
+records which address was used.
+
+Apps with HOST networking register host and host port in every address mode: their process
+listens on the host, there is no container IP that could ever appear, so "waiting for the overlay
+IP" (`overlay` mode) would wait forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.model import (
+    MANAGED_BY,
+    AddressMode,
+    App,
+    ConsulCheck,
+    Container,
+    HealthCheck,
+    Naming,
+    NetworkMode,
+    PortMapping,
+    Registration,
+    Skip,
+    Task,
+)
+from service.naming import Identity, service_identity
+
+RUNNING = "TASK_RUNNING"
+HTTP_SCHEMES = {"HTTP": "http", "MESOS_HTTP": "http", "HTTPS": "https", "MESOS_HTTPS": "https"}
+TCP_PROTOCOLS = frozenset({"TCP", "MESOS_TCP"})
+COMMAND = "COMMAND"
+# A mirrored COMMAND check is refreshed by the reconciler (health events and every resync), so its
+# TTL must outlast the time between two refreshes, not just Marathon's own failure window.
+TTL_FLOOR_SECONDS = 180
+
+
+@dataclass(frozen=True, slots=True)
+class _Addressing:
+    """Where a task's services point: `overlay_ip` set -> overlay, else host."""
+
+    overlay_ip: str | None
+    fallback: bool = False  # host addressing chosen by --address-mode auto for lack of an IP
+
+    @property
+    def source(self) -> str:
+        return "overlay" if self.overlay_ip else "host"
+
+
+def service_id(task_id: str, port_index: int) -> str:
+    """Deterministic from task and port, so a restarted registrar finds its own registrations."""
+    return f"mcr-{task_id}-{port_index}"
+
+
+def desired_registrations(
+    app: App,
+    task: Task,
+    container: Container | None,
+    *,
+    naming: Naming,
+    address_mode: AddressMode,
+    networks: tuple[str, ...],
+    ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
+) -> list[Registration] | Skip:
+    """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
+    if task.state != RUNNING:
+        return []
+    if not app.port_mappings:
+        return Skip(task.id, "no-ports", f"app {app.id} defines no ports")
+    identities = [service_identity(app, i, naming) for i in range(len(app.port_mappings))]
+    if all(identity is None for identity in identities):
+        return Skip(task.id, "register-false",
+                    "every port opted out (consul.register=false, SERVICE_IGNORE or SERVICE_<port>_IGNORE)")
+    if not task.host:
+        return Skip(task.id, "no-task-host", "Marathon reports no host for the task", retry=True)
+    host_ports = task_host_ports(app, task)
+    if isinstance(host_ports, Skip):
+        return host_ports
+    addressing = _addressing(app, task, container, address_mode, networks)
+    if isinstance(addressing, Skip):
+        return addressing
+    registrations = [
+        _registration(app, task, i, identity, host_ports[i], addressing, ttl_floor_seconds)
+        for i, identity in enumerate(identities)
+        if identity is not None and (addressing.overlay_ip or host_ports[i] is not None)
+    ]
+    if registrations:
+        return registrations
+    # Host addressing, and every remaining port is a container-network port without a host port.
+    if addressing.fallback:
+        return Skip(task.id, "no-overlay-ip",
+                    f"no IP on networks {','.join(networks)} and no port has a host port", retry=True)
+    return Skip(task.id, "no-host-port", "host addressing, and no port has a host port")
+
+
+def task_host_ports(app: App, task: Task) -> list[int | None] | Skip:
+    """The task's host port for each port mapping (None: the mapping asks for no host port).
+
+    Marathon's `ports` lists only the host ports that exist, so a container-network mapping
+    without `hostPort` takes no slot: mappings `[80 (no host port), 9000 (hostPort 0)]` with
+    `ports: [31005]` give `[None, 31005]`.
+    """
+    wanted = sum(1 for pm in app.port_mappings if pm.host_port is not None)
+    if len(task.ports) < wanted:
+        return Skip(task.id, "missing-host-port",
+                    f"app maps {wanted} host ports, Marathon reports {len(task.ports)} for the task", retry=True)
+    reported = iter(task.ports)
+    return [next(reported) if pm.host_port is not None else None for pm in app.port_mappings]
+
+
+def _addressing(
+    app: App, task: Task, container: Container | None, mode: AddressMode, networks: tuple[str, ...]
+) -> _Addressing | Skip:
+    if app.network_mode is NetworkMode.HOST or mode is AddressMode.HOST:
+        return _Addressing(None)
+    if container is None:
+        return Skip(task.id, "container-not-found", "no container with this MESOS_TASK_ID on the host",
+                    retry=True)
+    if not container.running:
+        return Skip(task.id, "container-not-running", f"container {container.id[:12]} is not running",
+                    retry=True)
+    ip = container.overlay_ip(networks)
+    if ip:
+        return _Addressing(ip)
+    if mode is AddressMode.OVERLAY:
+        return Skip(task.id, "no-overlay-ip",
+                    f"container {container.id[:12]} has no IP on networks {','.join(networks)}", retry=True)
+    return _Addressing(None, fallback=True)
+
+
+def _registration(
+    app: App,
+    task: Task,
+    port_index: int,
+    identity: Identity,
+    host_port: int | None,
+    addressing: _Addressing,
+    ttl_floor_seconds: int,
+) -> Registration:
+    mapping = app.port_mappings[port_index]
+    sid = service_id(task.id, port_index)
+    if addressing.overlay_ip:
+        address, port = addressing.overlay_ip, mapping.container_port
+    else:
+        assert host_port is not None  # filtered by the caller
+        address, port = task.host, host_port
+    # Checks use the host port when there is one; otherwise only the overlay address exists.
+    check_host, check_port = (task.host, host_port) if host_port is not None else (address, port)
+    meta = {
+        "managed-by": MANAGED_BY,
+        "marathon-app-id": app.id,
+        "marathon-task-id": task.id,
+        "marathon-host": task.host,
+        "port-index": str(port_index),
+        "address-source": addressing.source,
+    }
+    return Registration(
+        agent_host=task.host,
+        service_id=sid,
+        name=identity.name,
+        tags=identity.tags,
+        address=address,
+        port=port,
+        meta=tuple(sorted(meta.items())),
+        checks=tuple(
+            _checks(app, sid, port_index, mapping, host_port, check_host, check_port, ttl_floor_seconds)
+        ),
+    )
+
+
+def _checks(
+    app: App,
+    sid: str,
+    port_index: int,
+    mapping: PortMapping,
+    host_port: int | None,
+    check_host: str,
+    check_port: int,
+    ttl_floor_seconds: int,
+) -> list[ConsulCheck]:
+    checks = []
+    for hc_index, hc in enumerate(app.health_checks):
+        protocol = hc.protocol.upper()
+        check_id = f"service:{sid}:{hc_index + 1}"
+        name = f"Marathon {protocol} health check {hc_index + 1}"
+        if protocol == COMMAND:
+            # Not tied to a port: the task is healthy or not, so every port's service mirrors it.
+            checks.append(_ttl_check(hc, hc_index, check_id, name, ttl_floor_seconds))
+        elif (protocol in HTTP_SCHEMES or protocol in TCP_PROTOCOLS) and _targets(
+            hc, port_index, mapping, host_port
+        ):
+            checks.append(_network_check(hc, protocol, check_id, name, check_host, check_port))
+    return checks
+
+
+def _targets(hc: HealthCheck, port_index: int, mapping: PortMapping, host_port: int | None) -> bool:
+    """Does this Marathon check probe this port mapping? A fixed `port` wins over `portIndex`."""
+    if hc.port is not None:
+        return hc.port in {mapping.container_port, host_port, mapping.host_port or None} - {None}
+    return hc.port_index == port_index
+
+
+def _network_check(
+    hc: HealthCheck, protocol: str, check_id: str, name: str, host: str, port: int
+) -> ConsulCheck:
+    target = _host_port(host, port)
+    interval, timeout = _duration(hc.interval_seconds), _duration(hc.timeout_seconds)
+    if protocol in TCP_PROTOCOLS:
+        return ConsulCheck(check_id=check_id, name=name, tcp=target, interval=interval, timeout=timeout)
+    scheme = HTTP_SCHEMES[protocol]
+    path = hc.path if hc.path.startswith("/") else "/" + hc.path
+    return ConsulCheck(
+        check_id=check_id,
+        name=name,
+        http=f"{scheme}://{target}{path}",
+        interval=interval,
+        timeout=timeout,
+        # Marathon does not verify certificates either, and tasks mostly use self-signed ones.
+        tls_skip_verify=scheme == "https",
+    )
+
+
+def _ttl_check(hc: HealthCheck, hc_index: int, check_id: str, name: str, ttl_floor_seconds: int) -> ConsulCheck:
+    """Consul cannot run a command inside the container, so the check mirrors Marathon's verdict.
+
+    The reconciler sets it passing/critical from the task's `healthCheckResults[hc_index]` (and
+    `instance_health_changed_event`s); see `ttl_check_statuses`. The TTL covers Marathon's own
+    failure window (interval x (maxConsecutiveFailures + 1)) and at least `ttl_floor_seconds`, so
+    that it only expires when the registrar stops refreshing it, e.g. because it is down.
+    """
+    window = max(hc.interval_seconds, 1) * (max(hc.max_consecutive_failures, 0) + 1)
+    command = f" ({hc.command})" if hc.command else ""
+    return ConsulCheck(
+        check_id=check_id,
+        name=name,
+        ttl=_duration(max(window, ttl_floor_seconds)),
+        notes=f"Mirrors Marathon's COMMAND health check {hc_index + 1}{command}; "
+        "set by marathon-consul-registrar from Marathon's health result",
+    )
+
+
+def ttl_check_statuses(registration: Registration, task: Task) -> list[tuple[str, str]]:
+    """`(check_id, "passing" | "critical")` for each mirrored TTL check whose Marathon result is
+    known (`task.health[hc_index]`); unknown results are left out, so the check keeps its state
+    (critical when new, which hides the task until Marathon calls it healthy)."""
+    statuses = []
+    for check in registration.checks:
+        if check.ttl is None:
+            continue
+        hc_index = int(check.check_id.rsplit(":", 1)[1]) - 1
+        alive = task.health[hc_index] if hc_index < len(task.health) else None
+        if alive is not None:
+            statuses.append((check.check_id, "passing" if alive else "critical"))
+    return statuses
+
+
+def _duration(seconds: int) -> str:
+    """Go duration string; Consul rejects a zero interval, so at least 1s."""
+    return f"{max(seconds, 1)}s"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
