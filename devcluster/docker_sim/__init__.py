@@ -1,0 +1,23 @@
+"""Docker Engine API simulator: many simulated slaves' engines in one process, for benchmarks at scale.
+
+Real engines cannot hold 10,000 containers on 2 cores; the registrar only *reads* an engine, through
+exactly four endpoints (`/version`, `/_ping`, `/v1.41/containers/json` with the `label` and `name`
+filters, `/containers/{id}/json`), so those are simulated, in the real 20.10 engine's shapes
+(`templates.py`), one engine per `--listen` address. Containers are created through a control API
+outside Docker's paths:
+
+    POST   /_sim/containers        JSON list of {task_id, ip?, network?, host_port?, container_port?,
+                                   label?, running?, name?} -> [{id, name, task_id}]
+    DELETE /_sim/containers/{ref}  by container id (or unique prefix), name or task id
+    POST   /_sim/reset             no containers, zeroed stats
+    GET    /_sim/stats             {"requests": {endpoint: count}, "containers": n}
+
+`python -m devcluster.docker_sim --listen 127.0.0.X:2375 [--listen ...] [--list-cost-per-container-us N]`
+Not faithful (on purpose): no create/start/events API, no real processes or networks, `Status` and
+`State.Pid` frozen at creation, only the filters above (plus `id`, `status`).
+"""
+
+from devcluster.docker_sim.engine import SimContainer, SimEngine
+from devcluster.docker_sim.server import Running, make_app, start, stop
+
+__all__ = ["Running", "SimContainer", "SimEngine", "make_app", "start", "stop"]
