@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
 import time
 
 import aiohttp
@@ -207,9 +209,15 @@ class CheckRunner:
 
 
 def _dial_reason(e: BaseException) -> str:
-    text = str(getattr(e, "os_error", None) or e)
-    if "refused" in text.lower():
+    """Go's dial error wording for the common errnos (`connect: connection refused`, ...)."""
+    err = getattr(e, "os_error", None) or e
+    code = getattr(err, "errno", None)
+    if code == errno.ECONNREFUSED:
         return "connect: connection refused"
-    if "unreachable" in text.lower():
+    if code == errno.ENETUNREACH:
         return "connect: network is unreachable"
-    return text
+    if code == errno.EHOSTUNREACH:
+        return "connect: no route to host"
+    if isinstance(err, socket.gaierror):
+        return f"lookup: {err.strerror}"
+    return str(err)
