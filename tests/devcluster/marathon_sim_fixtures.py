@@ -152,6 +152,8 @@ def web_app(app_id: str, instances: int = 1, *, version: str = "1.10", network: 
     else:
         mode = {"BRIDGE": "container/bridge", "HOST": "host", "USER": "container"}[network]
         body["networks"] = [{"mode": mode, "name": "weave"} if mode == "container" else {"mode": mode}]
+        if mode == "container":
+            mapping.pop("hostPort")  # a container network port without a host port
         body["container"] = {"type": "DOCKER", "docker": {"image": "local/busybox:1"},
                              "portMappings": [] if mode == "host" else [mapping]}
     body.update(extra)
@@ -199,7 +201,11 @@ class SseClient:
         return int(self.status_line.split()[1])
 
     def _read(self) -> None:
-        self.sock.settimeout(None)
+        try:
+            self.sock.settimeout(None)
+        except OSError:  # closed before the reader started
+            self.closed.set()
+            return
         buf = bytes(self.raw)
         self._parse(buf)
         while True:
