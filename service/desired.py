@@ -52,6 +52,9 @@ COMMAND = "COMMAND"
 # A mirrored COMMAND check is refreshed by the reconciler (health events and every resync), so its
 # TTL must outlast the time between two refreshes, not just Marathon's own failure window.
 TTL_FLOOR_SECONDS = 180
+# Who runs HTTP/TCP checks: Consul itself ("consul", DESIGN §2.3), a TTL check mirroring
+# Marathon's verdict ("marathon": for agents that cannot reach the host ports), or both.
+HEALTH_CHECK_MODES = ("consul", "marathon", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +83,11 @@ def desired_registrations(
     address_mode: AddressMode,
     networks: tuple[str, ...],
     ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
+    health_checks: str = "consul",
 ) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
+    if health_checks not in HEALTH_CHECK_MODES:
+        raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, got {health_checks!r}")
     if task.state != RUNNING:
         return []
     if not app.port_mappings:
@@ -98,8 +104,9 @@ def desired_registrations(
     addressing = _addressing(app, task, container, address_mode, networks)
     if isinstance(addressing, Skip):
         return addressing
+    policy = _CheckPolicy(health_checks, ttl_floor_seconds)
     registrations = [
-        _registration(app, task, i, identity, host_ports[i], addressing, ttl_floor_seconds)
+        _registration(app, task, i, identity, host_ports[i], addressing, policy)
         for i, identity in enumerate(identities)
         if identity is not None and (addressing.overlay_ip or host_ports[i] is not None)
     ]
@@ -154,7 +161,7 @@ def _registration(
     identity: Identity,
     host_port: int | None,
     addressing: _Addressing,
-    ttl_floor_seconds: int,
+    policy: _CheckPolicy,
 ) -> Registration:
     mapping = app.port_mappings[port_index]
     sid = service_id(task.id, port_index)
@@ -182,7 +189,7 @@ def _registration(
         port=port,
         meta=tuple(sorted(meta.items())),
         checks=tuple(
-            _checks(app, sid, port_index, mapping, host_port, check_host, check_port, ttl_floor_seconds)
+            _checks(app, sid, port_index, mapping, host_port, check_host, check_port, policy)
         ),
     )
 
@@ -195,7 +202,7 @@ def _checks(
     host_port: int | None,
     check_host: str,
     check_port: int,
-    ttl_floor_seconds: int,
+    policy: _CheckPolicy,
 ) -> list[ConsulCheck]:
     checks = []
     for hc_index, hc in enumerate(app.health_checks):
@@ -204,12 +211,31 @@ def _checks(
         name = f"Marathon {protocol} health check {hc_index + 1}"
         if protocol == COMMAND:
             # Not tied to a port: the task is healthy or not, so every port's service mirrors it.
-            checks.append(_ttl_check(hc, hc_index, check_id, name, ttl_floor_seconds))
+            checks.append(_ttl_check(hc, hc_index, check_id, name, policy.ttl_floor_seconds))
         elif (protocol in HTTP_SCHEMES or protocol in TCP_PROTOCOLS) and _targets(
             hc, port_index, mapping, host_port
         ):
-            checks.append(_network_check(hc, protocol, check_id, name, check_host, check_port))
+            if policy.consul_runs:
+                checks.append(_network_check(hc, protocol, check_id, name, check_host, check_port))
+            if policy.mirror:
+                # its own id (still ending in the 1-based index), so it can sit beside the HTTP/TCP check
+                checks.append(_ttl_check(hc, hc_index, f"service:{sid}:marathon:{hc_index + 1}",
+                                         f"{name} (Marathon's result)", policy.ttl_floor_seconds))
     return checks
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckPolicy:
+    mode: str
+    ttl_floor_seconds: int
+
+    @property
+    def consul_runs(self) -> bool:
+        return self.mode in ("consul", "both")
+
+    @property
+    def mirror(self) -> bool:
+        return self.mode in ("marathon", "both")
 
 
 def _targets(hc: HealthCheck, port_index: int, mapping: PortMapping, host_port: int | None) -> bool:
@@ -240,7 +266,8 @@ def _network_check(
 
 
 def _ttl_check(hc: HealthCheck, hc_index: int, check_id: str, name: str, ttl_floor_seconds: int) -> ConsulCheck:
-    """Consul cannot run a command inside the container, so the check mirrors Marathon's verdict.
+    """A TTL check mirroring Marathon's verdict: for COMMAND checks (Consul cannot run a command
+    inside the container) and, with `health_checks` marathon/both, for HTTP/TCP checks too.
 
     The reconciler sets it passing/critical from the task's `healthCheckResults[hc_index]` (and
     `instance_health_changed_event`s); see `ttl_check_statuses`. The TTL covers Marathon's own
@@ -253,7 +280,7 @@ def _ttl_check(hc: HealthCheck, hc_index: int, check_id: str, name: str, ttl_flo
         check_id=check_id,
         name=name,
         ttl=_duration(max(window, ttl_floor_seconds)),
-        notes=f"Mirrors Marathon's COMMAND health check {hc_index + 1}{command}; "
+        notes=f"Mirrors Marathon's {hc.protocol.upper()} health check {hc_index + 1}{command}; "
         "set by marathon-consul-registrar from Marathon's health result",
     )
 
