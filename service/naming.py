@@ -60,11 +60,17 @@ class Identity:
 
 
 def service_identity(app: App, port_index: int, naming: Naming) -> Identity | None:
-    """The Consul name and tags of port `port_index` of `app`, or None if it opts out."""
-    if not 0 <= port_index < len(app.port_mappings):
+    """The Consul name and tags of port `port_index` of `app`, or None if it opts out.
+
+    An app without port mappings still has a name for index 0 (what `names APP_ID` prints); the
+    per-port env keys then do not apply.
+    """
+    if port_index == 0 and not app.port_mappings:
+        port_key = "SERVICE__NO_PORT_"  # matches no registrator key
+    elif 0 <= port_index < len(app.port_mappings):
+        port_key = f"SERVICE_{app.port_mappings[port_index].container_port}_"
+    else:
         raise ValueError(f"app {app.id!r} has no port index {port_index}")
-    mapping = app.port_mappings[port_index]
-    port_key = f"SERVICE_{mapping.container_port}_"
     if _opted_out(app, port_key):
         return None
     segments = app_segments(app.id)

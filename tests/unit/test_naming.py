@@ -147,10 +147,24 @@ def test_opted_out(the_app, port_index):
     assert service_identity(the_app, port_index, Naming.DNS) is None
 
 
-@pytest.mark.parametrize("port_index", [-1, 1, 5])
-def test_port_index_out_of_range(port_index):
+@pytest.mark.parametrize(("ports", "port_index"), [(ONE_PORT, -1), (ONE_PORT, 1), (ONE_PORT, 5), ((), 1)])
+def test_port_index_out_of_range(ports, port_index):
     with pytest.raises(ValueError, match="has no port index"):
-        service_identity(app(), port_index, Naming.DNS)
+        service_identity(app(ports=ports), port_index, Naming.DNS)
+
+
+@pytest.mark.parametrize(
+    ("labels", "env", "expected"),
+    [
+        ({}, {}, Identity("web", ("customer1", "site1.customer1"))),
+        ({"consul.tags": "x"}, {"SERVICE_NAME": "api", "SERVICE_80_NAME": "ignored"},
+         Identity("api", ("customer1", "site1.customer1", "x"))),
+        ({"consul.register": "false"}, {}, None),
+    ],
+)
+def test_app_without_ports_still_has_a_name(labels, env, expected):
+    """What `names APP_ID` asks for: the app's name with no port mappings known."""
+    assert service_identity(app(ports=(), labels=labels, env=env), 0, Naming.DNS) == expected
 
 
 @pytest.mark.parametrize(
