@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from service.consul_registry import AgentClient, ConsulAgents, ConsulError, OwnedService
-from service.desired import desired_registrations
+from service.desired import desired_registrations, ttl_check_statuses
 from service.docker_lookup import ContainerLookup, DockerLookupError
 from service.marathon.client import MarathonClient
 from service.marathon.events import AppEvent, HealthEvent, TaskEvent
@@ -37,7 +37,6 @@ from service.model import (
     GOING_AWAY_STATES,
     AddressMode,
     App,
-    ConsulCheck,
     Container,
     Naming,
     Registration,
@@ -54,6 +53,7 @@ class ReconcileSettings:
     address_mode: AddressMode = AddressMode.AUTO
     networks: tuple[str, ...] = ("weave", "bridge")
     health_checks: str = "consul"  # consul | marathon | both (which checks Consul runs itself)
+    ttl_floor_seconds: int = 180  # TTL mirrors must outlive the gap between two resyncs refreshing them
     workers: int = 16
     write_concurrency: int = 64
     max_attempts: int = 8
@@ -313,8 +313,10 @@ class Reconciler:
             if isinstance(container, Skip):
                 skips.append(container)
                 continue
-            result = desired_registrations(app, task, container, naming=self.settings.naming,
-                                           address_mode=self.settings.address_mode, networks=self.settings.networks)
+            result = desired_registrations(
+                app, task, container, naming=self.settings.naming, address_mode=self.settings.address_mode,
+                networks=self.settings.networks, health_checks=self.settings.health_checks,
+                ttl_floor_seconds=self.settings.ttl_floor_seconds)
             if isinstance(result, Skip):
                 skips.append(result)
                 self.metrics.skips.labels(result.reason).inc()
@@ -325,15 +327,15 @@ class Reconciler:
 
     async def _apply(self, app_id: str, desired: dict[str, Registration], owned: dict[str, OwnedService],
                      batch: Batch, tasks: list[Task]) -> None:
-        health = {t.id: t.health for t in tasks}
+        by_id = {t.id: t for t in tasks}
         jobs = []
         for sid, reg in desired.items():
             have = owned.get(sid)
+            task = by_id[reg.task_id]
             if have is None or have.registration.agent_host != reg.agent_host or not have.matches(reg):
-                jobs.append(self._register(reg, batch.received.get(reg.task_id), health.get(reg.task_id, ()),
-                                           have))
+                jobs.append(self._register(reg, batch.received.get(reg.task_id), task, have))
             else:
-                jobs.append(self._sync_ttl(reg, health.get(reg.task_id, ()), have))
+                jobs.append(self._sync_ttl(reg, task, have))
         for sid, have in owned.items():
             if sid not in desired or desired[sid].agent_host != have.registration.agent_host:
                 jobs.append(self._deregister(have.registration))
@@ -350,7 +352,7 @@ class Reconciler:
             self._locations.pop(app_id, None)
         self.metrics.managed.set(len(self._managed))
 
-    async def _register(self, reg: Registration, received: float | None, health: tuple[bool | None, ...],
+    async def _register(self, reg: Registration, received: float | None, task: Task,
                         had: OwnedService | None) -> None:
         agent = self.agents.agent(reg.agent_host)
         async with self._write_slots:
@@ -363,19 +365,20 @@ class Reconciler:
         if received is not None:
             self.metrics.event_to_registration.observe(time.monotonic() - received)
         self._managed[reg.service_id] = reg
-        await self._sync_ttl(reg, health, None)
+        await self._sync_ttl(reg, task, None)
 
-    async def _sync_ttl(self, reg: Registration, health: tuple[bool | None, ...], have: OwnedService | None) -> None:
-        """Checks Consul cannot run (Marathon COMMAND checks) mirror Marathon's verdict as TTL checks."""
+    async def _sync_ttl(self, reg: Registration, task: Task, have: OwnedService | None, *,
+                        refresh: bool = False) -> None:
+        """Checks Consul cannot run (Marathon COMMAND checks, or all with --health-checks marathon|both)
+        mirror Marathon's verdict as TTL checks. Pushed when it differs from the agent's, and on
+        `refresh` (every resync) so that the TTL does not run out while Marathon's verdict stands."""
         self._managed[reg.service_id] = reg
-        for check in reg.checks:
-            if not check.ttl:
+        for check_id, want in ttl_check_statuses(reg, task):
+            if not refresh and have is not None and have.check_status.get(check_id) == want:
                 continue
-            want, output = ttl_status(check, health)
-            if have is not None and have.check_status.get(check.check_id) == want:
-                continue
+            output = f"Marathon reports this health check {'alive' if want == 'passing' else 'failing'}"
             async with self._write_slots:
-                await self.agents.agent(reg.agent_host).set_ttl(check.check_id, want, output)
+                await self.agents.agent(reg.agent_host).set_ttl(check_id, want, output)
 
     async def _deregister(self, reg: Registration) -> None:
         async with self._write_slots:
@@ -412,15 +415,16 @@ class Reconciler:
                     owned[sid] = svc
                     owner_agent[sid] = agent.url
             desired: dict[str, Registration] = {}
-            health: dict[str, tuple[bool | None, ...]] = {}
+            task_of: dict[str, Task] = {}
             for app, tasks in tasks_by_app.values():
                 regs, skips = await self._desired(app, tasks)
                 desired.update(regs)
-                health.update({t.id: t.health for t in tasks})
+                task_of.update({t.id: t for t in tasks})
                 for s in skips:
                     drift.skipped[s.task_id] = s.reason
                     if s.retry:
                         drift.apps_to_repair.add(app.id)
+            ttl_refresh: list[tuple[Registration, Task, OwnedService]] = []
             for sid, reg in desired.items():
                 have = owned.get(sid)
                 url = self.agents.agent(reg.agent_host).url
@@ -428,8 +432,10 @@ class Reconciler:
                     if url not in drift.unreachable:
                         drift.add("missing", url, sid, reg.meta_dict.get("marathon-app-id", ""))
                 elif have.registration.agent_host != reg.agent_host or not have.matches(reg) or \
-                        not _ttl_in_sync(reg, health.get(reg.task_id, ()), have):
+                        not _ttl_in_sync(reg, task_of[reg.task_id], have):
                     drift.add("drifted", url, sid, reg.meta_dict.get("marathon-app-id", ""))
+                elif any(c.ttl for c in reg.checks):
+                    ttl_refresh.append((reg, task_of[reg.task_id], have))
             for sid, have in owned.items():
                 if sid not in desired:
                     drift.add("orphan", owner_agent[sid], sid, have.registration.meta_dict.get("marathon-app-id", ""))
@@ -446,6 +452,8 @@ class Reconciler:
                     self.metrics.drift.labels(kind).inc(n)
             if not dry_run:
                 await self._repair(drift)
+                await asyncio.gather(*(self._sync_ttl(r, t, h, refresh=True) for r, t, h in ttl_refresh),
+                                     return_exceptions=True)
             self.metrics.resyncs.labels("ok" if not drift.unreachable else "partial").inc()
         except Exception:
             self.metrics.resyncs.labels("error").inc()
@@ -513,19 +521,5 @@ class Reconciler:
         }
 
 
-def ttl_status(check: ConsulCheck, health: tuple[bool | None, ...]) -> tuple[str, str]:
-    """Marathon's verdict for the health check behind a TTL mirror check (id ends in its 1-based index)."""
-    try:
-        index = int(check.check_id.rsplit(":", 1)[1]) - 1
-    except (IndexError, ValueError):
-        index = -1
-    alive = health[index] if 0 <= index < len(health) else None
-    if alive is True:
-        return "passing", "Marathon reports this health check alive"
-    if alive is False:
-        return "critical", "Marathon reports this health check failing"
-    return "critical", "no result from Marathon for this health check yet"
-
-
-def _ttl_in_sync(reg: Registration, health: tuple[bool | None, ...], have: OwnedService) -> bool:
-    return all(have.check_status.get(c.check_id) == ttl_status(c, health)[0] for c in reg.checks if c.ttl)
+def _ttl_in_sync(reg: Registration, task: Task, have: OwnedService) -> bool:
+    return all(have.check_status.get(check_id) == want for check_id, want in ttl_check_statuses(reg, task))

@@ -62,7 +62,8 @@ def build(config: Config) -> Components:
     lookup = ContainerLookup(config.docker, config.networks, metrics=metrics)
     agents = ConsulAgents(config.consul, token=config.consul_token, metrics=metrics)
     settings = ReconcileSettings(naming=config.naming, address_mode=config.address_mode, networks=config.networks,
-                                 workers=config.workers, health_checks=config.health_checks)
+                                 workers=config.workers, health_checks=config.health_checks,
+                                 ttl_floor_seconds=max(180, int(3 * config.resync_interval)))
     reconciler = Reconciler(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=settings)
     return Components(metrics, session, marathon, lookup, agents, reconciler)
 

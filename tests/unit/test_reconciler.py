@@ -35,7 +35,7 @@ class World:
         self._n = itertools.count(1)
 
     def reconciler(self, **kw: object) -> Reconciler:
-        s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, **kw)  # type: ignore[arg-type]
+        s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=100_000, **kw)  # type: ignore[arg-type]
         return Reconciler(marathon=self.marathon, lookup=self.lookup, agents=self.agents,  # type: ignore[arg-type]
                           metrics=Metrics(), settings=s)
 
@@ -205,7 +205,9 @@ async def test_resync_repairs_missing_orphan_and_drift_and_is_silent_when_clean(
         w.agents.agent(drift.host).services[sid] = type(edited)(**{
             **{f: getattr(edited, f) for f in edited.__slots__}, "address": "10.99.99.99", "tags": ("extra",)})
         gone = w.start_task(APP)
-        await r.resync()
+        r.hint(w.events[-1])
+        await drain(r)
+        assert gone.id in w.managed_task_ids()
         w.marathon.tasks[APP].pop(gone.id)
         found = await r.resync()
         await drain(r)
