@@ -101,7 +101,8 @@ def start_sim(version: str, listen: tuple[str, int], *extra: str) -> Sim:
     proc = Process(argv, f"marathon-sim-{version}-{listen[1]}")
     sim = Sim(f"http://{listen[0]}:{listen[1]}", version, proc)
     try:
-        wait_for(lambda: not proc.alive() or http("GET", f"{sim.url}/ping")[0] == 200, 20, what="simulator up")
+        # the log line, not /ping: another process on the port would answer /ping too
+        wait_for(lambda: not proc.alive() or "simulator on http://" in proc.tail(), 20, what="simulator up")
     except AssertionError:
         proc.stop()
         raise
@@ -127,13 +128,13 @@ def running_sim(version: str, listen: tuple[str, int], *extra: str) -> Iterator[
         assert not left, f"simulator left containers behind: {[c['Names'] for _, c in left]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # fixtures star-imported per module: one process per module
 def sim10() -> Iterator[Sim]:
     with running_sim("1.10", SIM10) as sim:
         yield sim
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # fixtures star-imported per module: one process per module
 def sim14() -> Iterator[Sim]:
     with running_sim("1.4", SIM14, "--http-event-request-timeout", "2",
                      "--http-event-callback-slow-consumer-timeout", "2") as sim:

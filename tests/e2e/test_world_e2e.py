@@ -69,7 +69,8 @@ def test_deploy_scale_fail_delete_on_both_slaves(sim10: Sim) -> None:
                 states.setdefault(d["taskId"], []).append(d["taskStatus"])
         assert all(s[-2:] == ["TASK_KILLING", "TASK_KILLED"] for s in states.values()), states
         [survivor] = sim10.running(app_id, 1)
-        wait_for(lambda: len(containers_of(sim10.pid)) == 1, 10, what="one container left")
+        wait_for(lambda: len(containers_of(sim10.pid)) == 1, 10,
+                 what=f"one container left, not {[c['Names'] for _, c in containers_of(sim10.pid)]}")
 
         # a container killed behind Marathon's back: TASK_FAILED, then a replacement after the back-off
         client = docker.DockerClient(base_url=SLAVE[survivor["host"]].docker_local_url)
