@@ -193,12 +193,16 @@ class MarathonClient:
     async def find_leader(self) -> Endpoint | None:
         """Ask the current master who leads; switch to that master if it is one of ours.
 
-        A transient failure raises `_Transient` (so the calling attempt fails over); "no leader"
-        (404) or a leader outside our list keeps the current endpoint, since any live master
-        proxies REST calls to the leader.
+        A transient failure raises `_Transient` (so the calling attempt fails over); any other
+        answer that names no leader of ours (404 "There is no leader", a refusal, a leader outside
+        our list) keeps the current endpoint, since any live master proxies REST calls to the leader.
         """
         index = self._current
-        obj = await self._attempt("leader", "GET", "/v2/leader", index=index, ok_statuses=(404,))
+        try:
+            obj = await self._attempt("leader", "GET", "/v2/leader", index=index, ok_statuses=(404,))
+        except MarathonError as e:  # e.g. an auth plugin that forbids /v2/leader: keep what we have
+            log.debug("cannot ask Marathon for its leader: %s", e)
+            obj = None
         self._leader_checked = True
         leader = obj.get("leader") if isinstance(obj, dict) else None
         if not isinstance(leader, str) or not leader:
@@ -236,7 +240,7 @@ class MarathonClient:
         try:
             async with self.session.request(
                 method, url, params=params, headers={**(headers or {}), **ep.headers}, data=data,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False,
             ) as resp:
                 status = resp.status
                 raw = await resp.read()

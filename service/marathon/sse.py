@@ -183,8 +183,10 @@ class EventStream:
         self.metrics.event_source_connected.set(1 if value else 0)
 
     async def run(self) -> None:
-        """Connect, read, reconnect, until `stop()`. Cancelling the task also ends it, cleanly."""
-        self._stop.clear()
+        """Connect, read, reconnect, until `stop()`. Cancelling the task also ends it, cleanly.
+
+        An EventStream runs once: `stop()` is final, even when it comes before `run()` starts.
+        """
         first = True
         try:
             while not self._stop.is_set():
@@ -196,6 +198,7 @@ class EventStream:
                 self._reader = asyncio.create_task(self._read_once())
                 try:
                     await self._reader
+                    # Same master again: a standby redirects (1.7+) or proxies (older) to the leader.
                     log.warning("Marathon event stream closed by %s; reconnecting", self._display)
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
@@ -211,6 +214,10 @@ class EventStream:
                                 self._display, type(e).__name__, e)
                     if self._connected_at is None:
                         self._next_endpoint()  # could not even connect: try the next master
+                except Exception:
+                    # Never give up on the event source: a bug here must not silence the registrar
+                    # (the periodic resync would hide it); log it loudly and reconnect.
+                    log.exception("Marathon event stream from %s failed unexpectedly", self._display)
                 finally:
                     self._reader = None
                     self._set_connected(False)
@@ -256,7 +263,7 @@ class EventStream:
         for _ in range(_MAX_REDIRECTS + 1):
             async with asyncio.timeout(self.client.timeout):
                 resp = await self.session.get(url, headers=headers, timeout=timeout,
-                                              allow_redirects=False)
+                                              allow_redirects=False, raise_for_status=False)
             async with resp:
                 if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                     # Followed by hand: aiohttp drops credentials on a redirect to another host, and

@@ -195,6 +195,18 @@ async def test_leader_not_listed_keeps_current(session: aiohttp.ClientSession) -
         assert b.paths() == []
 
 
+async def test_leader_question_refused_does_not_fail_the_call(session: aiohttp.ClientSession) -> None:
+    async with marathons(2) as (a, b):
+        a.json("GET", "/v2/leader", {"message": "Not Authorized to perform this action!"}, status=403)
+        a.json("GET", "/v2/info", INFO_110)
+        await a.start()
+        await b.start()
+        c = client([a.url, b.url], session, Metrics())
+        assert await c.info() == INFO_110
+        await c.info()
+        assert a.paths() == ["/v2/leader", "/v2/info", "/v2/info"]  # asked once, then left alone
+
+
 async def test_basic_auth_from_url_and_password_never_shown(
     session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -214,6 +226,8 @@ async def test_basic_auth_from_url_and_password_never_shown(
         assert err.value.status == 422
         shown = str(err.value) + " ".join(r.getMessage() for r in caplog.records) + repr(c.endpoints)
         assert "s3cr" not in shown
+        encoded = aiohttp.encode_basic_auth("admin", "s3cr@t").split()[1]
+        assert encoded not in shown  # not even base64-encoded
         assert "admin" not in str(err.value)
 
 

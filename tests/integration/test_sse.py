@@ -548,3 +548,12 @@ async def test_backoff_resets_after_a_connection_that_stayed_up(session: aiohttp
         await asyncio.wait_for(task, 2)
     # growing while connections die young; reset by connection 4, then one back-off before 5
     assert failures_at_connect == [0, 1, 2, 3, 1]
+
+
+async def test_stop_before_run_is_final(session: aiohttp.ClientSession) -> None:
+    m = Metrics()
+    client = MarathonClient([dead_url()], session=session, metrics=m)
+    stream = EventStream(client, metrics=m, on_event=lambda e: None, on_connect=lambda: None)
+    stream.stop()
+    await asyncio.wait_for(stream.run(), 1)
+    assert sample(m, "mcr_event_source_reconnects_total") == 0
