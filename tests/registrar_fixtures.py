@@ -30,7 +30,7 @@ def app_json(app_id: str, instances: int, version: str, *, health: bool = True, 
              network: str = "BRIDGE", cmd: str = WEB_CMD) -> dict:
     """A busybox web app in the JSON shape of the given Marathon version."""
     checks = [{"protocol": "HTTP" if version == "1.4" else "MESOS_HTTP", "path": "/", "portIndex": 0,
-               "intervalSeconds": 1, "timeoutSeconds": 1, "gracePeriodSeconds": 10, "maxConsecutiveFailures": 3}]
+               "intervalSeconds": 2, "timeoutSeconds": 1, "gracePeriodSeconds": 10, "maxConsecutiveFailures": 3}]
     body: dict = {"id": app_id, "instances": instances, "cpus": 0.1, "mem": 32, "cmd": cmd,
                   "labels": labels or {}, "healthChecks": checks if health else []}
     mapping = {"containerPort": 80, "hostPort": 0, "protocol": "tcp", "name": "http"}
