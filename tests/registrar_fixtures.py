@@ -90,17 +90,28 @@ class Registrar:
     def ready(self) -> bool:
         return http("GET", f"{self.url}/ready")[0] == 200
 
+    def state(self) -> dict:
+        status, body, _ = http("GET", f"{self.url}/v1/registrations")
+        assert status == 200, (status, body)
+        return body
+
+    def wait_resyncs(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until `n` more full resyncs have finished than now (so one started after this call)."""
+        start = self.state()["resyncs"]
+        wait_for(lambda: self.state()["resyncs"] >= start + n, timeout, what=f"{n} more resyncs")
+
     def post_event(self, raw: bytes, content_type: str = "application/json") -> tuple[int, object]:
         status, body, _ = http("POST", f"{self.url}/v1/events", raw=raw, headers={"Content-Type": content_type})
         return status, body
 
 
 def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 3.0,
-                    extra: list[str] | None = None) -> Registrar:
-    port = free_port()
+                    extra: list[str] | None = None, port: int | None = None,
+                    callback_url: str | None = None) -> Registrar:
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}",
-            "--callback-url", f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
+            "--callback-url", callback_url or f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
             "--log-level", "DEBUG", *(extra or [])]
     proc = Process(argv, f"registrar-{port}")
     registrar = Registrar(url, proc)
