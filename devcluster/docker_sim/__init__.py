@@ -12,7 +12,9 @@ outside Docker's paths:
     POST   /_sim/reset             no containers, zeroed stats
     GET    /_sim/stats             {"requests": {endpoint: count}, "containers": n}
 
-`python -m devcluster.docker_sim --listen 127.0.0.X:2375 [--listen ...] [--list-cost-per-container-us N]`
+`python -m devcluster.docker_sim --listen 127.0.0.X:2375 [--listen ...] [--list-cost-per-container-us N]
+[--list-cost-per-result-us N]` (the cost model: the 20.10 engine here spent ~45 us per container held
+and ~150 us per container returned; 100 containers: 20 ms listed, 5 ms for one by label=value).
 Not faithful (on purpose): no create/start/events API, no real processes or networks, `Status` and
 `State.Pid` frozen at creation, only the filters above (plus `id`, `status`).
 """

@@ -17,8 +17,8 @@ def _listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _serve(listens: list[tuple[str, int]], list_cost_us: float) -> None:
-    running = await start(listens, list_cost_us=list_cost_us)
+async def _serve(listens: list[tuple[str, int]], list_cost_us: float, result_cost_us: float) -> None:
+    running = await start(listens, list_cost_us=list_cost_us, result_cost_us=result_cost_us)
     for r in running:
         print(f"docker_sim: slave engine on tcp://{r.host}:{r.port}", flush=True)
     done = asyncio.Event()
@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="HOST:PORT of one simulated slave's engine (repeat for more slaves)")
     ap.add_argument("--list-cost-per-container-us", type=float, default=0.0, metavar="N",
                     help="delay each listing by N microseconds per container the engine holds "
-                         "(models dockerd's scan; default 0)")
+                         "(models dockerd's scan; default 0; the test world's 20.10 engine: ~45)")
+    ap.add_argument("--list-cost-per-result-us", type=float, default=0.0, metavar="N",
+                    help="and by N microseconds per container it returns (rendering; default 0; "
+                         "the test world's engine: ~150)")
     args = ap.parse_args(argv)
-    asyncio.run(_serve(args.listen, args.list_cost_per_container_us))
+    asyncio.run(_serve(args.listen, args.list_cost_per_container_us, args.list_cost_per_result_us))
 
 
 if __name__ == "__main__":

@@ -53,11 +53,12 @@ class SimEngine:
     """The state behind one `--listen` address."""
 
     host_ip: str
-    list_cost_us: float = 0.0
+    list_cost_us: float = 0.0  # per container held (the engine's scan)
+    result_cost_us: float = 0.0  # per container returned (the engine's rendering)
     containers: dict[str, SimContainer] = field(default_factory=dict)  # id -> container, creation order
     stats: Counter[str] = field(default_factory=Counter)
     _generation: int = 0
-    _list_cache: dict[tuple[str, bool], bytes] = field(default_factory=dict)
+    _list_cache: dict[tuple[str, bool], tuple[bytes, int]] = field(default_factory=dict)
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -144,17 +145,24 @@ class SimEngine:
         matches = [c for c in self.containers.values() if c.id.startswith(ref)] if ref else []
         return matches[0] if len(matches) == 1 else None
 
-    def listing(self, filters_param: str, all_: bool) -> bytes:
-        """The body of `GET /containers/json`; FilterError for what the engine rejects."""
+    def listing(self, filters_param: str, all_: bool) -> tuple[bytes, int]:
+        """The body of `GET /containers/json` and how many entries it holds; FilterError for what
+        the engine rejects."""
         key = (filters_param, all_)
-        body = self._list_cache.get(key)
-        if body is not None:
-            return body
+        cached = self._list_cache.get(key)
+        if cached is not None:
+            return cached
         match = _compile_filters(filters_param)
         selected = [c.list_json for c in reversed(self.containers.values())  # newest first, like Docker
                     if (all_ or c.running) and match(c)]
-        body = self._list_cache[key] = b"[" + b",".join(selected) + b"]"
-        return body
+        if len(self._list_cache) > 64:  # narrowed per-task queries would pile up otherwise
+            self._list_cache.clear()
+        out = self._list_cache[key] = (b"[" + b",".join(selected) + b"]", len(selected))
+        return out
+
+    def list_delay(self, returned: int) -> float:
+        """Seconds the real engine would spend on a listing (0 unless a cost model is set)."""
+        return (self.list_cost_us * len(self.containers) + self.result_cost_us * returned) / 1e6
 
 
 def _compile_filters(param: str) -> Any:

@@ -52,13 +52,14 @@ async def _docker(request: web.Request) -> web.StreamResponse:
         engine.stats[f"/containers/json?filters={_filter_kind(filters)}"] += 1
         all_ = request.query.get("all", "") in ("1", "true", "True")
         try:
-            body = engine.listing(filters, all_)
+            body, returned = engine.listing(filters, all_)
         except FilterError as exc:
             return _error(400, str(exc))
-        if engine.list_cost_us:
-            # Models the engine's scan of *all* its containers. A sleep, not a busy loop: the real
-            # cost is burnt by dockerd, not by the registrar's cores that the bench measures.
-            await asyncio.sleep(engine.list_cost_us * len(engine.containers) / 1e6)
+        delay = engine.list_delay(returned)
+        if delay:
+            # The engine's scan (and rendering) cost. A sleep, not a busy loop: on a real cluster that
+            # CPU is burnt by dockerd on the slave, not on the registrar's cores the bench measures.
+            await asyncio.sleep(delay)
         return _json(body)
     parts = path.split("/")
     if len(parts) == 4 and parts[1] == "containers" and parts[3] == "json":
@@ -72,13 +73,16 @@ async def _docker(request: web.Request) -> web.StreamResponse:
 
 
 def _filter_kind(filters: str) -> str:
-    """`label`, `name`, `label,name`, `none` or `invalid`: a bounded stats key per listing."""
+    """`label`, `label=value` (narrowed to one value), `name`, `label,name`, `none` or `invalid`: a
+    bounded stats key per listing."""
     if not filters:
         return "none"
     try:
-        return ",".join(sorted(json.loads(filters))) or "none"
-    except (ValueError, TypeError):
+        raw = json.loads(filters)
+        keys = [f"{k}=value" if any("=" in str(v) for v in raw[k]) else k for k in sorted(raw)]
+    except (ValueError, TypeError, AttributeError):
         return "invalid"
+    return ",".join(keys) or "none"
 
 
 async def _sim_create(request: web.Request) -> web.Response:
@@ -135,12 +139,15 @@ class Running:
         return f"tcp://{self.host}:{self.port}"
 
 
-async def start(listens: Iterable[tuple[str, int]], *, list_cost_us: float = 0.0) -> list[Running]:
-    """Serve one simulated slave per (host, port); port 0 picks a free one."""
+async def start(
+    listens: Iterable[tuple[str, int]], *, list_cost_us: float = 0.0, result_cost_us: float = 0.0
+) -> list[Running]:
+    """Serve one simulated slave per (host, port); port 0 picks a free one. The costs model a listing's
+    time on the real engine: per container held and per container returned, in microseconds."""
     out: list[Running] = []
     try:
         for host, port in listens:
-            engine = SimEngine(host_ip=host, list_cost_us=list_cost_us)
+            engine = SimEngine(host_ip=host, list_cost_us=list_cost_us, result_cost_us=result_cost_us)
             runner = web.AppRunner(make_app(engine), access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, host, port, reuse_address=True)

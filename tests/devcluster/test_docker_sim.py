@@ -202,6 +202,26 @@ async def test_list_cost_option_models_the_engine_scan(http: aiohttp.ClientSessi
     assert ms >= 10.0, ms  # 250 x 40 us
 
 
+async def test_result_cost_charges_returned_containers_only(http: aiohttp.ClientSession) -> None:
+    running = await start([("127.0.0.1", 0)], result_cost_us=100)
+    try:
+        r = running[0]
+        await create(http, r, [{"task_id": f"c.{i}"} for i in range(200)])
+        t0 = time.perf_counter()
+        _, one, _ = await get(http, r, "/v1.41/containers/json?filters=" + quote('{"label":["MESOS_TASK_ID=c.7"]}'))
+        narrowed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, every, _ = await get(http, r, "/v1.41/containers/json?" + LABEL_Q)
+        whole = time.perf_counter() - t0
+        st = await stats(http, r)
+    finally:
+        await stop(running)
+    assert len(one) == 1 and len(every) == 200
+    assert whole >= 0.02 > narrowed, (whole, narrowed)  # 200 x 100 us vs 1 x 100 us
+    assert st["requests"]["/containers/json?filters=label=value"] == 1
+    assert st["requests"]["/containers/json?filters=label"] == 1
+
+
 # ---- the registrar's lookup, unchanged --------------------------------------------------------
 
 

@@ -162,7 +162,9 @@ class CountingProxy:
         if path.endswith("/version"):
             return "version"
         if path.endswith("/containers/json"):
-            return "list-named" if "name" in query else "list-label"
+            if "name" in query:
+                return "list-named"
+            return "list-task" if "MESOS_TASK_ID%3D" in query or "MESOS_TASK_ID=" in query else "list-label"
         if path.endswith("/json") and "/containers/" in path:
             return "inspect:" + path.split("/containers/")[1].split("/")[0]
         return path
@@ -344,8 +346,9 @@ async def test_missing_task_relists_once_then_none(world: dict[str, Any], proxy_
         assert await lookup.find(S1[0], "no_such_app.00000000-0000-0000-0000-000000000000") is None
     finally:
         await lookup.close()
-    # the miss cost exactly one re-list (label + name listings), not a loop
-    assert proxy_s1.counts["list-label"] == 2 and proxy_s1.counts["list-named"] == 1, proxy_s1.counts
+    # the miss cost one narrowed probe and one full re-list (for unlabelled containers), not a loop
+    assert proxy_s1.counts["list-label"] == 1, proxy_s1.counts
+    assert proxy_s1.counts["list-task"] == 1 and proxy_s1.counts["list-named"] == 1, proxy_s1.counts
 
 
 async def test_container_started_after_the_cached_listing_is_found(
@@ -359,6 +362,25 @@ async def test_container_started_after_the_cached_listing_is_found(
     finally:
         await lookup.close()
     assert c is not None and c.overlay_ip(NETWORKS) == made.ips["weave"]
+
+
+async def test_just_started_container_costs_one_narrowed_probe(
+    world: dict[str, Any], created: Created, proxy_s1: CountingProxy
+) -> None:
+    """A TASK_RUNNING after the cached listing: one `label=MESOS_TASK_ID=<id>` request, not a
+    re-list of the whole slave; a second event for the task is then served from the listing."""
+    lookup = ContainerLookup(proxy_s1.url, NETWORKS, metrics=Metrics(), list_ttl=60.0)
+    try:
+        assert await lookup.find(S1[0], world["s1"].task_id) is not None
+        made = await asyncio.to_thread(created.run, S1)
+        before = dict(proxy_s1.counts)
+        c = await lookup.find(S1[0], made.task_id)
+        again = await lookup.find(S1[0], made.task_id)
+    finally:
+        await lookup.close()
+    assert c is not None and c.overlay_ip(NETWORKS) == made.ips["bridge"] and again == c
+    spent = {k: n - before.get(k, 0) for k, n in proxy_s1.counts.items() if n != before.get(k, 0)}
+    assert spent == {"list-task": 1}, spent
 
 
 # ---- failures -------------------------------------------------------------------------------
