@@ -1,13 +1,14 @@
 """`python -m devcluster.consul_sim`: one process, one HTTP agent per `--agent`, one DNS server.
 
     python -m devcluster.consul_sim --agent 127.0.0.2:8500=slave1 --agent 127.0.0.3:8500=slave2 \
-        --dns 127.0.0.1:8600 [--datacenter dc1] [--no-checks] \
+        --dns 127.0.0.1:8600 [--datacenter dc1] [--no-checks] [--registration-log] \
         [--acl-default-policy allow|deny] [--acl-token SECRET=ACCESSOR:RULES ...]
 
 Each `--agent HOST:PORT=NODENAME` is a Consul client agent whose node is NODENAME with node
 Address HOST; all agents feed one catalog. ACLs are off unless `--acl-default-policy` is given
 (token rules syntax: see `devcluster.consul_sim.acl`). `--no-checks` stores checks but never runs
-them (benchmarks). `--check-reap-interval` / `--check-deregister-min` exist for tests only and
+them (benchmarks); `--registration-log` timestamps every register/deregister for
+`GET /_sim/registrations` (benchmarks). `--check-reap-interval` / `--check-deregister-min` exist for tests only and
 default to Consul's 30 s / 1 min. Logs go to stderr; SIGTERM/SIGINT exit cleanly.
 """
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dns", type=_hostport, metavar="HOST:PORT")
     p.add_argument("--datacenter", default="dc1")
     p.add_argument("--no-checks", action="store_true", help="store checks but never run them")
+    p.add_argument("--registration-log", action="store_true",
+                   help="record every register/deregister with its time for GET /_sim/registrations")
     p.add_argument("--acl-default-policy", choices=["allow", "deny"])
     p.add_argument("--acl-token", action="append", default=[], type=parse_token_arg,
                    metavar="SECRET=ACCESSOR:RULES")
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     state = State(args.datacenter, args.agent)
     sim = Sim(state, AclStore(args.acl_default_policy, args.acl_token))
+    if args.registration_log:
+        sim.registration_log = []
     runner: CheckRunner | None = None
     if not args.no_checks:
         runner = CheckRunner(state, reap_interval=args.check_reap_interval,

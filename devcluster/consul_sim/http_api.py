@@ -8,6 +8,10 @@ Every error body is plain text; the status/text pairs come from reference/consul
 
 Test-only endpoints live outside `/v1/`: `POST /_sim/reset`, `GET /_sim/stats`,
 `POST /_sim/stats/reset`. Stats count every `/v1/` call per agent as `"<METHOD> <pattern>"`.
+With `--registration-log` (benchmarks; off by default) every accepted service register/deregister
+is also appended, O(1), to a log read by `GET /_sim/registrations` (`?since=N` pages on) as
+`[op, service id, agent, CLOCK_MONOTONIC seconds, wall seconds]`: the monotonic clock is system-wide
+on Linux, so a bench process can subtract its own event-delivery times exactly.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class Sim:
         self.acl = acl
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.ttl_reset: Callable[[Agent, str], None] = lambda agent, check_id: None
+        self.registration_log: list[tuple[str, str, str, float, float]] | None = None  # --registration-log
+
+    def log_registration(self, op: str, service_id: str, agent: Agent) -> None:
+        if self.registration_log is not None:
+            self.registration_log.append((op, service_id, agent.addr, time.monotonic(), time.time()))
 
 
 Handler = Callable[["Request"], Awaitable[web.StreamResponse]]
@@ -158,6 +167,7 @@ async def register_service(r: Request) -> web.StreamResponse:
     q = r.query.getall("replace-existing-checks", [])
     replace = len(q) > 0 and q[0] in ("", "true")
     r.state.register_service(r.agent, spec, replace_existing_checks=replace)
+    r.sim.log_registration("register", spec.id, r.agent)
     return _ok()
 
 
@@ -180,6 +190,7 @@ async def deregister_service(r: Request) -> web.StreamResponse:
                             "not the service name.")
     authz.require("service", svc.spec.name, "write")
     r.state.deregister_service(r.agent, r.arg)
+    r.sim.log_registration("deregister", r.arg, r.agent)
     return _ok()
 
 
@@ -585,5 +596,13 @@ async def _sim_endpoint(sim: Sim, req: web.Request) -> web.StreamResponse:
         return _json({a: dict(c) for a, c in sim.stats.items()})
     if req.path == "/_sim/stats/reset" and req.method == "POST":
         sim.stats.clear()
+        return _json({"ok": True})
+    if req.path == "/_sim/registrations" and req.method == "GET":
+        if sim.registration_log is None:
+            return _text(404, "registration log is off (start with --registration-log)")
+        since = int(req.query.get("since", "0") or 0)
+        return _json({"next": len(sim.registration_log), "entries": sim.registration_log[since:]})
+    if req.path == "/_sim/registrations/reset" and req.method == "POST" and sim.registration_log is not None:
+        sim.registration_log.clear()
         return _json({"ok": True})
     return _text(404, "unknown simulator endpoint")
