@@ -16,14 +16,16 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from aiohttp import web
 
 from devcluster.marathon_sim.bus import EventBus
 from devcluster.marathon_sim.callbacks import CallbackDispatcher
 from devcluster.marathon_sim.config import SimConfig, SlaveConfig, parse_version
+from devcluster.marathon_sim.dockersim_launcher import make_slave_docker
 from devcluster.marathon_sim.http_api import Api
-from devcluster.marathon_sim.launcher import SIM_LABEL, SlaveDocker
+from devcluster.marathon_sim.launcher import SIM_LABEL
 from devcluster.marathon_sim.scheduler import Scheduler
 from devcluster.marathon_sim.sse import EventStreams
 from devcluster.marathon_sim.state import Registry
@@ -80,10 +82,10 @@ async def serve(cfg: SimConfig) -> None:
     loop = asyncio.get_running_loop()
     bus = EventBus()
     registry = Registry(cfg)
-    dockers: dict[str, SlaveDocker] = {}
+    dockers: dict[str, Any] = {}  # SlaveDocker or, for dockersim+ URLs, SimSlaveDocker
     if not cfg.standby_of:
         for slave in cfg.slaves:
-            d = SlaveDocker(slave)
+            d = make_slave_docker(slave)
             try:
                 await asyncio.to_thread(d.ping)
             except Exception as exc:
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     # last sweep, after every launch thread has finished: nothing labelled with our pid may survive
     if not cfg.standby_of:
         for slave in cfg.slaves:
-            d = SlaveDocker(slave)
+            d = make_slave_docker(slave)
             for cid in d.containers_labelled(f"{SIM_LABEL}={os.getpid()}"):
                 d.remove(cid)
 
