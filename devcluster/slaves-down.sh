@@ -15,5 +15,9 @@ for t in filter nat; do
   iptables -t $t -S 2>/dev/null | grep -E '^-A .*(DOCKER|weave)' | sed 's/^-A/-D/' | while read -r r; do iptables -t $t $r 2>/dev/null; done
   for c in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do iptables -t $t -F $c 2>/dev/null; iptables -t $t -X $c 2>/dev/null; done
 done
-for s in s1 s2; do mountpoint -q $B/$s/data && umount $B/$s/data; rm -rf $B/$s $B/$s.sock; done
+# dockerd bind-mounts its data root and a netns file under its exec root: unmount, deepest first
+for s in s1 s2; do
+  awk -v p="$B/$s/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+  rm -rf $B/$s $B/$s.sock
+done
 echo down
