@@ -5,6 +5,7 @@ the floor on the same input, and returns a result dict; `finally` stops every pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -92,11 +93,12 @@ async def burst(*, n_tasks: int = 5000, n_apps: int = 500, slaves: tuple[str, ..
         await sims.start()
         reg = await start_registrar(sims, tag)  # subscribed, first resync done on an empty world
         procs.append(reg.proc)
-        sims.relay.mode = "hold"
+        with contextlib.suppress(RuntimeError):  # no callbacks during the deployment
+            await sims._req("DELETE", f"{sims.marathon_url}/v2/eventSubscriptions?callbackUrl={sims.relay.url}")
         t0 = time.monotonic()
         await sims.deploy({a: n_tasks // n_apps for a in app_ids(n_apps)})
         deploy_s = time.monotonic() - t0
-        held = await _held(sims, n_tasks)
+        held = await sims.running_events()
         if len(held) != n_tasks:
             raise RuntimeError(f"relay holds {len(held)} TASK_RUNNING events, expected {n_tasks}")
         await sims.consul_reset()
@@ -122,14 +124,6 @@ async def burst(*, n_tasks: int = 5000, n_apps: int = 500, slaves: tuple[str, ..
         for p in procs:
             p.stop()
         await sims.close()
-
-
-async def _held(sims: Sims, n: int, limit_s: float = 30.0) -> dict[str, bytes]:
-    """The TASK_RUNNING events the relay holds, once all `n` arrived (callbacks trail the REST state)."""
-    deadline = time.monotonic() + limit_s
-    while len(sims.relay.held) < n and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    return dict(sims.relay.held)
 
 
 def _target(name: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -363,6 +357,7 @@ async def steady(*, seconds: float = 60.0, rate: float = 200.0, n_apps: int = 40
         procs.append(reg.proc)
         sims.relay.mode = "forward"
         sims.relay.target = reg.events_url
+        await sims.events_via_sse()
         apps = app_ids(n_apps, prefix="steady")
         await sims.deploy({a: 10 for a in apps})
         r = await _run_steady(sims, reg, apps, seconds, rate)
@@ -416,11 +411,12 @@ async def real(*, n_apps: int = 6, per_app: int = 10, tag: str = "real") -> Resu
         await sims.start(real_slaves={s.host: f"unix://{s.docker_socket}:{s.overlay_network}" for s in WORLD})
         reg = await start_registrar(sims, tag)
         procs.append(reg.proc)
-        sims.relay.mode = "hold"
+        with contextlib.suppress(RuntimeError):  # no callbacks during the deployment
+            await sims._req("DELETE", f"{sims.marathon_url}/v2/eventSubscriptions?callbackUrl={sims.relay.url}")
         t0 = time.monotonic()
         await sims.deploy({a: per_app for a in app_ids(n_apps, prefix="real")}, limit_s=300)
         deploy_s = time.monotonic() - t0
-        held = await _held(sims, n_apps * per_app)
+        held = await sims.running_events()
         engines = {h: await _engine_cost(h) for h in slaves}
         await sims.consul_reset()
         r = await _run_burst(sims, reg, held, limit_s=60)

@@ -59,6 +59,7 @@ class Relay:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _runner: web.AppRunner | None = None
     url: str = ""
+    streaming: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -80,7 +81,11 @@ class Relay:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        """Callbacks land here only until the bench unsubscribes the URL (see `Sims.events_via_sse`)."""
+        self._on_event(await request.read())
+        return web.Response(status=200)
+
+    def _on_event(self, body: bytes) -> None:
         obj = json.loads(body)
         kind = obj.get("eventType", "")
         if kind == "status_update_event":
@@ -93,7 +98,19 @@ class Relay:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        return web.Response(status=200)
+
+    async def follow(self, marathon_url: str) -> None:
+        """Read Marathon's SSE stream (status updates only) into `_on_event`. One stream costs
+        Marathon far less than a POST per event: at 5,000 tasks the simulator's unbounded callback
+        POSTs timed out and it dropped the subscriber, exactly as Marathon does to a slow one."""
+        assert self._session is not None
+        url = f"{marathon_url}/v2/events?event_type=status_update_event"
+        async with self._session.get(url, headers={"Accept": "text/event-stream"},
+                                     timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as r:
+            self.streaming.set()
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    self._on_event(line[6:].strip())
 
     async def _deliver(self, task_id: str, state: str, body: bytes) -> None:
         assert self._session is not None and self.target is not None
@@ -131,6 +148,7 @@ class Sims:
         self.marathon_url = ""
         self.relay = Relay()
         self.http: aiohttp.ClientSession | None = None
+        self._follow: asyncio.Task[None] | None = None
 
     def consul(self, host: str) -> str:
         return f"http://{host}:{self.consul_port}"
@@ -161,14 +179,38 @@ class Sims:
             await wait_http(f"{self.consul(h)}/v1/agent/self", consul)
         port = free_port()
         self.marathon_url = f"http://127.0.0.1:{port}"
-        extra = ["--http-endpoints", self.relay.url] if self.version == "1.4" else []
+        extra: list[str] = []
         marathon = Proc(f"{self.tag}-marathon-sim", [
             "devcluster.marathon_sim", "--listen", f"127.0.0.1:{port}", "--marathon-version", self.version,
             "--log-level", "WARNING", *extra, *slave_args])
         self.procs.append(marathon)
         await wait_http(f"{self.marathon_url}/v2/info", marathon)
 
+    async def events_via_sse(self) -> None:
+        """Unsubscribe the relay's callback URL (the registrar subscribed it) and follow Marathon's
+        SSE stream instead; the relay still delivers each event to the target as a callback POST."""
+        with contextlib.suppress(RuntimeError):
+            await self._req("DELETE", f"{self.marathon_url}/v2/eventSubscriptions?callbackUrl={self.relay.url}")
+        self._follow = asyncio.create_task(self.relay.follow(self.marathon_url))
+        await asyncio.wait_for(self.relay.streaming.wait(), 10)
+
+    async def running_events(self) -> dict[str, bytes]:
+        """A TASK_RUNNING `status_update_event` per running task, in the simulator's exact event shape
+        (devcluster/marathon_sim/events.py `status_update`), built from its task list."""
+        out = {}
+        for t in await self.running_tasks():
+            out[t["id"]] = json.dumps({
+                "slaveId": t.get("slaveId", ""), "taskId": t["id"], "taskStatus": "TASK_RUNNING", "message": "",
+                "appId": t["appId"], "host": t["host"], "ipAddresses": t.get("ipAddresses", []),
+                "ports": t.get("ports", []), "version": t.get("version", ""), "eventType": "status_update_event",
+                "timestamp": t.get("startedAt", "")}, separators=(",", ":")).encode()
+        return out
+
     async def close(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(BaseException):
+                await self._follow
         # Marathon first: on SIGTERM it removes every container it launched.
         for p in reversed(self.procs):
             with contextlib.suppress(Exception):
