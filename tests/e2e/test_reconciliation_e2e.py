@@ -7,7 +7,7 @@ edited behind its back, and random interleavings of duplicated, dropped and reor
 
 from __future__ import annotations
 
-import http.client
+import http.client as httpclient
 import json
 import random
 import signal
@@ -15,7 +15,7 @@ import threading
 
 import docker
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from devcluster.topology import SLAVES
@@ -192,7 +192,7 @@ class EventRecorder:
 
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.conn = httpclient.HTTPConnection(host, int(port), timeout=60)
         self.conn.request("GET", "/v2/events", headers={"Accept": "text/event-stream"})
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200
@@ -239,7 +239,8 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
     registrar's callback endpoint shuffled, duplicated and thinned out; after one resync Consul's
     managed set equals Marathon's running tasks exactly and the foreign service is untouched."""
 
-    @settings(max_examples=3, deadline=None, database=None,
+    # no shrinking: each example is a real deployment; a failure reports its ops and seed as they are
+    @settings(max_examples=3, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(ops=OPS, seed=st.integers(0, 2**32 - 1))
     def scenario(ops: list[tuple[str, int, int]], seed: int) -> None:
