@@ -1,0 +1,29 @@
+"""`marathon-consul-registrar names APP_ID`: what an operator runs to learn an app's DNS names."""
+
+from __future__ import annotations
+
+from tests.registrar_fixtures import run_cli
+
+
+def test_names_prints_name_tags_and_dns_names() -> None:
+    result = run_cli("names", "/web/customer1/site1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "name: web",
+        "tags: customer1, site1.customer1",
+        "dns names:",
+        "  web.service.dc1.consul",
+        "  customer1.web.service.dc1.consul",
+        "  site1.customer1.web.service.dc1.consul",
+    ]
+
+
+def test_names_honours_flat_strategy_labels_and_opt_out() -> None:
+    flat = run_cli("names", "/web/customer1/site1", "--naming", "flat")
+    assert flat.stdout.splitlines()[:2] == ["name: site1-customer1-web", "tags: (none)"]
+    renamed = run_cli("names", "/web/customer1/site1", "--label", "consul.name=shop")
+    assert renamed.stdout.splitlines()[0] == "name: shop"
+    out = run_cli("names", "/web/x", "--label", "consul.register=false")
+    assert out.returncode == 0 and "not registered" in out.stdout
+    bad = run_cli("names", "/web/x", "--label", "novalue")
+    assert bad.returncode == 2 and "--label: 'novalue' is not KEY=VALUE" in bad.stderr
