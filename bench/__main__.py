@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import procs, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy record the system under test in the measured windows -> bench/results/profiles/")
     args = p.parse_args(argv)
+    procs.PROFILE = args.profile
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()

@@ -92,3 +92,31 @@ async def wait_http(url: str, proc: Proc, limit_s: float = 60.0, ok: tuple[int, 
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{proc.name}: {url} not ready after {limit_s:.0f} s:\n{proc.tail()}")
+
+
+PROFILE_DIR = ROOT / "bench" / "results" / "profiles"
+PROFILE = False  # set by `python -m bench --profile`
+
+
+class Profiler:
+    """`py-spy record` on one of our processes for the measured window (only with --profile; py-spy
+    is a tool of the person profiling, not a dependency: `.venv/bin/pip install py-spy`)."""
+
+    def __init__(self, pid: int, name: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if not PROFILE:
+            return
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).parent / "py-spy"
+        self.out = PROFILE_DIR / f"{name}.txt"
+        self.proc = subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                                      "--nonblocking", "-o", str(self.out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -5,7 +5,6 @@ the floor on the same input, and returns a result dict; `finally` stops every pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.procs import Proc
+from bench.procs import Proc, Profiler
 from bench.world import (
     SLAVES,
     Sims,
@@ -66,10 +65,12 @@ async def _run_burst(sims: Sims, target: Target, held: dict[str, bytes], limit_s
     relay.target = target.events_url
     cursor, _ = await sims.consul_log()
     want = {service_id(t): t for t in held}
+    profiler = Profiler(target.proc.pid, target.proc.name)
     cpu0 = target.proc.cpu()
     blast = asyncio.create_task(relay.blast(held.items()))
     seen = await sims.wait_registered(set(want), limit_s=limit_s, since=cursor)
     await blast
+    profiler.stop()
     cpu = target.proc.cpu() - cpu0
     mem = target.proc.memory()
     first_sent = min(relay.sent.values())
@@ -93,8 +94,7 @@ async def burst(*, n_tasks: int = 5000, n_apps: int = 500, slaves: tuple[str, ..
         await sims.start()
         reg = await start_registrar(sims, tag)  # subscribed, first resync done on an empty world
         procs.append(reg.proc)
-        with contextlib.suppress(RuntimeError):  # no callbacks during the deployment
-            await sims._req("DELETE", f"{sims.marathon_url}/v2/eventSubscriptions?callbackUrl={sims.relay.url}")
+        await sims.unsubscribe_relay()  # no callbacks during the deployment
         t0 = time.monotonic()
         await sims.deploy({a: n_tasks // n_apps for a in app_ids(n_apps)})
         deploy_s = time.monotonic() - t0
@@ -151,6 +151,7 @@ async def _resync_now(sims: Sims, reg: Target) -> dict[str, float]:
     """Drop Marathon's event stream: the registrar reconnects and resyncs (no replay on SSE).
     Returns the registrar's own resync duration (its histogram's sum delta) and the wall time."""
     before = await _metrics(reg)
+    profiler = Profiler(reg.proc.pid, f"{reg.proc.name}-{len(before)}")
     key_ok = 'mcr_resyncs_total{result="ok"}'
     t0 = time.monotonic()
     async with aiohttp.ClientSession() as s, s.post(f"{sims.marathon_url}/_sim/event-streams/drop") as r:
@@ -164,6 +165,7 @@ async def _resync_now(sims: Sims, reg: Target) -> dict[str, float]:
         if time.monotonic() - t0 > 120:
             raise RuntimeError("no resync within 120 s of the stream drop")
     wall = time.monotonic() - t0
+    profiler.stop()
     dur = now["mcr_resync_duration_seconds_sum"] - before.get("mcr_resync_duration_seconds_sum", 0.0)
     return {"seconds": round(dur, 3), "wall_s": round(wall, 3), "ok": now.get(key_ok, 0) > before.get(key_ok, 0)}
 
@@ -411,8 +413,7 @@ async def real(*, n_apps: int = 6, per_app: int = 10, tag: str = "real") -> Resu
         await sims.start(real_slaves={s.host: f"unix://{s.docker_socket}:{s.overlay_network}" for s in WORLD})
         reg = await start_registrar(sims, tag)
         procs.append(reg.proc)
-        with contextlib.suppress(RuntimeError):  # no callbacks during the deployment
-            await sims._req("DELETE", f"{sims.marathon_url}/v2/eventSubscriptions?callbackUrl={sims.relay.url}")
+        await sims.unsubscribe_relay()  # no callbacks during the deployment
         t0 = time.monotonic()
         await sims.deploy({a: per_app for a in app_ids(n_apps, prefix="real")}, limit_s=300)
         deploy_s = time.monotonic() - t0

@@ -189,10 +189,16 @@ class Sims:
     async def events_via_sse(self) -> None:
         """Unsubscribe the relay's callback URL (the registrar subscribed it) and follow Marathon's
         SSE stream instead; the relay still delivers each event to the target as a callback POST."""
-        with contextlib.suppress(RuntimeError):
-            await self._req("DELETE", f"{self.marathon_url}/v2/eventSubscriptions?callbackUrl={self.relay.url}")
+        await self.unsubscribe_relay()
         self._follow = asyncio.create_task(self.relay.follow(self.marathon_url))
         await asyncio.wait_for(self.relay.streaming.wait(), 10)
+
+    async def unsubscribe_relay(self) -> None:
+        """Marathon posts no callbacks to the relay from now on (Jersey wants a JSON content type)."""
+        await self._req("DELETE", f"{self.marathon_url}/v2/eventSubscriptions?callbackUrl={self.relay.url}", {})
+        subs = await self._req("GET", f"{self.marathon_url}/v2/eventSubscriptions")
+        if subs["callbackUrls"]:
+            raise RuntimeError(f"still subscribed: {subs}")
 
     async def running_events(self) -> dict[str, bytes]:
         """A TASK_RUNNING `status_update_event` per running task, in the simulator's exact event shape
