@@ -7,7 +7,9 @@ one resync runs, Consul's managed set equals Marathon's running tasks exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -38,6 +40,16 @@ class World:
         s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=100_000, **kw)  # type: ignore[arg-type]
         return Reconciler(marathon=self.marathon, lookup=self.lookup, agents=self.agents,  # type: ignore[arg-type]
                           metrics=Metrics(), settings=s)
+
+    @contextlib.asynccontextmanager
+    async def running(self, **kw: object) -> AsyncIterator[Reconciler]:
+        """A started reconciler over this world, stopped on the way out."""
+        r = self.reconciler(**kw)
+        r.start()
+        try:
+            yield r
+        finally:
+            await r.stop()
 
     def deploy(self, app_id: str, checks: tuple[HealthCheck, ...] = ()) -> None:
         self.marathon.apps[app_id] = web_app(app_id, checks)
@@ -89,9 +101,7 @@ async def test_event_registers_and_kill_deregisters() -> None:
     w = World()
     w.deploy(APP)
     t1, t2 = w.start_task(APP), w.start_task(APP)
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         for e in w.events:
             r.hint(e)
         await drain(r)
@@ -103,17 +113,13 @@ async def test_event_registers_and_kill_deregisters() -> None:
         r.hint(w.events[-1])
         await drain(r)
         assert w.managed_task_ids() == {t2.id}
-    finally:
-        await r.stop()
 
 
 async def test_duplicates_change_nothing_and_killed_before_running_ends_right() -> None:
     w = World()
     w.deploy(APP)
     t = w.start_task(APP)
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         running = w.events[-1]
         for _ in range(5):
             r.hint(running)
@@ -129,8 +135,6 @@ async def test_duplicates_change_nothing_and_killed_before_running_ends_right() 
         r.hint(running)
         await drain(r)
         assert w.managed_task_ids() == set()
-    finally:
-        await r.stop()
 
 
 async def test_running_event_for_task_marathon_no_longer_lists_registers_nothing() -> None:
@@ -139,15 +143,11 @@ async def test_running_event_for_task_marathon_no_longer_lists_registers_nothing
     t = w.start_task(APP)
     running = w.events[-1]
     w.kill_task(APP, t.id)
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         r.hint(running)
         await drain(r)
         assert w.managed_task_ids() == set()
         assert w.agents.writes() == 0
-    finally:
-        await r.stop()
 
 
 async def test_container_not_up_yet_is_retried_not_dropped() -> None:
@@ -155,17 +155,13 @@ async def test_container_not_up_yet_is_retried_not_dropped() -> None:
     w.deploy(APP)
     t = w.start_task(APP)
     container = w.lookup.containers.pop(t.id)
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         r.hint(w.events[-1])
         await asyncio.sleep(0.05)
         assert w.managed_task_ids() == set()
         w.lookup.containers[t.id] = container
         await drain(r)
         assert w.managed_task_ids() == {t.id}
-    finally:
-        await r.stop()
 
 
 async def test_agent_outage_delays_but_does_not_lose() -> None:
@@ -173,26 +169,20 @@ async def test_agent_outage_delays_but_does_not_lose() -> None:
     w.deploy(APP)
     t = w.start_task(APP)
     w.agents.agent(t.host).down = True
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         r.hint(w.events[-1])
         await asyncio.sleep(0.05)
         assert w.managed_task_ids() == set()
         w.agents.agent(t.host).down = False
         await drain(r)
         assert w.managed_task_ids() == {t.id}
-    finally:
-        await r.stop()
 
 
 async def test_resync_repairs_missing_orphan_and_drift_and_is_silent_when_clean() -> None:
     w = World()
     w.deploy(APP)
     keep, drift, missing = w.start_task(APP), w.start_task(APP), w.start_task(APP)
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         found = await r.resync()
         await drain(r)
         assert found.counts() == {"missing": 3, "orphan": 0, "drifted": 0}
@@ -219,8 +209,6 @@ async def test_resync_repairs_missing_orphan_and_drift_and_is_silent_when_clean(
         await drain(r)
         assert found.counts() == {"missing": 0, "orphan": 0, "drifted": 0}
         assert w.agents.writes() == writes, "a resync with no drift writes nothing"
-    finally:
-        await r.stop()
 
 
 async def test_command_check_is_a_ttl_mirror_of_marathon_health() -> None:
@@ -228,9 +216,7 @@ async def test_command_check_is_a_ttl_mirror_of_marathon_health() -> None:
     w.deploy(APP, checks=(HealthCheck(protocol="COMMAND", command="true", interval_seconds=5),))
     t = w.start_task(APP)
     w.marathon.tasks[APP][t.id] = Task(**{**{f: getattr(t, f) for f in t.__slots__}, "health": (True,)})
-    r = w.reconciler()
-    r.start()
-    try:
+    async with w.running() as r:
         await r.resync()
         await drain(r)
         [reg] = w.agents.managed().values()
@@ -242,8 +228,6 @@ async def test_command_check_is_a_ttl_mirror_of_marathon_health() -> None:
         await drain(r)
         assert found.counts()["drifted"] == 1
         assert w.agents.agent(t.host).status[check.check_id] == "critical"
-    finally:
-        await r.stop()
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["deploy", "start", "kill", "delete"]), st.integers(0, 2),
@@ -294,12 +278,8 @@ async def test_health_checks_mode(mode: str, expected_kinds: list[str]) -> None:
     w = World()
     w.deploy(APP, checks=(HealthCheck(protocol="HTTP", path="/h", interval_seconds=5, timeout_seconds=2),))
     w.start_task(APP)
-    r = w.reconciler(health_checks=mode)
-    r.start()
-    try:
+    async with w.running(health_checks=mode) as r:
         await r.resync()
         await drain(r)
         [reg] = w.agents.managed().values()
         assert sorted(c.kind for c in reg.checks) == expected_kinds
-    finally:
-        await r.stop()
