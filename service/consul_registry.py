@@ -133,6 +133,10 @@ class AgentClient:
             host=parsed.hostname or "127.0.0.1", port=parsed.port or (443 if parsed.scheme == "https" else 8500),
             scheme=parsed.scheme or "http", token=token or None, connections_timeout=timeout,
             connections_limit=64,
+            # py-consul builds a verifying SSL context (loading the CA store) whenever verify is true,
+            # also for http://: profiled at ~5% of a 5,000-task burst's CPU over 20 agents. TLS
+            # verification is unchanged for https://.
+            verify=parsed.scheme == "https",
         )
         self._node_name: str | None = None
 
