@@ -361,7 +361,12 @@ async def steady(*, seconds: float = 60.0, rate: float = 200.0, n_apps: int = 40
         sims.relay.target = reg.events_url
         await sims.events_via_sse()
         apps = app_ids(n_apps, prefix="steady")
+        cursor, _ = await sims.consul_log()
         await sims.deploy({a: 10 for a in apps})
+        # the warm-up's own events must be registered before the measured window opens
+        warm = {service_id(t["id"]) for t in await sims.running_tasks()}
+        await sims.wait_registered(warm, limit_s=120, since=cursor)
+        await sims.relay.drain()
         r = await _run_steady(sims, reg, apps, seconds, rate)
         reg.proc.stop()
         floor = await start_floor(tag)
