@@ -376,10 +376,17 @@ class ContainerLookup:
 
 
 def _keep(raw: dict[str, Mapping[str, Any]], entry: Mapping[str, Any], task_id: str) -> None:
-    """Record a list entry; of two containers claiming one task id, a running one wins."""
+    """Record a list entry; of two containers claiming one task id, a running one wins. Only the
+    fields `_build` reads are kept: a listing stays cached per slave, and whole engine entries
+    (mounts, ports, labels, ...) for 10,000 containers cost tens of MB of RSS."""
     old = raw.get(task_id)
     if old is None or (entry.get("State") == "running" and old.get("State") != "running"):
-        raw[task_id] = entry
+        networks = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
+        raw[task_id] = {
+            "Id": entry["Id"], "State": entry.get("State"),
+            "NetworkSettings": {"Networks": {name: {"IPAddress": n.get("IPAddress")}
+                                             for name, n in networks.items() if n}},
+        }
 
 
 def _entries(e: _Engine, payload: Any) -> list[dict[str, Any]]:
