@@ -61,6 +61,10 @@ class ReconcileSettings:
     backoff_max: float = 15.0
 
 
+# What a resync read of one app: its definition (None if gone), its tasks, and our registrations of it.
+AppSnapshot = tuple["App | None", "list[Task]", "dict[str, OwnedService]"]
+
+
 @dataclass
 class Batch:
     """What is known to be dirty for one app. `task_ids is None` means the whole app."""
@@ -132,6 +136,7 @@ class Reconciler:
         self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
         self._managed: dict[str, Registration] = {}  # service id -> what we last saw/wrote
         self._failing: dict[str, str] = {}  # app id -> last error, while retrying
+        self._hinted_at: dict[str, float] = {}  # app id -> when work for it was last queued
         self._idle = asyncio.Event()
         self._idle.set()
         self._logged_rewrites: set[str] = set()
@@ -158,6 +163,7 @@ class Reconciler:
             self._enqueue(event.app_id, Batch(task_ids=None))
 
     def _enqueue(self, app_id: str, batch: Batch) -> None:
+        self._hinted_at[app_id] = time.monotonic()
         current = self._pending.get(app_id)
         if current is None:
             self._pending[app_id] = batch
@@ -253,16 +259,22 @@ class Reconciler:
             self._app_cache[(app_id, app.version)] = app
         return app
 
-    async def reconcile_app(self, app_id: str, batch: Batch) -> None:
+    async def reconcile_app(self, app_id: str, batch: Batch, snapshot: AppSnapshot | None = None) -> None:
         """Make Consul hold exactly what Marathon's current view of `app_id` asks for, limited to the
-        batch's tasks unless the whole app is dirty."""
-        tasks = await self.marathon.app_tasks(app_id)
-        app = await self._app_definition(app_id, tasks) if tasks else None
-        tasks = tasks or []
+        batch's tasks unless the whole app is dirty. A resync may hand in its `snapshot` of the app
+        (see `_repair` for when that is as good as a fresh read)."""
+        unreachable: dict[str, str] = {}
+        if snapshot is not None:
+            app, tasks, owned = snapshot
+        else:
+            fresh = await self.marathon.app_tasks(app_id)
+            app = await self._app_definition(app_id, fresh) if fresh else None
+            tasks = fresh or []
         if batch.task_ids is not None:
             tasks = [t for t in tasks if t.id in batch.task_ids]
-        hosts = {t.host for t in tasks} | batch.hosts | self._locations.get(app_id, set())
-        owned, unreachable = await self._read_agents(hosts, app_id)
+        if snapshot is None:
+            hosts = {t.host for t in tasks} | batch.hosts | self._locations.get(app_id, set())
+            owned, unreachable = await self._read_agents(hosts, app_id)
         if batch.task_ids is not None:
             owned = {k: v for k, v in owned.items() if v.registration.task_id in batch.task_ids}
         desired, skips = await self._desired(app, tasks)
@@ -395,6 +407,7 @@ class Reconciler:
         """Compare everything Marathon runs with everything we own in Consul; repair through the
         per-app path unless `dry_run`. Returns what was found."""
         started = time.perf_counter()
+        read_at = time.monotonic()
         drift = Drift()
         try:
             apps = await self.marathon.apps_with_tasks()
@@ -451,7 +464,16 @@ class Reconciler:
                 if n:
                     self.metrics.drift.labels(kind).inc(n)
             if not dry_run:
-                await self._repair(drift)
+                snapshots: dict[str, AppSnapshot] = {}
+                if not drift.unreachable:
+                    for app_id in drift.apps_to_repair:
+                        app, tasks = tasks_by_app.get(app_id, (None, []))
+                        snapshots[app_id] = (app, tasks, {})
+                    for sid, have in owned.items():
+                        snap = snapshots.get(have.registration.meta_dict.get("marathon-app-id", ""))
+                        if snap is not None:
+                            snap[2][sid] = have
+                await self._repair(drift, snapshots, read_at)
                 await asyncio.gather(*(self._sync_ttl(r, t, h, refresh=True) for r, t, h in ttl_refresh),
                                      return_exceptions=True)
             self.metrics.resyncs.labels("ok" if not drift.unreachable else "partial").inc()
@@ -489,13 +511,20 @@ class Reconciler:
             seen.setdefault(name, agent)
         return list(seen.values())
 
-    async def _repair(self, drift: Drift) -> None:
+    async def _repair(self, drift: Drift, snapshots: dict[str, AppSnapshot], read_at: float) -> None:
+        """Repair each app with drift under its lock. The resync's own reads serve as the app's state
+        unless work for the app was queued since they began: anything written for it since then was
+        written by event work, which always follows a hint, so an app without a newer hint has not
+        changed under us as far as any event told (a change whose event was lost waits for the next
+        resync, as it would anyway). Hinted apps, and all of them when an agent was unreachable, are
+        read afresh. This keeps a 10% drift repair at 10,000 tasks to little more than its writes."""
         slots = asyncio.Semaphore(self.settings.workers)
 
         async def repair(app_id: str) -> None:
             async with slots, self._lock(app_id):
+                snapshot = snapshots.get(app_id) if self._hinted_at.get(app_id, 0.0) < read_at else None
                 try:
-                    await self.reconcile_app(app_id, Batch(task_ids=None))
+                    await self.reconcile_app(app_id, Batch(task_ids=None), snapshot)
                     self.metrics.repairs.labels("ok").inc()
                 except Exception as exc:
                     self.metrics.repairs.labels("error").inc()
