@@ -3,6 +3,7 @@ polling, and thin HTTP calls against the simulators and the registrar."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -60,8 +61,18 @@ def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | N
         return status, text, h
 
 
+_LIVE: set[Process] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A test that failed before its `finally` must not leave its processes running."""
+    for proc in list(_LIVE):
+        proc.stop(signal.SIGKILL, timeout=5)
+
+
 class Process:
-    """A child process we started, logged to a file, stopped by its pid."""
+    """A child process we started, logged to a file, stopped by its pid (at the latest at exit)."""
 
     def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -69,6 +80,7 @@ class Process:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True)
+        _LIVE.add(self)
 
     def tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
@@ -77,6 +89,7 @@ class Process:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        _LIVE.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -256,8 +256,9 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
                                 f"blackhole-{proxy_port}")
                 wait_for(lambda: "proxying" in proxy.tail(), 10, what="proxy up")
                 registrar = start_registrar(f"http://127.0.0.1:{proxy_port}", events="sse", resync=3)
-            recorder = EventRecorder(m.url)
+            recorder: EventRecorder | None = None
             try:
+                recorder = EventRecorder(m.url)
                 for op, app, n in ops:
                     _apply(m, op, APPS[app], n)
                 events = recorder.close()
@@ -273,7 +274,8 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
                 foreign_untouched()
                 assert registrar.process.alive()
             finally:
-                recorder.close()
+                if recorder is not None:
+                    recorder.close()
                 registrar.process.stop()
                 if proxy is not None:
                     proxy.stop()
