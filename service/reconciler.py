@@ -46,6 +46,11 @@ from service.model import (
 
 log = logging.getLogger(__name__)
 
+NOT_YET_RUNNING = frozenset({"TASK_STAGING", "TASK_STARTING"})
+# A deployment's start and steps change nothing the registrar reads that the tasks' own status
+# updates (which carry the new app version) and the deployment's end do not also announce.
+DEPLOYMENT_PROGRESS = frozenset({"deployment_info", "deployment_step_success", "deployment_step_failure"})
+
 
 @dataclass(frozen=True)
 class ReconcileSettings:
@@ -135,6 +140,7 @@ class Reconciler:
         self._app_cache: dict[tuple[str, str], App] = {}
         self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
         self._managed: dict[str, Registration] = {}  # service id -> what we last saw/wrote
+        self._task_services: dict[str, set[str]] = {}  # task id -> ids of its registrations in _managed
         self._failing: dict[str, str] = {}  # app id -> last error, while retrying
         self._hinted_at: dict[str, float] = {}  # app id -> when work for it was last queued
         self._idle = asyncio.Event()
@@ -145,6 +151,11 @@ class Reconciler:
 
     # ------------------------------------------------------------------ intake
     def hint_task(self, event: TaskEvent, received_at: float | None = None) -> None:
+        if event.state in NOT_YET_RUNNING:
+            # A task id is never reused and reaches Consul only once running: before that there is
+            # nothing to register and nothing of it to remove, so the read would be wasted (2 of
+            # the 5 status updates in a task's life).
+            return
         now = received_at if received_at is not None else time.monotonic()
         self._enqueue(event.app_id, Batch(task_ids={event.task_id}, hosts={event.host} if event.host else set(),
                                           received={event.task_id: now}))
@@ -157,6 +168,8 @@ class Reconciler:
         if isinstance(event, TaskEvent):
             self.hint_task(event, received_at)
         elif isinstance(event, AppEvent):
+            if event.event_type in DEPLOYMENT_PROGRESS:
+                return
             for app_id in event.app_ids:
                 self.hint_app(app_id)
         elif isinstance(event, HealthEvent):
@@ -273,7 +286,12 @@ class Reconciler:
         if batch.task_ids is not None:
             tasks = [t for t in tasks if t.id in batch.task_ids]
         if snapshot is None:
-            hosts = {t.host for t in tasks} | batch.hosts | self._locations.get(app_id, set())
+            hosts = {t.host for t in tasks} | batch.hosts
+            if batch.task_ids is None:
+                hosts |= self._locations.get(app_id, set())
+            else:  # only where these tasks are, or were last seen registered
+                for task_id in batch.task_ids:
+                    hosts |= {self._managed[sid].agent_host for sid in self._task_services.get(task_id, ())}
             owned, unreachable = await self._read_agents(hosts, app_id)
         if batch.task_ids is not None:
             owned = {k: v for k, v in owned.items() if v.registration.task_id in batch.task_ids}
@@ -376,7 +394,7 @@ class Reconciler:
         self.metrics.registrations.labels("updated" if had else "created").inc()
         if received is not None:
             self.metrics.event_to_registration.observe(time.monotonic() - received)
-        self._managed[reg.service_id] = reg
+        self._remember(reg)
         await self._sync_ttl(reg, task, None)
 
     async def _sync_ttl(self, reg: Registration, task: Task, have: OwnedService | None, *,
@@ -384,7 +402,7 @@ class Reconciler:
         """Checks Consul cannot run (Marathon COMMAND checks, or all with --health-checks marathon|both)
         mirror Marathon's verdict as TTL checks. Pushed when it differs from the agent's, and on
         `refresh` (every resync) so that the TTL does not run out while Marathon's verdict stands."""
-        self._managed[reg.service_id] = reg
+        self._remember(reg)
         for check_id, want in ttl_check_statuses(reg, task):
             if not refresh and have is not None and have.check_status.get(check_id) == want:
                 continue
@@ -400,7 +418,19 @@ class Reconciler:
                 self.metrics.deregistrations.labels("error").inc()
                 raise
         self.metrics.deregistrations.labels("ok").inc()
+        self._forget(reg)
+
+    def _remember(self, reg: Registration) -> None:
+        self._managed[reg.service_id] = reg
+        self._task_services.setdefault(reg.task_id, set()).add(reg.service_id)
+
+    def _forget(self, reg: Registration) -> None:
         self._managed.pop(reg.service_id, None)
+        sids = self._task_services.get(reg.task_id)
+        if sids is not None:
+            sids.discard(reg.service_id)
+            if not sids:
+                del self._task_services[reg.task_id]
 
     # ------------------------------------------------------------------ resync
     async def resync(self, *, dry_run: bool = False) -> Drift:
@@ -459,7 +489,9 @@ class Reconciler:
                     have.registration.agent_host)
             for app_id, hs in locations.items():
                 self._locations.setdefault(app_id, set()).update(hs)
-            self._managed = {sid: svc.registration for sid, svc in owned.items()}
+            self._managed, self._task_services = {}, {}
+            for svc in owned.values():
+                self._remember(svc.registration)
             for kind, n in drift.counts().items():
                 if n:
                     self.metrics.drift.labels(kind).inc(n)
