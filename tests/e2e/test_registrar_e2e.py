@@ -11,7 +11,7 @@ from __future__ import annotations
 import docker
 
 from devcluster.topology import SLAVES
-from tests.helpers import wait_for
+from tests.helpers import http, wait_for
 from tests.registrar_fixtures import (
     NODE_OF_HOST,
     Marathon,
@@ -57,8 +57,9 @@ def test_deploy_scale_kill_delete(marathon: Marathon) -> None:
             assert inst["Node"]["Node"] == NODE_OF_HOST[e["host"]], "registered at the agent of its own slave"
             assert svc["Meta"]["managed-by"] == "marathon-consul-registrar"
             assert svc["Meta"]["marathon-app-id"] == APP
-            service_checks = [c for c in inst["Checks"] if c["ServiceID"] == svc["ID"]]
-            assert len(service_checks) == 1
+            [check] = [c for c in inst["Checks"] if c["ServiceID"] == svc["ID"]]
+            # health goes through the task's mapped host port on its slave, not the overlay
+            assert check["Definition"]["HTTP"] == f"http://{e['host']}:{e['host_port']}/"
         # checks go through the host port and pass once the container answers
         wait_for(lambda: all(c["Status"] == "passing" for i in consul_instances("web") for c in i["Checks"]),
                  30, what="all web checks passing")
@@ -128,3 +129,20 @@ def test_bad_callback_bodies_change_nothing(marathon14: Marathon) -> None:
         assert after == before
     finally:
         registrar.process.stop()
+    # it subscribed itself at start and a clean shutdown (SIGTERM) unsubscribed it
+    assert f"{registrar.url}/v1/events" not in subscriptions(marathon14)
+
+
+def subscriptions(m: Marathon) -> list[str]:
+    status, body, _ = http("GET", f"{m.url}/v2/eventSubscriptions", headers={"Content-Type": "application/json"})
+    assert status == 200, (status, body)
+    return body["callbackUrls"]
+
+
+def test_subscribes_at_start_and_unsubscribes_on_sigterm(marathon14: Marathon) -> None:
+    registrar = start_registrar(marathon14.url)
+    try:
+        assert subscriptions(marathon14) == [f"{registrar.url}/v1/events"]
+    finally:
+        assert registrar.process.stop() == 0, registrar.process.tail()
+    assert subscriptions(marathon14) == []
