@@ -141,6 +141,7 @@ class Reconciler:
         self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
         self._managed: dict[str, Registration] = {}  # service id -> what we last saw/wrote
         self._task_services: dict[str, set[str]] = {}  # task id -> ids of its registrations in _managed
+        self._ttl_status: dict[str, str] = {}  # TTL check id -> the status we last saw or pushed
         self._failing: dict[str, str] = {}  # app id -> last error, while retrying
         self._hinted_at: dict[str, float] = {}  # app id -> when work for it was last queued
         self._idle = asyncio.Event()
@@ -285,7 +286,12 @@ class Reconciler:
             tasks = fresh or []
         if batch.task_ids is not None:
             tasks = [t for t in tasks if t.id in batch.task_ids]
-        if snapshot is None:
+        if snapshot is None and batch.task_ids is not None and self.resync_count:
+            # Task-level work compares with what the last resync read and our writes since: a
+            # change made behind our back is the resync's to find (it reads every agent), and a
+            # burst then costs no Consul reads at all, only the writes it needs.
+            owned = self._cached_owned(batch.task_ids)
+        elif snapshot is None:
             hosts = {t.host for t in tasks} | batch.hosts
             if batch.task_ids is None:
                 hosts |= self._locations.get(app_id, set())
@@ -332,13 +338,27 @@ class Reconciler:
         except DockerLookupError as exc:
             return Skip(task_id=task.id, reason="docker-unreachable", detail=str(exc), retry=True)
 
-    async def _desired(self, app: App | None, tasks: list[Task]) -> tuple[dict[str, Registration], list[Skip]]:
+    async def _listings(self, hosts: set[str]) -> dict[str, dict[str, Container]]:
+        """One container listing per slave for a whole resync (slaves whose listing fails are left
+        out, and their tasks looked up one by one, which fails the same way and is retried)."""
+        if self.settings.address_mode is AddressMode.HOST:
+            return {}
+        ordered = sorted(hosts)
+        results = await asyncio.gather(*(self.lookup.containers(h) for h in ordered), return_exceptions=True)
+        return {h: r for h, r in zip(ordered, results, strict=True) if not isinstance(r, BaseException)}
+
+    async def _desired(self, app: App | None, tasks: list[Task],
+                       listings: dict[str, dict[str, Container]] | None = None
+                       ) -> tuple[dict[str, Registration], list[Skip]]:
         desired: dict[str, Registration] = {}
         skips: list[Skip] = []
         if app is None:
             return desired, skips
         running = [t for t in tasks if t.state not in GOING_AWAY_STATES and t.state == "TASK_RUNNING"]
-        containers = await asyncio.gather(*(self._container(t) for t in running))
+        if listings is not None and all(t.host in listings for t in running):
+            containers: list[Container | Skip | None] = [listings[t.host].get(t.id) for t in running]
+        else:
+            containers = list(await asyncio.gather(*(self._container(t) for t in running)))
         for task, container in zip(running, containers, strict=True):
             if isinstance(container, Skip):
                 skips.append(container)
@@ -409,6 +429,7 @@ class Reconciler:
             output = f"Marathon reports this health check {'alive' if want == 'passing' else 'failing'}"
             async with self._write_slots:
                 await self.agents.agent(reg.agent_host).set_ttl(check_id, want, output)
+            self._ttl_status[check_id] = want
 
     async def _deregister(self, reg: Registration) -> None:
         async with self._write_slots:
@@ -420,12 +441,23 @@ class Reconciler:
         self.metrics.deregistrations.labels("ok").inc()
         self._forget(reg)
 
+    def _cached_owned(self, task_ids: Iterable[str]) -> dict[str, OwnedService]:
+        out: dict[str, OwnedService] = {}
+        for task_id in task_ids:
+            for sid in self._task_services.get(task_id, ()):
+                reg = self._managed[sid]
+                out[sid] = OwnedService(reg, {c.check_id: c.kind for c in reg.checks},
+                                        {c.check_id: self._ttl_status.get(c.check_id, "") for c in reg.checks})
+        return out
+
     def _remember(self, reg: Registration) -> None:
         self._managed[reg.service_id] = reg
         self._task_services.setdefault(reg.task_id, set()).add(reg.service_id)
 
     def _forget(self, reg: Registration) -> None:
         self._managed.pop(reg.service_id, None)
+        for check in reg.checks:
+            self._ttl_status.pop(check.check_id, None)
         sids = self._task_services.get(reg.task_id)
         if sids is not None:
             sids.discard(reg.service_id)
@@ -459,8 +491,9 @@ class Reconciler:
                     owner_agent[sid] = agent.url
             desired: dict[str, Registration] = {}
             task_of: dict[str, Task] = {}
+            listings = await self._listings({t.host for _, tasks in apps for t in tasks})
             for app, tasks in tasks_by_app.values():
-                regs, skips = await self._desired(app, tasks)
+                regs, skips = await self._desired(app, tasks, listings)
                 desired.update(regs)
                 task_of.update({t.id: t for t in tasks})
                 for s in skips:
@@ -489,9 +522,11 @@ class Reconciler:
                     have.registration.agent_host)
             for app_id, hs in locations.items():
                 self._locations.setdefault(app_id, set()).update(hs)
-            self._managed, self._task_services = {}, {}
+            self._managed, self._task_services, self._ttl_status = {}, {}, {}
             for svc in owned.values():
                 self._remember(svc.registration)
+                self._ttl_status.update((c.check_id, svc.check_status.get(c.check_id, ""))
+                                        for c in svc.registration.checks if c.ttl)
             for kind, n in drift.counts().items():
                 if n:
                     self.metrics.drift.labels(kind).inc(n)

@@ -41,10 +41,16 @@ class FakeMarathon:
 
 @dataclass
 class FakeLookup:
-    containers: dict[str, Container] = field(default_factory=dict)  # task id -> container
+    by_task: dict[str, Container] = field(default_factory=dict)  # task id -> container
+    hosts: dict[str, str] = field(default_factory=dict)  # task id -> slave
+    listings: int = 0
 
     async def find(self, host: str, task_id: str) -> Container | None:
-        return self.containers.get(task_id)
+        return self.by_task.get(task_id) if self.hosts.get(task_id, host) == host else None
+
+    async def containers(self, host: str) -> dict[str, Container]:
+        self.listings += 1
+        return {tid: c for tid, c in self.by_task.items() if self.hosts.get(tid) == host}
 
     async def close(self) -> None:
         return None
@@ -58,6 +64,7 @@ class FakeAgent:
         self.foreign: dict[str, dict] = {}
         self.status: dict[str, str] = {}
         self.writes = 0
+        self.reads = 0
         self.down = False
 
     def _check(self) -> None:
@@ -70,6 +77,7 @@ class FakeAgent:
 
     async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
         self._check()
+        self.reads += 1
         return {
             sid: OwnedService(reg, {c.check_id: c.kind for c in reg.checks},
                               {c.check_id: self.status.get(c.check_id, "critical") for c in reg.checks})
@@ -121,6 +129,9 @@ class FakeAgents:
 
     def writes(self) -> int:
         return sum(a.writes for a in self.agents.values())
+
+    def reads(self) -> int:
+        return sum(a.reads for a in self.agents.values())
 
     async def close(self) -> None:
         return None

@@ -62,14 +62,15 @@ class World:
         task = Task(id=f"{app_id.strip('/').replace('/', '_')}.uuid-{n}", app_id=app_id, host=host,
                     ports=(31000 + n,), app_version="v1")
         self.marathon.tasks[app_id][task.id] = task
-        self.lookup.containers[task.id] = Container(id=f"c{n}", task_id=task.id,
-                                                    network_ips={"weave": f"10.32.{n // 250}.{n % 250}"})
+        self.lookup.by_task[task.id] = Container(id=f"c{n}", task_id=task.id,
+                                                 network_ips={"weave": f"10.32.{n // 250}.{n % 250}"})
+        self.lookup.hosts[task.id] = host
         self.events.append(self._event(task, "TASK_RUNNING"))
         return task
 
     def kill_task(self, app_id: str, task_id: str) -> None:
         task = self.marathon.tasks[app_id].pop(task_id)
-        self.lookup.containers.pop(task_id, None)
+        self.lookup.by_task.pop(task_id, None)
         self.events.append(self._event(task, "TASK_KILLING"))
         self.events.append(self._event(task, "TASK_KILLED"))
 
@@ -107,7 +108,7 @@ async def test_event_registers_and_kill_deregisters() -> None:
         await drain(r)
         assert w.managed_task_ids() == {t1.id, t2.id}
         reg = w.agents.agent(t1.host).services[f"mcr-{t1.id}-0"]
-        assert (reg.name, reg.address, reg.port) == ("web", w.lookup.containers[t1.id].network_ips["weave"], 80)
+        assert (reg.name, reg.address, reg.port) == ("web", w.lookup.by_task[t1.id].network_ips["weave"], 80)
         assert reg.agent_host == t1.host
         w.kill_task(APP, t1.id)
         r.hint(w.events[-1])
@@ -154,12 +155,12 @@ async def test_container_not_up_yet_is_retried_not_dropped() -> None:
     w = World()
     w.deploy(APP)
     t = w.start_task(APP)
-    container = w.lookup.containers.pop(t.id)
+    container = w.lookup.by_task.pop(t.id)
     async with w.running() as r:
         r.hint(w.events[-1])
         await asyncio.sleep(0.05)
         assert w.managed_task_ids() == set()
-        w.lookup.containers[t.id] = container
+        w.lookup.by_task[t.id] = container
         await drain(r)
         assert w.managed_task_ids() == {t.id}
 
@@ -228,6 +229,29 @@ async def test_command_check_is_a_ttl_mirror_of_marathon_health() -> None:
         await drain(r)
         assert found.counts()["drifted"] == 1
         assert w.agents.agent(t.host).status[check.check_id] == "critical"
+
+
+async def test_resync_lists_each_slave_once_and_events_then_cost_only_their_writes() -> None:
+    w = World()
+    w.deploy(APP)
+    for _ in range(20):
+        w.start_task(APP)
+    async with w.running() as r:
+        await r.resync()
+        await drain(r)
+        assert w.lookup.listings == len(HOSTS), "one container listing per slave, not one per task"
+        assert len(w.managed_task_ids()) == 20
+        reads, writes = w.agents.reads(), w.agents.writes()
+        t = w.start_task(APP)
+        r.hint(w.events[-1])
+        await drain(r)
+        assert w.agents.writes() == writes + 1 and w.agents.reads() == reads, \
+            "after a resync, task events compare with what it read and wrote: no agent reads"
+        w.kill_task(APP, t.id)
+        r.hint(w.events[-1])
+        await drain(r)
+        assert w.managed_task_ids() == w.running_task_ids()
+        assert w.agents.reads() == reads
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["deploy", "start", "kill", "delete"]), st.integers(0, 2),
