@@ -97,6 +97,7 @@ class Scheduler:
         self.dockers = dockers
         self.slaves: list[SlaveConfig] = list(cfg.slaves)
         self._deploying: dict[str, tuple[Deployment, asyncio.Task[None]]] = {}
+        self._render_cache: dict[str, tuple[tuple[str, int], dict[str, Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.launched: dict[str, tuple[str, str]] = {}  # container id -> (host, task id), for shutdown
@@ -114,10 +115,22 @@ class Scheduler:
         self.bus.publish(ev.instance_changed(task))
 
     def root_group(self) -> dict[str, Any]:
-        """A flat root group (apps not nested in subgroups) for heavy deployment plans."""
-        apps = [render_app(r.spec, self.cfg) for r in self.reg.apps.values() if not r.deleted]
+        """A flat root group (apps not nested in subgroups) for heavy deployment plans. Only versions
+        that can send heavy plans pay for it, and each app version is rendered once: rendering every
+        app for every deployment made deploying 1,000 apps quadratic."""
+        if self.cfg.version < (1, 7):  # 1.7+ sends light plans only
+            apps = [self._rendered(r.spec) for r in self.reg.apps.values() if not r.deleted]
+        else:
+            apps = []
         return {"id": "/", "apps": apps, "groups": [], "dependencies": [],
                 "version": max((a["version"] for a in apps), default=timestamp())}
+
+    def _rendered(self, spec: AppSpec) -> dict[str, Any]:
+        key = (spec.version, spec.instances)
+        cached = self._render_cache.get(spec.id)
+        if cached is None or cached[0] != key:
+            cached = self._render_cache[spec.id] = (key, render_app(spec, self.cfg))
+        return cached[1]
 
     def deployment_ids_for(self, app_id: str) -> list[dict[str, str]]:
         d = self._deploying.get(app_id)
@@ -246,7 +259,10 @@ class Scheduler:
 
     def _place(self, n: int) -> list[SlaveConfig]:
         """Spread: each new task goes to the slave with the fewest active tasks (ties: slave order)."""
-        counts = {s.host: self.reg.tasks_on(s.host) for s in self.slaves}
+        counts = {s.host: 0 for s in self.slaves}
+        for t in self.reg.all_tasks():  # one pass, not one per slave
+            if t.active and t.host in counts:
+                counts[t.host] += 1
         out = []
         for _ in range(n):
             slave = min(self.slaves, key=lambda s: counts[s.host])
