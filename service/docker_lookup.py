@@ -133,12 +133,18 @@ class ContainerLookup:
         metrics: Metrics,
         timeout: float = 5.0,
         list_ttl: float = 1.0,
+        hit_ttl: float = 30.0,
     ) -> None:
         self.url_template = url_template
         self.networks = tuple(networks)
         self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._list_ttl = list_ttl
+        # A task id is never reused and a container's overlay IP does not change while it lives, so
+        # a listing that *has* the task answers `find()` for `hit_ttl`; a miss asks the engine for
+        # that one task, and a resync takes a listing at most `list_ttl` old. A burst then costs one
+        # listing per slave, not one per slave per second.
+        self._hit_ttl = max(hit_ttl, list_ttl)
         self._engines: dict[str, _Engine] = {}
         self._closed = False
 
@@ -148,7 +154,7 @@ class ContainerLookup:
         """The container of `task_id` on `host`, or None if the engine has none (after one re-list)."""
         call_start = time.monotonic()
         engine = self._engine(host)
-        listing = await self._listing(engine, not_before=call_start - self._list_ttl, full=False)
+        listing = await self._listing(engine, not_before=call_start - self._hit_ttl, full=False)
         found = self._get_container(listing, task_id)
         if found is not None:
             return found
