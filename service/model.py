@@ -176,9 +176,20 @@ class Registration:
     def meta_dict(self) -> dict[str, str]:
         return dict(self.meta)
 
+    def meta_get(self, key: str, default: str = "") -> str:
+        """One Meta value without building a dict (resyncs ask this of 10,000 registrations)."""
+        for k, v in self.meta:
+            if k == key:
+                return v
+        return default
+
     @property
     def task_id(self) -> str:
-        return self.meta_dict.get("marathon-task-id", "")
+        return self.meta_get("marathon-task-id")
+
+    @property
+    def app_id(self) -> str:
+        return self.meta_get("marathon-app-id")
 
     def to_consul(self) -> dict[str, object]:
         """The body of PUT /v1/agent/service/register."""

@@ -37,6 +37,7 @@ is returned in `Identity.rewrites` as a human message; the caller logs it once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Identity:
     rewrites: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=8192)  # every task of an app asks the same question; App hashes by id+version
 def service_identity(app: App, port_index: int, naming: Naming) -> Identity | None:
     """The Consul name and tags of port `port_index` of `app`, or None if it opts out.
 

@@ -506,19 +506,19 @@ class Reconciler:
                 url = self.agents.agent(reg.agent_host).url
                 if have is None:
                     if url not in drift.unreachable:
-                        drift.add("missing", url, sid, reg.meta_dict.get("marathon-app-id", ""))
+                        drift.add("missing", url, sid, reg.app_id)
                 elif have.registration.agent_host != reg.agent_host or not have.matches(reg) or \
                         not _ttl_in_sync(reg, task_of[reg.task_id], have):
-                    drift.add("drifted", url, sid, reg.meta_dict.get("marathon-app-id", ""))
+                    drift.add("drifted", url, sid, reg.app_id)
                 elif any(c.ttl for c in reg.checks):
                     ttl_refresh.append((reg, task_of[reg.task_id], have))
             for sid, have in owned.items():
                 if sid not in desired:
-                    drift.add("orphan", owner_agent[sid], sid, have.registration.meta_dict.get("marathon-app-id", ""))
+                    drift.add("orphan", owner_agent[sid], sid, have.registration.app_id)
             # remember where each app's registrations are, so per-app work finds orphans on any agent
             locations: dict[str, set[str]] = {}
             for have in owned.values():
-                locations.setdefault(have.registration.meta_dict.get("marathon-app-id", ""), set()).add(
+                locations.setdefault(have.registration.app_id, set()).add(
                     have.registration.agent_host)
             for app_id, hs in locations.items():
                 self._locations.setdefault(app_id, set()).update(hs)
@@ -537,7 +537,7 @@ class Reconciler:
                         app, tasks = tasks_by_app.get(app_id, (None, []))
                         snapshots[app_id] = (app, tasks, {})
                     for sid, have in owned.items():
-                        snap = snapshots.get(have.registration.meta_dict.get("marathon-app-id", ""))
+                        snap = snapshots.get(have.registration.app_id)
                         if snap is not None:
                             snap[2][sid] = have
                 await self._repair(drift, snapshots, read_at)
