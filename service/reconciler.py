@@ -137,7 +137,6 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._write_slots = asyncio.Semaphore(self.settings.write_concurrency)
         self._workers: list[asyncio.Task[None]] = []
-        self._app_cache: dict[tuple[str, str], App] = {}
         self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
         self._managed: dict[str, Registration] = {}  # service id -> what we last saw/wrote
         self._task_services: dict[str, set[str]] = {}  # task id -> ids of its registrations in _managed
@@ -162,7 +161,6 @@ class Reconciler:
                                           received={event.task_id: now}))
 
     def hint_app(self, app_id: str) -> None:
-        self._app_cache = {k: v for k, v in self._app_cache.items() if k[0] != app_id}
         self._enqueue(app_id, Batch(task_ids=None))
 
     def hint(self, event: TaskEvent | AppEvent | HealthEvent, received_at: float | None = None) -> None:
@@ -263,16 +261,6 @@ class Reconciler:
         return lock
 
     # ------------------------------------------------------------------ one app
-    async def _app_definition(self, app_id: str, tasks: list[Task]) -> App | None:
-        versions = {t.app_version for t in tasks} or {""}
-        cached = [self._app_cache.get((app_id, v)) for v in versions]
-        if all(cached) and len(cached) == 1:
-            return cached[0]
-        app = await self.marathon.app(app_id)
-        if app is not None:
-            self._app_cache[(app_id, app.version)] = app
-        return app
-
     async def reconcile_app(self, app_id: str, batch: Batch, snapshot: AppSnapshot | None = None) -> None:
         """Make Consul hold exactly what Marathon's current view of `app_id` asks for, limited to the
         batch's tasks unless the whole app is dirty. A resync may hand in its `snapshot` of the app
@@ -281,9 +269,9 @@ class Reconciler:
         if snapshot is not None:
             app, tasks, owned = snapshot
         else:
-            fresh = await self.marathon.app_tasks(app_id)
-            app = await self._app_definition(app_id, fresh) if fresh else None
-            tasks = fresh or []
+            # one read gives the current definition with the tasks, so no definition cache is needed
+            found = await self.marathon.app_with_tasks(app_id)
+            app, tasks = found if found is not None else (None, [])
         if batch.task_ids is not None:
             tasks = [t for t in tasks if t.id in batch.task_ids]
         if snapshot is None and batch.task_ids is not None and self.resync_count:

@@ -43,7 +43,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from service.marathon.parse import app_from_json, apps_from_json, task_from_json
+from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
 
@@ -331,25 +331,14 @@ class MarathonClient:
         with self._shape("GET", "/v2/apps"):
             return apps_from_json(obj)
 
-    async def app(self, app_id: str) -> App | None:
-        """The app definition, or None when Marathon does not know the app (404)."""
+    async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
+        """The app definition and its tasks in one read (`GET /v2/apps/{id}` always embeds tasks),
+        or None when Marathon does not know the app (404)."""
         obj = await self._call("app", "GET", "/v2/apps" + app_path(app_id), ok_statuses=(404,))
         if obj is None:
             return None
         with self._shape("GET", "/v2/apps" + app_path(app_id)):
-            return app_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
-
-    async def app_tasks(self, app_id: str) -> list[Task] | None:
-        """The app's tasks, or None when Marathon does not know the app (404)."""
-        obj = await self._call("app_tasks", "GET", "/v2/apps" + app_path(app_id) + "/tasks",
-                               ok_statuses=(404,))
-        if obj is None:
-            return None
-        with self._shape("GET", "/v2/apps" + app_path(app_id) + "/tasks"):
-            tasks = obj.get("tasks") if isinstance(obj, dict) else None
-            if not isinstance(tasks, list):
-                raise ValueError("tasks response: tasks: expected a list")
-            return [task_from_json(t, app_id=app_path(app_id)) for t in tasks]
+            return app_with_tasks_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
 
     async def subscriptions(self) -> list[str]:
         """The callback URLs Marathon posts events to (≤ 1.4; 400 when callbacks are off)."""

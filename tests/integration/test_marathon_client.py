@@ -222,7 +222,7 @@ async def test_basic_auth_from_url_and_password_never_shown(
         await c.info()
         assert s.requests[-1].headers["Authorization"] == aiohttp.encode_basic_auth("admin", "s3cr@t")
         with pytest.raises(MarathonError) as err:
-            await c.app("/bad")
+            await c.app_with_tasks("/bad")
         assert err.value.status == 422
         shown = str(err.value) + " ".join(r.getMessage() for r in caplog.records) + repr(c.endpoints)
         assert "s3cr" not in shown
@@ -330,29 +330,28 @@ async def test_apps_with_tasks_asks_for_embedded_tasks(session: aiohttp.ClientSe
         assert tasks[0].ports == (31005,)
 
 
-async def test_app_and_app_tasks(session: aiohttp.ClientSession) -> None:
+async def test_app_with_tasks_is_one_read(session: aiohttp.ClientSession) -> None:
     async with marathons(1) as (s,):
         s.json("GET", "/v2/apps/web/customer1/site1", {"app": dict(APP_JSON, tasks=[TASK_JSON])})
-        s.json("GET", "/v2/apps/web/customer1/site1/tasks", {"tasks": [TASK_JSON]})
         await s.start()
         c = client([s.url], session, Metrics())
-        app = await c.app("/web/customer1/site1")
-        assert app is not None and app.labels == {"consul.tags": "x"}
-        tasks = await c.app_tasks("/web/customer1/site1")
-        assert tasks is not None and [t.host for t in tasks] == ["127.0.0.2"]
+        found = await c.app_with_tasks("/web/customer1/site1")
+        assert found is not None
+        app, tasks = found
+        assert app.labels == {"consul.tags": "x"}
+        assert [t.host for t in tasks] == ["127.0.0.2"]
         assert tasks[0].app_id == "/web/customer1/site1"
+        assert len(s.requests) == 1
 
 
 async def test_unknown_app_is_none(session: aiohttp.ClientSession) -> None:
     m = Metrics()
     async with marathons(1) as (s,):
         s.json("GET", "/v2/apps/gone", {"message": "App '/gone' does not exist"}, status=404)
-        s.json("GET", "/v2/apps/gone/tasks", {"message": "App '/gone' does not exist"}, status=404)
         await s.start()
         c = client([s.url], session, m)
-        assert await c.app("/gone") is None
-        assert await c.app_tasks("/gone") is None
-        assert len(s.requests) == 2
+        assert await c.app_with_tasks("/gone") is None
+        assert len(s.requests) == 1
         assert sample(m, "mcr_retries_total", system="marathon") == 0
 
 

@@ -24,15 +24,11 @@ class FakeMarathon:
     tasks: dict[str, dict[str, Task]] = field(default_factory=dict)
     reads: int = 0
 
-    async def app(self, app_id: str) -> App | None:
-        self.reads += 1
-        return self.apps.get(app_id)
-
-    async def app_tasks(self, app_id: str) -> list[Task] | None:
+    async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
         self.reads += 1
         if app_id not in self.apps:
             return None
-        return list(self.tasks.get(app_id, {}).values())
+        return self.apps[app_id], list(self.tasks.get(app_id, {}).values())
 
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         self.reads += 1
