@@ -460,26 +460,10 @@ class Reconciler:
         read_at = time.monotonic()
         drift = Drift()
         try:
-            apps = await self.marathon.apps_with_tasks()
+            apps, owned, owner_agent, listings = await self._read_world(drift)
             tasks_by_app = {app.id: (app, tasks) for app, tasks in apps}
-            hosts = {t.host for _, tasks in apps for t in tasks}
-            for locs in self._locations.values():
-                hosts |= locs
-            hosts |= await self._catalog_hosts(hosts)
-            agents = await self._distinct_agents(hosts, drift)
-            owned: dict[str, OwnedService] = {}
-            owner_agent: dict[str, str] = {}
-            for agent, result in zip(agents, await asyncio.gather(*(a.owned() for a in agents),
-                                                                   return_exceptions=True), strict=True):
-                if isinstance(result, BaseException):
-                    drift.unreachable[agent.url] = str(result)
-                    continue
-                for sid, svc in result.items():
-                    owned[sid] = svc
-                    owner_agent[sid] = agent.url
             desired: dict[str, Registration] = {}
             task_of: dict[str, Task] = {}
-            listings = await self._listings({t.host for _, tasks in apps for t in tasks})
             for app, tasks in tasks_by_app.values():
                 regs, skips = await self._desired(app, tasks, listings)
                 desired.update(regs)
@@ -543,6 +527,36 @@ class Reconciler:
         self.metrics.managed.set(len(self._managed))
         return drift
 
+    async def _read_world(self, drift: Drift) -> tuple[
+            list[tuple[App, list[Task]]], dict[str, OwnedService], dict[str, str], dict[str, dict[str, Container]]]:
+        """Marathon's apps, what we own on every agent, and each slave's containers. The agents and
+        slaves already known (from earlier work and the catalog) are read while Marathon renders its
+        answer, which is the longest read; hosts only Marathon names are read after it."""
+        seen: dict[str, AgentClient] = {}
+        owned: dict[str, OwnedService] = {}
+        owner_agent: dict[str, str] = {}
+
+        async def read_agents(hosts: set[str]) -> None:
+            for agent, result in await self._read_distinct(hosts, drift, seen):
+                for sid, svc in result.items():
+                    owned[sid] = svc
+                    owner_agent[sid] = agent.url
+
+        marathon = asyncio.create_task(self.marathon.apps_with_tasks())
+        known: set[str] = set().union(*self._locations.values())
+        early = asyncio.gather(read_agents(known | await self._catalog_hosts(known)), self._listings(known))
+        try:
+            apps = await marathon
+        finally:
+            _, listings = await early
+        task_hosts = {t.host for _, tasks in apps for t in tasks}
+        late = task_hosts - known
+        if not known:  # no earlier work to go by: the catalog, found through a task host, names the rest
+            late |= await self._catalog_hosts(task_hosts)
+        _, more = await asyncio.gather(read_agents(late), self._listings(late & task_hosts))
+        listings.update(more)
+        return apps, owned, owner_agent, listings
+
     async def _catalog_hosts(self, known: set[str]) -> set[str]:
         """Agents of nodes with no task left may still hold our orphans: find them in the catalog."""
         if not self.agents.per_host or not known:
@@ -554,17 +568,27 @@ class Reconciler:
                 log.warning("catalog read via %s failed: %s", host, exc)
         return set()
 
-    async def _distinct_agents(self, hosts: set[str], drift: Drift) -> list[AgentClient]:
-        """One client per real agent: a host name and an IP may lead to the same agent (node)."""
+    async def _read_distinct(self, hosts: set[str], drift: Drift, seen: dict[str, AgentClient]
+                             ) -> list[tuple[AgentClient, dict[str, OwnedService]]]:
+        """Our registrations on each agent of `hosts`, once per real agent: a host name and an IP
+        may lead to the same agent (node), and `seen` remembers the nodes read already."""
         candidates = {a.url: a for a in (self.agents.agent(h) for h in hosts)}
         names = await asyncio.gather(*(a.node_name() for a in candidates.values()), return_exceptions=True)
-        seen: dict[str, AgentClient] = {}
+        fresh: list[AgentClient] = []
         for agent, name in zip(candidates.values(), names, strict=True):
             if isinstance(name, BaseException):
                 drift.unreachable[agent.url] = str(name)
-                continue
-            seen.setdefault(name, agent)
-        return list(seen.values())
+            elif name not in seen:
+                seen[name] = agent
+                fresh.append(agent)
+        results = await asyncio.gather(*(a.owned() for a in fresh), return_exceptions=True)
+        out = []
+        for agent, result in zip(fresh, results, strict=True):
+            if isinstance(result, BaseException):
+                drift.unreachable[agent.url] = str(result)
+            else:
+                out.append((agent, result))
+        return out
 
     async def _repair(self, drift: Drift, snapshots: dict[str, AppSnapshot], read_at: float) -> None:
         """Repair each app with drift under its lock. The resync's own reads serve as the app's state
