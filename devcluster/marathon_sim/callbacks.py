@@ -36,6 +36,23 @@ class Limit:
     failed: int = 0
     last_error: str | None = None
 
+    def record(self, error: str | None) -> float:
+        """One delivery's outcome: a success resets the back-off, the n-th failure in a row skips the
+        URL for 2^n s. Returns the back-off in seconds (0 after a success)."""
+        if error is None:
+            self.failures = 0
+            self.skip_until = 0.0
+            self.delivered += 1
+            return 0.0
+        self.failures += 1
+        self.failed += 1
+        self.last_error = error
+        # the exponent is capped so that ~1,000 failures in a row cannot overflow a float
+        # (2^40 s is beyond any test or benchmark)
+        backoff = 2.0 ** min(self.failures, 40)
+        self.skip_until = time.monotonic() + backoff
+        return backoff
+
 
 class CallbackDispatcher:
     def __init__(self, cfg: SimConfig) -> None:
@@ -87,17 +104,9 @@ class CallbackDispatcher:
                     error = "slow consumer"
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        if error is None:
-            limit.failures = 0
-            limit.skip_until = 0.0
-            limit.delivered += 1
-            return
-        limit.failures += 1
-        limit.failed += 1
-        limit.last_error = error
-        backoff = 2.0 ** limit.failures
-        limit.skip_until = time.monotonic() + backoff
-        log.warning("callback to %s failed (%s): skipping it for %.0f s", url, error, backoff)
+        backoff = limit.record(error)
+        if error is not None:
+            log.warning("callback to %s failed (%s): skipping it for %.0f s", url, error, backoff)
 
     def state(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -116,3 +116,14 @@ def test_light_plan_by_version() -> None:
     assert not CFG14.light_plan("light")
     assert SimConfig(version=(1, 6)).light_plan("light") and not SimConfig(version=(1, 6)).light_plan(None)
     assert CFG10.light_plan(None)
+
+
+def test_callback_backoff_doubles_resets_and_never_overflows() -> None:
+    from devcluster.marathon_sim.callbacks import Limit
+
+    limit = Limit()
+    assert [limit.record("HTTP 500") for _ in range(3)] == [2.0, 4.0, 8.0]
+    assert limit.record(None) == 0.0 and limit.failures == 0 and limit.skip_until == 0.0
+    for _ in range(2000):
+        backoff = limit.record("ConnectionRefusedError")
+    assert backoff == 2.0 ** 40 and limit.failed == 2003
