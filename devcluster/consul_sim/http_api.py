@@ -368,13 +368,14 @@ def _tag_match(svc: ServiceState, tags: list[str]) -> bool:
     return all(t.lower() in have for t in tags)
 
 
-async def catalog_service(r: Request) -> web.StreamResponse:
-    r.check_dc()
+async def _visible_instances(r: Request) -> tuple[int, list[tuple[Agent, ServiceState]], bool]:
+    """The instances of the service named in the path after blocking, `?tag` (every tag, any case)
+    and ACLs: (index, instances, whether ACLs filtered some out), for the catalog and health views."""
     authz = r.authz()
     name = r.arg
     idx = await r.block(lambda: r.state.index_for_name(name))
     tags = r.query.getall("tag", [])
-    out = []
+    visible = []
     filtered = False
     for agent, svc in r.state.instances(name):
         if tags and not _tag_match(svc, tags):
@@ -382,7 +383,14 @@ async def catalog_service(r: Request) -> web.StreamResponse:
         if not (authz.allowed("service", svc.spec.name, "read") and authz.allowed("node", agent.node, "read")):
             filtered = True
             continue
-        out.append(views.catalog_service_node(agent, svc, r.state.datacenter))
+        visible.append((agent, svc))
+    return idx, visible, filtered
+
+
+async def catalog_service(r: Request) -> web.StreamResponse:
+    r.check_dc()
+    idx, visible, filtered = await _visible_instances(r)
+    out = [views.catalog_service_node(agent, svc, r.state.datacenter) for agent, svc in visible]
     out = r.filter(out, _SERVICE_NODE_FIELDS, {"ServiceMeta", "NodeMeta", "TaggedAddresses",
                                                "ServiceTaggedAddresses", "ServiceWeights"})
     headers = _meta_headers(idx)
@@ -449,18 +457,9 @@ async def health_service(r: Request) -> web.StreamResponse:
             passing = True
         elif v not in _FALSE:
             raise ApiError(400, "Invalid value for ?passing")
-    authz = r.authz()
-    name = r.arg
-    idx = await r.block(lambda: r.state.index_for_name(name))
-    tags = r.query.getall("tag", [])
+    idx, visible, filtered = await _visible_instances(r)
     out = []
-    filtered = False
-    for agent, svc in r.state.instances(name):
-        if tags and not _tag_match(svc, tags):
-            continue
-        if not (authz.allowed("service", svc.spec.name, "read") and authz.allowed("node", agent.node, "read")):
-            filtered = True
-            continue
+    for agent, svc in visible:
         checks = r.state.service_checks(agent, svc)
         if passing and any(c.status != "passing" for c in checks):
             continue
