@@ -32,16 +32,6 @@ class NetworkMode(StrEnum):
     USER = "USER"  # 1.4 USER / 1.5+ `container` networks
 
 
-# Mesos task states after which the task is gone (plus TASK_KILLING, which means "going away").
-TERMINAL_STATES = frozenset(
-    {
-        "TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED",
-        "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNREACHABLE", "TASK_UNKNOWN",
-    }
-)
-GOING_AWAY_STATES = TERMINAL_STATES | {"TASK_KILLING"}
-
-
 @dataclass(frozen=True, slots=True)
 class PortMapping:
     """One port of an app: `container_port` is what the service listens on inside its container

@@ -34,7 +34,6 @@ from service.marathon.client import MarathonClient
 from service.marathon.events import AppEvent, HealthEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import (
-    GOING_AWAY_STATES,
     AddressMode,
     App,
     Container,
@@ -342,7 +341,7 @@ class Reconciler:
         skips: list[Skip] = []
         if app is None:
             return desired, skips
-        running = [t for t in tasks if t.state not in GOING_AWAY_STATES and t.state == "TASK_RUNNING"]
+        running = [t for t in tasks if t.state == "TASK_RUNNING"]
         if listings is not None and all(t.host in listings for t in running):
             containers: list[Container | Skip | None] = [listings[t.host].get(t.id) for t in running]
         else:
