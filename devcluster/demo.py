@@ -57,6 +57,12 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
+def _check_target(check: dict[str, Any]) -> str:
+    """What a check probes (the slave's mapped host port), or its name for the node's own check."""
+    definition = check.get("Definition") or {}
+    return definition.get("HTTP") or definition.get("TCP") or check["Name"]
+
+
 def start_registrar() -> None:
     pid_file = RUN_DIR / "registrar.pid"
     if pid_file.exists():
@@ -95,7 +101,7 @@ def main() -> None:
     print("\nConsul holds (service web):")
     for inst in sorted(instances, key=lambda i: i["Service"]["Address"]):
         svc = inst["Service"]
-        checks = ", ".join(f"{c['Status']} {c.get('Output', '').split(':')[0]}" for c in inst["Checks"])
+        checks = ", ".join(f"{c['Status']} {_check_target(c)}" for c in inst["Checks"])
         print(f"  {svc['ID']}\n    node {inst['Node']['Node']}  address {svc['Address']}:{svc['Port']}  "
               f"tags {svc['Tags']}\n    checks: {checks}")
     name = "site1.customer1.web.service.dc1.consul"
