@@ -3,8 +3,10 @@
 Concurrency model (after kopf's queueing): events are hints, never instructions (DESIGN §2.1).
 A hint marks an *app* as dirty, optionally narrowed to some of its tasks; hints for an app that is
 already queued coalesce into one batch, so a deployment's burst of status updates costs one
-Marathon read per app, one container listing per slave and one Consul read per agent. An app is
-worked on by at most one worker at a time (per-key serial, so two writes for one task never race);
+Marathon read per app batch and one container listing per slave. Task-level batches compare the
+desired registrations with what the last resync read from the agents plus our own writes since
+(before the first resync they read the agents); whole-app batches read the agents. An app is worked
+on by at most one worker at a time (per-key serial, so two writes for one task never race);
 different apps run concurrently up to `workers`. Inside a batch, Consul writes for different tasks
 run concurrently, bounded by `write_concurrency`.
 
@@ -12,10 +14,12 @@ A failed batch goes back into the queue after a capped exponential back-off with
 with whatever hints arrived meanwhile; after `max_attempts` it is left to the next resync, which
 re-derives everything from scratch, so nothing is dropped for good.
 
-The resync reads the whole desired state (`GET /v2/apps?embed=apps.tasks`) and everything we own
-on every agent, and reports missing / orphan / drifted registrations. Repairs are not applied from
-that bulk snapshot (a task may have started between the two reads): each app with drift is
-reconciled again through the same per-app lock as event work, from a fresh read of that app.
+The resync reads the whole desired state (`GET /v2/apps?embed=apps.tasks`), everything we own on
+every agent and every slave's containers, and reports missing / orphan / drifted registrations.
+Each app with drift is then repaired under the same per-app lock as event work: from the resync's
+own reads when no event work for the app was queued since they began, else from a fresh read of
+the app (see `_repair`). Changes made to Consul behind our back are found here, at the latest one
+`--resync-interval` after they happen.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from service.model import (
     Skip,
     Task,
 )
+from service.naming import service_identity
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +346,7 @@ class Reconciler:
         skips: list[Skip] = []
         if app is None:
             return desired, skips
+        self._log_rewrites(app)
         running = [t for t in tasks if t.state == "TASK_RUNNING"]
         if listings is not None and all(t.host in listings for t in running):
             containers: list[Container | Skip | None] = [listings[t.host].get(t.id) for t in running]
@@ -361,6 +367,15 @@ class Reconciler:
             for reg in result:
                 desired[reg.service_id] = reg
         return desired, skips
+
+    def _log_rewrites(self, app: App) -> None:
+        """Names that are not valid DNS labels are registered rewritten; say so once per rewrite."""
+        for port_index in range(max(1, len(app.port_mappings))):
+            identity = service_identity(app, port_index, self.settings.naming)
+            for message in identity.rewrites if identity is not None else ():
+                if message not in self._logged_rewrites:
+                    self._logged_rewrites.add(message)
+                    log.warning("app %s: %s", app.id, message)
 
     async def _apply(self, app_id: str, desired: dict[str, Registration], owned: dict[str, OwnedService],
                      batch: Batch, tasks: list[Task]) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -252,6 +254,22 @@ async def test_resync_lists_each_slave_once_and_events_then_cost_only_their_writ
         await drain(r)
         assert w.managed_task_ids() == w.running_task_ids()
         assert w.agents.reads() == reads
+
+
+async def test_a_name_rewritten_into_a_dns_label_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    w.deploy(APP)
+    w.marathon.apps[APP] = replace(w.marathon.apps[APP], labels={"consul.name": "Web_Shop"})
+    w.start_task(APP)
+    async with w.running() as r:
+        with caplog.at_level(logging.WARNING, logger="service.reconciler"):
+            await r.resync()
+            await r.resync()
+            await drain(r)
+    [reg] = w.agents.managed().values()
+    assert reg.name == "web-shop"
+    rewrites = [rec.getMessage() for rec in caplog.records if "not a valid DNS label" in rec.getMessage()]
+    assert len(rewrites) == 1 and "'Web_Shop'" in rewrites[0], rewrites
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["deploy", "start", "kill", "delete"]), st.integers(0, 2),
