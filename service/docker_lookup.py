@@ -164,7 +164,7 @@ class ContainerLookup:
             entry = await self._probe(engine, task_id)
             if entry is not None:
                 if engine.current is not None and task_id not in engine.current.raw:
-                    engine.current.raw[task_id] = entry  # later events for this task hit the listing
+                    _keep(engine.current.raw, entry, task_id)  # later events for this task hit the listing
                 return self._build(entry, task_id)
         # Unlabelled (Marathon < 1.4) or gone: a full listing newer than the one that missed.
         not_before = max(call_start, listing.started + 1e-9)
