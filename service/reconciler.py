@@ -176,7 +176,7 @@ class Reconciler:
             for app_id in event.app_ids:
                 self.hint_app(app_id)
         elif isinstance(event, HealthEvent):
-            self._enqueue(event.app_id, Batch(task_ids=None))
+            self.hint_app(event.app_id)
 
     def _enqueue(self, app_id: str, batch: Batch) -> None:
         self._hinted_at[app_id] = time.monotonic()
@@ -301,7 +301,7 @@ class Reconciler:
         if unreachable or retry_tasks:
             remaining = Batch(task_ids=set(retry_tasks) if not unreachable else batch.task_ids,
                               hosts=set(unreachable) | batch.hosts,
-                              received={k: v for k, v in batch.received.items()},
+                              received=dict(batch.received),
                               attempts=batch.attempts)
             reasons = [f"agent {h}: {e}" for h, e in unreachable.items()]
             reasons += [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
