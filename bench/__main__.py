@@ -67,9 +67,12 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         _fmt(ratios.get(key, scenarios._ratio(reg.get(key), floor.get(key))))))
     elif name == "steady":
         for key in ("events_per_s", "p50_ms", "p99_ms", "max_ms", "running", "killed", "cpu_s", "cpu_share",
-                    "peak_rss_mb", "unmatched", "delivery_errors"):
+                    "peak_rss_mb", "unmatched", "unmatched_killed_while_staging",
+                    "unmatched_killed_before_registered", "converged",
+                    "missing_at_end", "orphans_at_end", "delivery_errors"):
             r, f = reg.get(key), floor.get(key)
-            ratio = scenarios._ratio(r, f) if isinstance(r, int | float) and isinstance(f, int | float) else None
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (r, f))
+            ratio = scenarios._ratio(r, f) if numbers else None
             out.append((name, key, _fmt(r), _fmt(f), _fmt(ratio)))
     elif name in ("resync", "memory"):
         fs = floor.get("blind_resync_s")

@@ -336,15 +336,27 @@ async def _run_steady(sims: Sims, target: Target, apps: list[str], seconds: floa
     for op, sid, _a, mono, _w in entries:
         (reg_t if op == "register" else dereg_t).setdefault(sid, mono)
     lat_run, lat_kill, missing = [], [], 0
+    never_running = killed_first = 0
     for (tid, state), sent in relay.sent.items():
         got = (reg_t if state == "TASK_RUNNING" else dereg_t).get(service_id(tid))
         if got is None:
             missing += 1
+            # Not losses (the convergence check below is the proof): a task killed while staging has
+            # nothing to deregister, and one killed before its batch was worked is never registered.
+            if (tid, "TASK_KILLED") in relay.sent and service_id(tid) not in reg_t:
+                if (tid, "TASK_RUNNING") in relay.sent:
+                    killed_first += 1
+                else:
+                    never_running += 1
             continue
         (lat_run if state == "TASK_RUNNING" else lat_kill).append(max(0.0, got - sent))
     n_events = sum(1 for t in relay.sent.values() if t <= t_end)
+    want = {service_id(t["id"]) for t in await sims.running_tasks()}
+    held = set(await _owned(sims))
     return {"events": len(relay.sent), "events_per_s": round(n_events / (t_end - t_start), 1),
             "running_events": len(lat_run), "killed_events": len(lat_kill), "unmatched": missing,
+            "unmatched_killed_while_staging": never_running, "unmatched_killed_before_registered": killed_first,
+            "converged": want == held, "missing_at_end": len(want - held), "orphans_at_end": len(held - want),
             "delivery_errors": relay.errors, **_lat_stats(lat_run + lat_kill),
             "running": _lat_stats(lat_run), "killed": _lat_stats(lat_kill),
             "cpu_s": round(cpu, 2), "cpu_share": round(cpu / wall, 3), "peak_rss_mb": target.proc.memory()["VmHWM"]}
