@@ -74,11 +74,13 @@ def _stop_leftovers() -> None:
 class Process:
     """A child process we started, logged to a file, stopped by its pid (at the latest at exit)."""
 
-    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None, *, module: bool = True) -> None:
+        """`argv` is a Python module and its arguments, or (`module=False`) a whole command line."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = RUN_DIR / f"test-{name}-{os.getpid()}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=self.log, stderr=subprocess.STDOUT,
+        command = [sys.executable, "-m", *argv] if module else argv
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True)
         _LIVE.add(self)
 
