@@ -82,6 +82,9 @@ class Batch:
     hosts: set[str] = field(default_factory=set)
     received: dict[str, float] = field(default_factory=dict)  # task id -> first event time (latency)
     attempts: int = 0
+    # task id -> host, for tasks an event reported running: their containers are looked up while
+    # Marathon is read (a hint of where to look, never a reason to register)
+    running_on: dict[str, str] = field(default_factory=dict)
 
     def merge(self, other: Batch) -> None:
         if self.task_ids is None or other.task_ids is None:
@@ -89,6 +92,7 @@ class Batch:
         else:
             self.task_ids |= other.task_ids
         self.hosts |= other.hosts
+        self.running_on.update(other.running_on)
         for tid, t in other.received.items():
             self.received[tid] = min(t, self.received.get(tid, t))
         self.attempts = max(self.attempts, other.attempts)
@@ -161,8 +165,9 @@ class Reconciler:
             # the 5 status updates in a task's life).
             return
         now = received_at if received_at is not None else time.monotonic()
+        running_on = {event.task_id: event.host} if event.host and event.state == "TASK_RUNNING" else {}
         self._enqueue(event.app_id, Batch(task_ids={event.task_id}, hosts={event.host} if event.host else set(),
-                                          received={event.task_id: now}))
+                                          received={event.task_id: now}, running_on=running_on))
 
     def hint_app(self, app_id: str) -> None:
         self._enqueue(app_id, Batch(task_ids=None))
@@ -270,9 +275,14 @@ class Reconciler:
         batch's tasks unless the whole app is dirty. A resync may hand in its `snapshot` of the app
         (see `_repair` for when that is as good as a fresh read)."""
         unreachable: dict[str, str] = {}
+        prefetched: dict[tuple[str, str], asyncio.Future[Container | Skip | None]] = {}
         if snapshot is not None:
             app, tasks, owned = snapshot
         else:
+            # The containers of tasks reported running are looked up while Marathon answers, not
+            # after: both reads happen after the event, and only Marathon's answer decides what is
+            # registered (a lookup for a task it no longer lists is simply not used).
+            prefetched = self._prefetch(batch)
             # one read gives the current definition with the tasks, so no definition cache is needed
             found = await self.marathon.app_with_tasks(app_id)
             app, tasks = found if found is not None else (None, [])
@@ -293,7 +303,7 @@ class Reconciler:
             owned, unreachable = await self._read_agents(hosts, app_id)
         if batch.task_ids is not None:
             owned = {k: v for k, v in owned.items() if v.registration.task_id in batch.task_ids}
-        desired, skips = await self._desired(app, tasks)
+        desired, skips = await self._desired(app, tasks, prefetched=prefetched)
         retry_tasks = {s.task_id for s in skips if s.retry}
         # Registrations of a task we must retry stay as they are: we do not yet know their new truth.
         owned = {k: v for k, v in owned.items() if v.registration.task_id not in retry_tasks}
@@ -302,7 +312,8 @@ class Reconciler:
             remaining = Batch(task_ids=set(retry_tasks) if not unreachable else batch.task_ids,
                               hosts=set(unreachable) | batch.hosts,
                               received=dict(batch.received),
-                              attempts=batch.attempts)
+                              attempts=batch.attempts,
+                              running_on={t: h for t, h in batch.running_on.items() if t in retry_tasks})
             reasons = [f"agent {h}: {e}" for h, e in unreachable.items()]
             reasons += [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
             raise RetryLater("; ".join(reasons)[:500], remaining)
@@ -322,13 +333,22 @@ class Reconciler:
         await asyncio.gather(*(read(a) for a in agents.values()))
         return owned, unreachable
 
-    async def _container(self, task: Task) -> Container | Skip | None:
+    async def _container(self, host: str, task_id: str) -> Container | Skip | None:
         if self.settings.address_mode is AddressMode.HOST:
             return None
         try:
-            return await self.lookup.find(task.host, task.id)
+            return await self.lookup.find(host, task_id)
         except DockerLookupError as exc:
-            return Skip(task_id=task.id, reason="docker-unreachable", detail=str(exc), retry=True)
+            return Skip(task_id=task_id, reason="docker-unreachable", detail=str(exc), retry=True)
+
+    def _prefetch(self, batch: Batch) -> dict[tuple[str, str], asyncio.Future[Container | Skip | None]]:
+        if self.settings.address_mode is AddressMode.HOST or batch.task_ids is None:
+            return {}
+        out: dict[tuple[str, str], asyncio.Future[Container | Skip | None]] = {}
+        for task_id, host in batch.running_on.items():
+            future = out[(host, task_id)] = asyncio.ensure_future(self._container(host, task_id))
+            future.add_done_callback(_retrieve)  # an unused lookup must not log "never retrieved"
+        return out
 
     async def _listings(self, hosts: set[str]) -> dict[str, dict[str, Container]]:
         """One container listing per slave for a whole resync (slaves whose listing fails are left
@@ -340,7 +360,8 @@ class Reconciler:
         return {h: r for h, r in zip(ordered, results, strict=True) if not isinstance(r, BaseException)}
 
     async def _desired(self, app: App | None, tasks: list[Task],
-                       listings: dict[str, dict[str, Container]] | None = None
+                       listings: dict[str, dict[str, Container]] | None = None,
+                       prefetched: dict[tuple[str, str], asyncio.Future[Container | Skip | None]] | None = None,
                        ) -> tuple[dict[str, Registration], list[Skip]]:
         desired: dict[str, Registration] = {}
         skips: list[Skip] = []
@@ -351,7 +372,9 @@ class Reconciler:
         if listings is not None and all(t.host in listings for t in running):
             containers: list[Container | Skip | None] = [listings[t.host].get(t.id) for t in running]
         else:
-            containers = list(await asyncio.gather(*(self._container(t) for t in running)))
+            started = prefetched or {}
+            containers = list(await asyncio.gather(
+                *(started.get((t.host, t.id)) or self._container(t.host, t.id) for t in running)))
         for task, container in zip(running, containers, strict=True):
             if isinstance(container, Skip):
                 skips.append(container)
@@ -645,3 +668,8 @@ class Reconciler:
 
 def _ttl_in_sync(reg: Registration, task: Task, have: OwnedService) -> bool:
     return all(have.check_status.get(check_id) == want for check_id, want in ttl_check_statuses(reg, task))
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

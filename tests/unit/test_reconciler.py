@@ -153,6 +153,43 @@ async def test_running_event_for_task_marathon_no_longer_lists_registers_nothing
         assert w.agents.writes() == 0
 
 
+async def test_containers_are_looked_up_while_marathon_answers_and_only_its_answer_registers() -> None:
+    w = World()
+    w.deploy(APP)
+    t1, t2 = w.start_task(APP), w.start_task(APP)
+    running_events = w.events[-2:]
+    # t2 is gone from Marathon, but its container lingers on the slave: the lookup started for it
+    # must not register it
+    del w.marathon.tasks[APP][t2.id]
+    answer, both_looked_up = asyncio.Event(), asyncio.Event()
+    looked_up: list[str] = []
+    read, find = w.marathon.app_with_tasks, w.lookup.find
+
+    async def slow_read(app_id: str):  # type: ignore[no-untyped-def]
+        await answer.wait()
+        return await read(app_id)
+
+    async def recording_find(host: str, task_id: str) -> Container | None:
+        looked_up.append(task_id)
+        if len(looked_up) == 2:
+            both_looked_up.set()
+        return await find(host, task_id)
+
+    w.marathon.app_with_tasks = slow_read  # type: ignore[method-assign]
+    w.lookup.find = recording_find  # type: ignore[method-assign]
+    async with w.running() as r:
+        for e in running_events:
+            r.hint(e)
+        async with asyncio.timeout(5):
+            await both_looked_up.wait()
+        assert sorted(looked_up) == sorted([t1.id, t2.id]), "both lookups start before Marathon has answered"
+        assert w.agents.writes() == 0
+        answer.set()
+        await drain(r)
+        assert w.managed_task_ids() == {t1.id}
+        assert looked_up.count(t1.id) == 1, "the answer of the early lookup is used, not asked again"
+
+
 async def test_container_not_up_yet_is_retried_not_dropped() -> None:
     w = World()
     w.deploy(APP)
