@@ -62,7 +62,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out: list[tuple[str, str, str, str, str]] = []
     if name in ("burst", "smoke", "real"):
         for key in ("wall_s", "reg_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_s", "cpu_s_per_1000",
-                    "peak_rss_mb", "registered", "delivery_errors"):
+                    "peak_rss_mb", "registered", "delivery_errors", "outside_calls"):
             out.append((name, key, _fmt(reg.get(key)), _fmt(floor.get(key)),
                         _fmt(ratios.get(key, scenarios._ratio(reg.get(key), floor.get(key))))))
     elif name == "steady":

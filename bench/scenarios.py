@@ -5,14 +5,18 @@ the floor on the same input, and returns a result dict; `finally` stops every pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
-from bench.procs import Proc, Profiler
+from bench.procs import LOG_DIR, ROOT, Proc, Profiler
 from bench.world import (
     SLAVES,
     Sims,
@@ -66,12 +70,14 @@ async def _run_burst(sims: Sims, target: Target, held: dict[str, bytes], limit_s
     cursor, _ = await sims.consul_log()
     want = {service_id(t): t for t in held}
     profiler = Profiler(target.proc.pid, target.proc.name)
+    calls0 = await _outside_calls(target)
     cpu0 = target.proc.cpu()
     blast = asyncio.create_task(relay.blast(held.items()))
     seen = await sims.wait_registered(set(want), limit_s=limit_s, since=cursor)
     await blast
     profiler.stop()
     cpu = target.proc.cpu() - cpu0
+    calls = {k: round(v - calls0.get(k, 0.0), 4) for k, v in (await _outside_calls(target)).items()}
     mem = target.proc.memory()
     first_sent = min(relay.sent.values())
     last_sent = max(relay.sent.values())
@@ -83,7 +89,26 @@ async def _run_burst(sims: Sims, target: Target, held: dict[str, bytes], limit_s
             "reg_per_s": round(len(seen) / wall, 1) if wall else None,
             **_lat_stats([max(0.0, x) for x in lat]),
             "cpu_s": round(cpu, 2), "cpu_s_per_1000": round(cpu / max(1, len(seen)) * 1000, 3),
-            "rss_mb": mem.get("VmRSS"), "peak_rss_mb": mem.get("VmHWM")}
+            "rss_mb": mem.get("VmRSS"), "peak_rss_mb": mem.get("VmHWM"),
+            **({"outside_calls": calls} if calls else {})}
+
+
+async def _outside_calls(target: Target) -> dict[str, float]:
+    """The registrar's outside calls so far, from its own histograms: "<system>:<call> n" (count)
+    and "<system>:<call> s" (seconds). Empty for the floor, which has no /metrics."""
+    try:
+        metrics = await _metrics(target)
+    except (aiohttp.ClientError, ValueError):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        for system in ("marathon", "docker", "consul"):
+            prefix = f"mcr_{system}_request_seconds_"
+            kind, _, labels = key.removeprefix(prefix).partition("{")
+            if key.startswith(prefix) and kind in ("count", "sum") and 'call="' in labels:
+                call = labels.split('call="', 1)[1].split('"', 1)[0]
+                out[f"{system}:{call} {'n' if kind == 'count' else 's'}"] = value
+    return out
 
 
 async def burst(*, n_tasks: int = 5000, n_apps: int = 500, slaves: tuple[str, ...] = SLAVES,
@@ -420,7 +445,46 @@ async def _engine_cost(host: str) -> dict[str, Any]:
     return out
 
 
+async def _engine_answers(socket_path: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path),
+                                         timeout=aiohttp.ClientTimeout(total=2)) as s, \
+                s.get("http://engine/_ping") as r:
+            return r.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _test_world() -> AsyncIterator[None]:
+    """`real` runs on the test world's two Docker engines: bring the world up when they do not
+    answer (`python -m devcluster up` is idempotent), and take it down afterwards only if this run
+    brought it up, so `python -m bench all` works on a fresh machine and leaves a running world be."""
+    from devcluster.topology import SLAVES as WORLD
+
+    if all([await _engine_answers(str(s.docker_socket)) for s in WORLD]):
+        yield
+        return
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+
+    def devcluster(action: str) -> None:
+        with open(LOG_DIR / f"real-devcluster-{action}.log", "wb") as log:
+            subprocess.run([sys.executable, "-m", "devcluster", action], cwd=ROOT, stdout=log,
+                           stderr=subprocess.STDOUT, check=True, timeout=300)
+
+    await asyncio.to_thread(devcluster, "up")
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(devcluster, "down")
+
+
 async def real(*, n_apps: int = 6, per_app: int = 10, tag: str = "real") -> Result:
+    async with _test_world():
+        return await _real(n_apps=n_apps, per_app=per_app, tag=tag)
+
+
+async def _real(*, n_apps: int, per_app: int, tag: str) -> Result:
     from devcluster.topology import SLAVES as WORLD
 
     slaves = tuple(s.host for s in WORLD)
