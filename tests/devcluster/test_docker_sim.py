@@ -246,7 +246,7 @@ async def test_container_lookup_works_against_the_sim(sims: list[Running], http:
         for lk in lookups.values():
             await lk.close()
     sa, sb = (await stats(http, a))["requests"], (await stats(http, b))["requests"]
-    assert sa == {"/version": 1, "/containers/json": 1, "/containers/json?filters=label": 1}, sa
+    assert sa == {"/_ping": 1, "/containers/json": 1, "/containers/json?filters=label": 1}, sa
     assert sb["/containers/{id}/json"] == 1, sb  # the unlabelled container, inspected once
 
 

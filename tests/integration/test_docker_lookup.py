@@ -161,6 +161,8 @@ class CountingProxy:
     def kind(path: str, query: str) -> str:
         if path.endswith("/version"):
             return "version"
+        if path.endswith("/_ping"):
+            return "ping"
         if path.endswith("/containers/json"):
             if "name" in query:
                 return "list-named"
@@ -173,7 +175,10 @@ class CountingProxy:
         self.counts[self.kind(request.path, request.query_string)] += 1
         self.paths.append(request.path_qs)
         async with self.session.get("http://docker" + request.path_qs) as r:
-            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+            # the engine's own headers (Api-Version among them) pass through, as the engine sent them
+            headers = {k: v for k, v in r.headers.items() if k.lower().startswith(("api-", "docker-", "ostype"))}
+            return web.Response(body=await r.read(), status=r.status, headers=headers,
+                                content_type=r.content_type)
 
     async def __aenter__(self) -> CountingProxy:
         self.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.sock))
@@ -321,7 +326,7 @@ async def test_burst_of_50_finds_makes_one_listing(world: dict[str, Any], proxy_
     assert [c.id if c else None for c in found] == [m.id for m in tasks]
     assert [c.overlay_ip(NETWORKS) for c in found if c] == [m.ips["bridge"] for m in tasks]
     assert proxy_s1.counts["list-label"] == 1, proxy_s1.counts
-    assert proxy_s1.counts["list-named"] == 0 and proxy_s1.counts["version"] == 1, proxy_s1.counts
+    assert proxy_s1.counts["list-named"] == 0 and proxy_s1.counts["ping"] == 1, proxy_s1.counts
     assert not any(k.startswith("inspect:") for k in proxy_s1.counts), proxy_s1.counts
     assert _count(metrics, "list") == 1
     assert elapsed < 1.0, f"50 finds took {elapsed:.3f} s"
@@ -334,7 +339,8 @@ async def test_api_version_is_negotiated_once(world: dict[str, Any], proxy_s1: C
             assert await lookup.find(S1[0], m.task_id) is not None
     finally:
         await lookup.close()
-    assert proxy_s1.counts["version"] == 1
+    assert proxy_s1.counts["ping"] == 1, "the version comes from one ping's Api-Version header"
+    assert proxy_s1.counts["version"] == 0, "GET /version is slow (5-7 ms) and not needed when ping says it"
     listed = [p for p in proxy_s1.paths if "/containers/" in p]
     assert listed and all(p.startswith("/v1.41/") for p in listed), listed
 
@@ -424,8 +430,8 @@ async def test_engine_error_status_raises() -> None:
     """A non-2xx answer (here: an API version the engine refuses) names the slave and the status."""
 
     async def too_new(request: web.Request) -> web.Response:
-        if request.path == "/version":
-            return web.json_response({"ApiVersion": "1.99"})
+        if request.path == "/_ping":
+            return web.Response(text="OK", headers={"Api-Version": "1.99"})
         return web.json_response({"message": "client version 1.99 is too new"}, status=400)
 
     app = web.Application()
@@ -442,3 +448,35 @@ async def test_engine_error_status_raises() -> None:
     finally:
         await lookup.close()
         await runner.cleanup()
+
+
+async def test_engine_without_api_version_on_ping_is_asked_version() -> None:
+    """Engines older than API 1.25 answer `/_ping` without `Api-Version`: `/version` then says it."""
+    paths: list[str] = []
+
+    async def old_engine(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        if request.path == "/_ping":
+            return web.Response(text="OK")
+        if request.path == "/version":
+            return web.json_response({"ApiVersion": "1.24"})
+        if request.path == "/v1.24/containers/json":
+            return web.json_response([{"Id": "c1", "Labels": {"MESOS_TASK_ID": "app.1"}, "State": "running",
+                                       "NetworkSettings": {"Networks": {"weave": {"IPAddress": "10.32.0.9"}}}}])
+        return web.json_response({"message": f"unexpected {request.path}"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", old_engine)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    lookup = ContainerLookup(f"tcp://127.0.0.1:{port}", NETWORKS, metrics=Metrics(), timeout=1.0)
+    try:
+        found = await lookup.find("slave-old", "app.1")
+    finally:
+        await lookup.close()
+        await runner.cleanup()
+    assert found is not None and found.overlay_ip(NETWORKS) == "10.32.0.9"
+    assert paths == ["/_ping", "/version", "/v1.24/containers/json"]
