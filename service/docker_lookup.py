@@ -217,18 +217,26 @@ class ContainerLookup:
 
     async def _get(self, e: _Engine, call: str, path: str, *, allow_404: bool = False) -> Any:
         """GET base+path, parse JSON; DockerLookupError on any failure (None for an allowed 404)."""
+        body, _ = await self._request(e, call, path, allow_404=allow_404)
+        return body
+
+    async def _request(self, e: _Engine, call: str, path: str, *, allow_404: bool = False,
+                       json_body: bool = True) -> tuple[Any, Mapping[str, str]]:
+        """GET base+path: the body (parsed as JSON unless `json_body` is false, None for an allowed
+        404) and the headers. Every failure is one DockerLookupError naming the slave and the call."""
         t0 = time.perf_counter()
         try:
             async with e.session.get(e.base + path) as resp:
                 body = await resp.read()
                 if resp.status == 404 and allow_404:
-                    return None
+                    return None, resp.headers
                 if resp.status != 200:
                     raise DockerLookupError(
                         f"docker on {e.host} ({e.base}): {call} answered {resp.status}: "
                         f"{body[:200].decode(errors='replace').strip()}"
                     )
-            return json.loads(body)
+                headers = resp.headers
+            return (json.loads(body) if json_body else body), headers
         except DockerLookupError:
             raise
         except TimeoutError as exc:
@@ -250,7 +258,8 @@ class ContainerLookup:
         if e.prefix is None:
             async with e.version_lock:
                 if e.prefix is None:
-                    api = await self._ping_api_version(e)
+                    _, headers = await self._request(e, "ping", "/_ping", json_body=False)
+                    api = headers.get("Api-Version") or None
                     if api is None:
                         info = await self._get(e, "version", "/version")
                         api = info.get("ApiVersion") if isinstance(info, dict) else None
@@ -258,23 +267,6 @@ class ContainerLookup:
                         raise DockerLookupError(f"docker on {e.host} ({e.base}): /version has no ApiVersion")
                     e.prefix = f"/v{api}"
         return e.prefix
-
-    async def _ping_api_version(self, e: _Engine) -> str | None:
-        t0 = time.perf_counter()
-        try:
-            async with e.session.get(e.base + "/_ping") as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise DockerLookupError(f"docker on {e.host} ({e.base}): ping answered {resp.status}: "
-                                            f"{body[:200].decode(errors='replace').strip()}")
-                return resp.headers.get("Api-Version") or None
-        except TimeoutError as exc:
-            raise DockerLookupError(
-                f"docker on {e.host} ({e.base}): ping timed out after {self._timeout.total} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise DockerLookupError(f"docker on {e.host} ({e.base}): ping failed: {exc!r}") from exc
-        finally:
-            self._metrics.docker_latency.labels("ping").observe(time.perf_counter() - t0)
 
     # ---- single-flight listings -------------------------------------------------------------
 
@@ -300,7 +292,7 @@ class ContainerLookup:
         else:
             e.pending = run
         run.task = asyncio.create_task(self._run(e, run, previous))
-        run.task.add_done_callback(_consume_exception)
+        run.task.add_done_callback(consume_exception)
         return await asyncio.shield(run.task)
 
     async def _run(self, e: _Engine, run: _Run, previous: _Run | None) -> _Listing:
@@ -365,7 +357,7 @@ class ContainerLookup:
         if task is None:
             task = e.probes[task_id] = asyncio.create_task(self._probe_now(e, task_id))
             task.add_done_callback(lambda _t: e.probes.pop(task_id, None))
-            task.add_done_callback(_consume_exception)
+            task.add_done_callback(consume_exception)
         return await asyncio.shield(task)
 
     async def _probe_now(self, e: _Engine, task_id: str) -> Mapping[str, Any] | None:
@@ -434,7 +426,8 @@ def _env_task_id(env: Iterable[str]) -> str | None:
     return None
 
 
-def _consume_exception(task: asyncio.Task[Any]) -> None:
-    """Waiters get the error; this only keeps asyncio from logging it when none are left."""
+def consume_exception(task: asyncio.Future[Any]) -> None:
+    """Waiters get the error; this only keeps asyncio from logging it when none are left (or when
+    nobody ends up waiting, as for the reconciler's unused early lookups)."""
     if not task.cancelled():
         task.exception()

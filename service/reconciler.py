@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from service.consul_registry import AgentClient, ConsulAgents, ConsulError, OwnedService
 from service.desired import desired_registrations, ttl_check_statuses
-from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.docker_lookup import ContainerLookup, DockerLookupError, consume_exception
 from service.marathon.client import MarathonClient
 from service.marathon.events import AppEvent, HealthEvent, TaskEvent
 from service.metrics import Metrics
@@ -347,7 +347,7 @@ class Reconciler:
         out: dict[tuple[str, str], asyncio.Future[Container | Skip | None]] = {}
         for task_id, host in batch.running_on.items():
             future = out[(host, task_id)] = asyncio.ensure_future(self._container(host, task_id))
-            future.add_done_callback(_retrieve)  # an unused lookup must not log "never retrieved"
+            future.add_done_callback(consume_exception)  # an unused lookup must not log "never retrieved"
         return out
 
     async def _listings(self, hosts: set[str]) -> dict[str, dict[str, Container]]:
@@ -668,8 +668,3 @@ class Reconciler:
 
 def _ttl_in_sync(reg: Registration, task: Task, have: OwnedService) -> bool:
     return all(have.check_status.get(check_id) == want for check_id, want in ttl_check_statuses(reg, task))
-
-
-def _retrieve(future: asyncio.Future[object]) -> None:
-    if not future.cancelled():
-        future.exception()
