@@ -9,12 +9,13 @@ measured on the wire, not inferred from our own bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,6 +427,24 @@ async def test_silent_engine_times_out() -> None:
     assert 0.4 < time.monotonic() - t0 < 1.5
 
 
+@contextlib.asynccontextmanager
+async def fake_engine(handler: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[ContainerLookup]:
+    """A ContainerLookup (1 s timeout) on a fake engine at 127.0.0.1 whose every GET `handler` answers."""
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    lookup = ContainerLookup(f"tcp://127.0.0.1:{port}", NETWORKS, metrics=Metrics(), timeout=1.0)
+    try:
+        yield lookup
+    finally:
+        await lookup.close()
+        await runner.cleanup()
+
+
 async def test_engine_error_status_raises() -> None:
     """A non-2xx answer (here: an API version the engine refuses) names the slave and the status."""
 
@@ -434,20 +453,9 @@ async def test_engine_error_status_raises() -> None:
             return web.Response(text="OK", headers={"Api-Version": "1.99"})
         return web.json_response({"message": "client version 1.99 is too new"}, status=400)
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", too_new)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    lookup = ContainerLookup(f"tcp://127.0.0.1:{port}", NETWORKS, metrics=Metrics(), timeout=1.0)
-    try:
+    async with fake_engine(too_new) as lookup:
         with pytest.raises(DockerLookupError, match=r"slave-y.*400.*too new"):
             await lookup.find("slave-y", "app.1")
-    finally:
-        await lookup.close()
-        await runner.cleanup()
 
 
 async def test_engine_without_api_version_on_ping_is_asked_version() -> None:
@@ -465,18 +473,7 @@ async def test_engine_without_api_version_on_ping_is_asked_version() -> None:
                                        "NetworkSettings": {"Networks": {"weave": {"IPAddress": "10.32.0.9"}}}}])
         return web.json_response({"message": f"unexpected {request.path}"}, status=404)
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", old_engine)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    lookup = ContainerLookup(f"tcp://127.0.0.1:{port}", NETWORKS, metrics=Metrics(), timeout=1.0)
-    try:
+    async with fake_engine(old_engine) as lookup:
         found = await lookup.find("slave-old", "app.1")
-    finally:
-        await lookup.close()
-        await runner.cleanup()
     assert found is not None and found.overlay_ip(NETWORKS) == "10.32.0.9"
     assert paths == ["/_ping", "/version", "/v1.24/containers/json"]
