@@ -3,7 +3,7 @@
 Registrations go into the agent on the task's host (DESIGN §2.4), so this module is a directory of
 agents keyed by host, built from the `--consul` URL template. Reading back is the other half of
 level-triggered reconciliation: `AgentClient.owned()` returns the registrations carrying our
-ownership Meta, parsed back into `Registration` values so that "nothing to do" is an equality test
+ownership Meta (`service.ownership`), parsed back into `Registration` values so that "nothing to do" is an equality test
 (`same_registration`). Anything without our `managed-by` Meta is never returned, so never touched.
 
 Every call has a timeout and bounded, backed-off retries (tenacity); what still fails raises
@@ -13,7 +13,6 @@ Every call has a timeout and bounded, backed-off retries (tenacity); what still 
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import time
 import urllib.parse
@@ -24,13 +23,17 @@ from typing import Any, TypeVar
 import aiohttp
 import consul
 import consul.aio
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+import consul.exceptions
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from service.backoff import Backoff
 from service.metrics import Metrics
-from service.model import MANAGED_BY, ConsulCheck, Registration
+from service.model import ConsulCheck, Registration
+from service.ownership import checks_filter, owned_filter
 
 T = TypeVar("T")
-OWNED_FILTER = f'Meta["managed-by"] == "{MANAGED_BY}"'
+# Between attempts of one agent call: short, since the whole key is retried later anyway.
+CALL_BACKOFF = Backoff(initial=0.1, cap=2.0)
 
 
 class ConsulError(Exception):
@@ -42,8 +45,8 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (aiohttp.ClientError, TimeoutError, OSError, consul.Timeout)):
         return True
     return isinstance(exc, consul.ConsulException) and not isinstance(
-        exc, (consul.base.BadRequest, consul.base.ACLPermissionDenied, consul.base.NotFound,
-              consul.base.ClientError, consul.base.ACLDisabled)
+        exc, (consul.exceptions.BadRequest, consul.exceptions.ACLPermissionDenied, consul.exceptions.NotFound,
+              consul.exceptions.ClientError, consul.exceptions.ACLDisabled)
     )
 
 
@@ -120,17 +123,6 @@ class OwnedService:
         )
 
 
-MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than reading every check
-
-
-def _checks_of(services: Mapping[str, Any]) -> str | None:
-    """A filter for the checks of `services` only: per-app work on an agent holding thousands of
-    checks must not download and parse all of them (the 10% drift resync spent most of its time so)."""
-    if len(services) > MAX_FILTERED_SERVICES:
-        return None
-    return " or ".join(f'ServiceID == "{sid}"' for sid in services)
-
-
 class AgentClient:
     """One Consul agent (the one on `host`)."""
 
@@ -160,11 +152,11 @@ class AgentClient:
         except Exception as exc:
             if not _transient(exc) or self._attempts <= 1:
                 raise self._error(call, exc) from exc
-        await asyncio.sleep(random.uniform(0.1, 0.2))  # the back-off before the first retry
+        await asyncio.sleep(CALL_BACKOFF.delay(1))  # the back-off before the first retry
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self._attempts - 1),
-                wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                wait=CALL_BACKOFF.tenacity_wait(offset=1),
                 retry=retry_if_exception(_transient),
                 reraise=True,
             ):
@@ -194,12 +186,12 @@ class AgentClient:
 
     async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
         """Our registrations on this agent (optionally of one app), by service id."""
-        expr = OWNED_FILTER if app_id is None else f'{OWNED_FILTER} and Meta["marathon-app-id"] == "{app_id}"'
+        expr = owned_filter(app_id)
         services = await self._call("agent_services", lambda: self._client.agent.services(filter_expr=expr))
         if not services:
             return {}
         checks = await self._call("agent_checks", lambda: self._client.agent.checks(
-            filter_expr=_checks_of(services) if app_id is not None else None))
+            filter_expr=checks_filter(services) if app_id is not None else None))
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         for chk in checks.values():
             if chk.get("ServiceID") in services:

@@ -30,31 +30,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.model import (
-    MANAGED_BY,
     AddressMode,
     App,
     ConsulCheck,
     Container,
     HealthCheck,
+    HealthCheckMode,
     Naming,
     NetworkMode,
     PortMapping,
     Registration,
     Skip,
     Task,
+    TaskState,
 )
 from service.naming import Identity, service_identity
+from service.ownership import check_id as make_check_id
+from service.ownership import health_check_index, mirror_check_id, ownership_meta, service_id
 
-RUNNING = "TASK_RUNNING"
 HTTP_SCHEMES = {"HTTP": "http", "MESOS_HTTP": "http", "HTTPS": "https", "MESOS_HTTPS": "https"}
 TCP_PROTOCOLS = frozenset({"TCP", "MESOS_TCP"})
 COMMAND = "COMMAND"
 # A mirrored COMMAND check is refreshed by the reconciler (health events and every resync), so its
 # TTL must outlast the time between two refreshes, not just Marathon's own failure window.
 TTL_FLOOR_SECONDS = 180
-# Who runs HTTP/TCP checks: Consul itself ("consul", DESIGN §2.3), a TTL check mirroring
-# Marathon's verdict ("marathon": for agents that cannot reach the host ports), or both.
-HEALTH_CHECK_MODES = ("consul", "marathon", "both")
+HEALTH_CHECK_MODES = tuple(m.value for m in HealthCheckMode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,6 @@ class _Addressing:
         return "overlay" if self.overlay_ip else "host"
 
 
-def service_id(task_id: str, port_index: int) -> str:
-    """Deterministic from task and port, so a restarted registrar finds its own registrations."""
-    return f"mcr-{task_id}-{port_index}"
-
-
 def desired_registrations(
     app: App,
     task: Task,
@@ -83,12 +78,15 @@ def desired_registrations(
     address_mode: AddressMode,
     networks: tuple[str, ...],
     ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
-    health_checks: str = "consul",
+    health_checks: HealthCheckMode | str = HealthCheckMode.CONSUL,
 ) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
-    if health_checks not in HEALTH_CHECK_MODES:
-        raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, got {health_checks!r}")
-    if task.state != RUNNING:
+    try:
+        mode = HealthCheckMode(health_checks)
+    except ValueError:
+        raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, "
+                         f"got {health_checks!r}") from None
+    if task.state != TaskState.RUNNING:
         return []
     if not app.port_mappings:
         return Skip(task.id, "no-ports", f"app {app.id} defines no ports")
@@ -104,7 +102,7 @@ def desired_registrations(
     addressing = _addressing(app, task, container, address_mode, networks)
     if isinstance(addressing, Skip):
         return addressing
-    policy = _CheckPolicy(health_checks, ttl_floor_seconds)
+    policy = _CheckPolicy(mode, ttl_floor_seconds)
     registrations = [
         _registration(app, task, i, identity, host_ports[i], addressing, policy)
         for i, identity in enumerate(identities)
@@ -172,14 +170,6 @@ def _registration(
         address, port = task.host, host_port
     # Checks use the host port when there is one; otherwise only the overlay address exists.
     check_host, check_port = (task.host, host_port) if host_port is not None else (address, port)
-    meta = {
-        "managed-by": MANAGED_BY,
-        "marathon-app-id": app.id,
-        "marathon-task-id": task.id,
-        "marathon-host": task.host,
-        "port-index": str(port_index),
-        "address-source": addressing.source,
-    }
     return Registration(
         agent_host=task.host,
         service_id=sid,
@@ -187,7 +177,8 @@ def _registration(
         tags=identity.tags,
         address=address,
         port=port,
-        meta=tuple(sorted(meta.items())),
+        meta=ownership_meta(app_id=app.id, task_id=task.id, host=task.host, port_index=port_index,
+                            address_source=addressing.source),
         checks=tuple(
             _checks(app, sid, port_index, mapping, host_port, check_host, check_port, policy)
         ),
@@ -207,7 +198,7 @@ def _checks(
     checks = []
     for hc_index, hc in enumerate(app.health_checks):
         protocol = hc.protocol.upper()
-        check_id = f"service:{sid}:{hc_index + 1}"
+        check_id = make_check_id(sid, hc_index)
         name = f"Marathon {protocol} health check {hc_index + 1}"
         if protocol == COMMAND:
             # Not tied to a port: the task is healthy or not, so every port's service mirrors it.
@@ -219,23 +210,23 @@ def _checks(
                 checks.append(_network_check(hc, protocol, check_id, name, check_host, check_port))
             if policy.mirror:
                 # its own id (still ending in the 1-based index), so it can sit beside the HTTP/TCP check
-                checks.append(_ttl_check(hc, hc_index, f"service:{sid}:marathon:{hc_index + 1}",
+                checks.append(_ttl_check(hc, hc_index, mirror_check_id(sid, hc_index),
                                          f"{name} (Marathon's result)", policy.ttl_floor_seconds))
     return checks
 
 
 @dataclass(frozen=True, slots=True)
 class _CheckPolicy:
-    mode: str
+    mode: HealthCheckMode
     ttl_floor_seconds: int
 
     @property
     def consul_runs(self) -> bool:
-        return self.mode in ("consul", "both")
+        return self.mode is not HealthCheckMode.MARATHON
 
     @property
     def mirror(self) -> bool:
-        return self.mode in ("marathon", "both")
+        return self.mode is not HealthCheckMode.CONSUL
 
 
 def _targets(hc: HealthCheck, port_index: int, mapping: PortMapping, host_port: int | None) -> bool:
@@ -293,7 +284,7 @@ def ttl_check_statuses(registration: Registration, task: Task) -> list[tuple[str
     for check in registration.checks:
         if check.ttl is None:
             continue
-        hc_index = int(check.check_id.rsplit(":", 1)[1]) - 1
+        hc_index = health_check_index(check.check_id)
         alive = task.health[hc_index] if hc_index < len(task.health) else None
         if alive is not None:
             statuses.append((check.check_id, "passing" if alive else "critical"))

@@ -11,7 +11,7 @@ import time
 
 from service.marathon.events import KNOWN_EVENT_TYPES, EventError, IgnoredEvent, parse_event
 from service.metrics import Metrics
-from service.reconciler import Reconciler
+from service.reconcile import Reconciler
 
 
 class EventIntake:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-MANAGED_BY = "marathon-consul-registrar"
+from service.ownership import META_APP_ID, META_TASK_ID
 
 
 class AddressMode(StrEnum):
@@ -24,6 +24,36 @@ class AddressMode(StrEnum):
 class Naming(StrEnum):
     DNS = "dns"
     FLAT = "flat"
+
+
+class HealthCheckMode(StrEnum):
+    """Who runs HTTP/TCP checks: Consul itself (DESIGN §2.3), a TTL check mirroring Marathon's
+    verdict (for agents that cannot reach the host ports), or both. Validated once, in config."""
+
+    CONSUL = "consul"
+    MARATHON = "marathon"
+    BOTH = "both"
+
+
+class TaskState(StrEnum):
+    """Mesos task states as Marathon reports them. `Task.state` stays a `str`:
+    a newer Marathon may report a state this list lacks, and that must not fail a parse; every
+    comparison in the registrar is against these members."""
+
+    STAGING = "TASK_STAGING"
+    STARTING = "TASK_STARTING"
+    RUNNING = "TASK_RUNNING"
+    KILLING = "TASK_KILLING"
+    FINISHED = "TASK_FINISHED"
+    FAILED = "TASK_FAILED"
+    KILLED = "TASK_KILLED"
+    ERROR = "TASK_ERROR"
+    LOST = "TASK_LOST"
+    DROPPED = "TASK_DROPPED"
+    UNREACHABLE = "TASK_UNREACHABLE"
+    GONE = "TASK_GONE"
+    GONE_BY_OPERATOR = "TASK_GONE_BY_OPERATOR"
+    UNKNOWN = "TASK_UNKNOWN"
 
 
 class NetworkMode(StrEnum):
@@ -83,7 +113,7 @@ class Task:
     id: str
     app_id: str
     host: str
-    state: str = "TASK_RUNNING"
+    state: str = TaskState.RUNNING
     ports: tuple[int, ...] = ()  # host ports by port index
     ip_addresses: tuple[str, ...] = ()
     app_version: str = ""
@@ -175,11 +205,11 @@ class Registration:
 
     @property
     def task_id(self) -> str:
-        return self.meta_get("marathon-task-id")
+        return self.meta_get(META_TASK_ID)
 
     @property
     def app_id(self) -> str:
-        return self.meta_get("marathon-app-id")
+        return self.meta_get(META_APP_ID)
 
     def to_consul(self) -> dict[str, object]:
         """The body of PUT /v1/agent/service/register."""

@@ -27,7 +27,7 @@ from service.marathon.events import EventError
 from service.marathon.sse import EventStream
 from service.marathon.subscription import CallbackSubscription
 from service.metrics import Metrics
-from service.reconciler import Drift, Reconciler, ReconcileSettings
+from service.reconcile import Drift, Reconciler, ReconcileSettings
 from service.web import Readiness, make_app
 
 log = logging.getLogger("service")

@@ -16,7 +16,7 @@ from aiohttp import web
 from service.intake import EventIntake
 from service.marathon.events import EventError
 from service.metrics import Metrics
-from service.reconciler import Reconciler
+from service.reconcile import Reconciler
 
 MAX_EVENT_BYTES = 4 * 1024 * 1024  # a heavy 1.4 deployment_info carries whole root groups
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.consul_registry import ConsulError, OwnedService
-from service.model import MANAGED_BY, App, Container, HealthCheck, PortMapping, Registration, Task
+from service.model import App, Container, HealthCheck, PortMapping, Registration, Task
+from service.ownership import META_APP_ID, is_ours
 
 
 def web_app(app_id: str = "/web/customer1/site1", checks: tuple[HealthCheck, ...] = ()) -> App:
@@ -78,8 +79,7 @@ class FakeAgent:
             sid: OwnedService(reg, {c.check_id: c.kind for c in reg.checks},
                               {c.check_id: self.status.get(c.check_id, "critical") for c in reg.checks})
             for sid, reg in self.services.items()
-            if reg.meta_dict.get("managed-by") == MANAGED_BY
-            and (app_id is None or reg.meta_dict.get("marathon-app-id") == app_id)
+            if is_ours(reg.meta_dict) and (app_id is None or reg.meta_dict.get(META_APP_ID) == app_id)
         }
 
     async def register(self, reg: Registration) -> None:
@@ -116,9 +116,6 @@ class FakeAgents:
 
     def url_for(self, host: str) -> str:
         return self.agent(host).url
-
-    def known(self) -> list[FakeAgent]:
-        return list(self.agents.values())
 
     def managed(self) -> dict[str, Registration]:
         return {sid: reg for a in self.agents.values() for sid, reg in a.services.items()}

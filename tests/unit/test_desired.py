@@ -6,7 +6,6 @@ import pytest
 
 from service.desired import desired_registrations, task_host_ports, ttl_check_statuses
 from service.model import (
-    MANAGED_BY,
     AddressMode,
     App,
     ConsulCheck,
@@ -19,6 +18,7 @@ from service.model import (
     Skip,
     Task,
 )
+from service.ownership import MANAGED_BY
 
 APP_ID = "/web/customer1/site1"
 TID = "web_customer1_site1.1b4c6a2e-5f3d-11eb-8a3e-0242ac110002"

@@ -12,6 +12,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from service.marathon.events import AppEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import Container, HealthCheck, Task
-from service.reconciler import Reconciler, ReconcileSettings
+from service.reconcile import Reconciler, ReconcileSettings
 from tests.unit.fakes import FakeAgents, FakeLookup, FakeMarathon, web_app
 
 HOSTS = ("127.0.0.2", "127.0.0.3")
@@ -38,13 +39,12 @@ class World:
         self.events: list[TaskEvent | AppEvent] = []
         self._n = itertools.count(1)
 
-    def reconciler(self, **kw: object) -> Reconciler:
-        s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=100_000, **kw)  # type: ignore[arg-type]
-        return Reconciler(marathon=self.marathon, lookup=self.lookup, agents=self.agents,  # type: ignore[arg-type]
-                          metrics=Metrics(), settings=s)
+    def reconciler(self, **kw: Any) -> Reconciler:
+        s = ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=100_000, **kw)
+        return Reconciler(marathon=self.marathon, lookup=self.lookup, agents=self.agents, metrics=Metrics(), settings=s)
 
     @contextlib.asynccontextmanager
-    async def running(self, **kw: object) -> AsyncIterator[Reconciler]:
+    async def running(self, **kw: Any) -> AsyncIterator[Reconciler]:
         """A started reconciler over this world, stopped on the way out."""
         r = self.reconciler(**kw)
         r.start()
@@ -299,7 +299,7 @@ async def test_a_name_rewritten_into_a_dns_label_is_logged_once(caplog: pytest.L
     w.marathon.apps[APP] = replace(w.marathon.apps[APP], labels={"consul.name": "Web_Shop"})
     w.start_task(APP)
     async with w.running() as r:
-        with caplog.at_level(logging.WARNING, logger="service.reconciler"):
+        with caplog.at_level(logging.WARNING, logger="service.reconcile.world"):
             await r.resync()
             await r.resync()
             await drain(r)

@@ -1,0 +1,78 @@
+"""One small interface per outside system, as the reconciler uses it (after registrator's
+`bridge/types.go`).
+
+The reconcile package depends on these Protocols, not on the concrete clients, so the unit tests'
+in-memory fakes (tests/unit/fakes.py) satisfy the same types as `MarathonClient`, `ContainerLookup`
+and `ConsulAgents` without casts, and a new source (another IP lookup, a TLS client) only has to
+offer these methods. Each method's failure is an exception of the client's own module
+(`MarathonError`, `DockerLookupError`, `ConsulError`); the per-app step turns any of them into a
+retry.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.consul_registry import OwnedService
+from service.model import App, Container, Registration, Task
+
+
+class MarathonApps(Protocol):
+    async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
+        """One app with its tasks, None when Marathon does not know it."""
+        ...
+
+    async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
+        """Every app with its tasks, in one read (the resync's view)."""
+        ...
+
+
+class ContainerSource(Protocol):
+    async def find(self, host: str, task_id: str) -> Container | None:
+        """The container of `task_id` on slave `host`, None when there is none."""
+        ...
+
+    async def containers(self, host: str) -> dict[str, Container]:
+        """Every task container on `host`, by task id (one listing serves a whole resync)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ConsulAgent(Protocol):
+    """The Consul agent of one host."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    async def node_name(self) -> str: ...
+
+    async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]: ...
+
+    async def register(self, reg: Registration) -> None: ...
+
+    async def deregister(self, service_id: str) -> bool: ...
+
+    async def set_ttl(self, check_id: str, status: str, output: str) -> None: ...
+
+    async def catalog_node_addresses(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+class ConsulAgentDirectory(Protocol):
+    """The directory of agents by task host (`--consul` URL template)."""
+
+    @property
+    def per_host(self) -> bool:
+        """False when every host shares one agent (a fixed URL): there is no catalog to walk."""
+        ...
+
+    def agent(self, host: str) -> ConsulAgent: ...
+
+    def url_for(self, host: str) -> str: ...
+
+    async def close(self) -> None: ...

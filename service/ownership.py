@@ -1,0 +1,106 @@
+"""What "ours" means in Consul, in one place (DESIGN §2.5).
+
+Several Marathon clusters, other registrars and people share a Consul datacenter, so the registrar
+only ever reads back, changes or removes a service that carries its ownership marker in `Meta`.
+Everything that writes or recognises that marker lives here: the marker itself (`OWNER_MARKER`),
+the other Meta keys a registration carries, the service-id and check-id formats (and their parsing
+back, which a resync needs to tie an agent's entry to a task and a Marathon health check), and the
+Consul filter expressions that ask an agent for our entries only.
+
+Adding a key to the marker (a later issue adds the cluster identity, `marathon-cluster-id`) is a
+change to `OWNER_MARKER` alone: `ownership_meta` writes it, `is_ours` and `owned_filter` require it.
+This module is pure strings: `model`, `desired` and `consul_registry` import it, it imports nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+MANAGED_BY = "marathon-consul-registrar"
+
+# Meta keys of every registration (README "What gets registered"; operators filter on them)
+META_MANAGED_BY = "managed-by"
+META_APP_ID = "marathon-app-id"
+META_TASK_ID = "marathon-task-id"
+META_HOST = "marathon-host"
+META_PORT_INDEX = "port-index"
+META_ADDRESS_SOURCE = "address-source"
+
+# The Meta pairs that make a registration ours. Every one must match for `is_ours`.
+OWNER_MARKER: Mapping[str, str] = {META_MANAGED_BY: MANAGED_BY}
+
+SERVICE_ID_PREFIX = "mcr-"
+MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than reading every check
+
+
+def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
+                   address_source: str) -> tuple[tuple[str, str], ...]:
+    """The Meta of one registration as sorted pairs (`Registration.meta`), marker included."""
+    meta = {
+        **OWNER_MARKER,
+        META_APP_ID: app_id,
+        META_TASK_ID: task_id,
+        META_HOST: host,
+        META_PORT_INDEX: str(port_index),
+        META_ADDRESS_SOURCE: address_source,
+    }
+    return tuple(sorted(meta.items()))
+
+
+def is_ours(meta: Mapping[str, str]) -> bool:
+    """Does an agent's entry with this Meta belong to us? (The same test as `owned_filter`.)"""
+    return all(meta.get(k) == v for k, v in OWNER_MARKER.items())
+
+
+def service_id(task_id: str, port_index: int) -> str:
+    """Deterministic from task and port, so a restarted registrar finds its own registrations."""
+    return f"{SERVICE_ID_PREFIX}{task_id}-{port_index}"
+
+
+def parse_service_id(sid: str) -> tuple[str, int] | None:
+    """`mcr-<task id>-<port index>` -> (task id, port index); None for an id not of this form.
+    Task ids contain dashes, the port index does not, so the last dash separates them."""
+    if not sid.startswith(SERVICE_ID_PREFIX):
+        return None
+    task_id, sep, index = sid[len(SERVICE_ID_PREFIX):].rpartition("-")
+    if not sep or not task_id or not index.isdigit():
+        return None
+    return task_id, int(index)
+
+
+def check_id(sid: str, hc_index: int) -> str:
+    """The Consul check translated from Marathon health check `hc_index` (0-based) of `sid`."""
+    return f"service:{sid}:{hc_index + 1}"
+
+
+def mirror_check_id(sid: str, hc_index: int) -> str:
+    """The TTL check mirroring Marathon's verdict beside a translated HTTP/TCP check: its own id,
+    still ending in the 1-based index so that `health_check_index` reads both forms."""
+    return f"service:{sid}:marathon:{hc_index + 1}"
+
+
+def health_check_index(check: str) -> int:
+    """The 0-based Marathon health check index a check id of ours was made from."""
+    return int(check.rsplit(":", 1)[1]) - 1
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def owned_filter(app_id: str | None = None) -> str:
+    """A `?filter=` expression for our services on an agent (optionally of one app)."""
+    terms = [f"Meta[{_quoted(k)}] == {_quoted(v)}" for k, v in OWNER_MARKER.items()]
+    if app_id is not None:
+        terms.append(f"Meta[{_quoted(META_APP_ID)}] == {_quoted(app_id)}")
+    return " and ".join(terms)
+
+
+def checks_filter(service_ids: Iterable[str]) -> str | None:
+    """A filter for the checks of `service_ids` only: per-app work on an agent holding thousands of
+    checks must not download and parse all of them (the 10% drift resync spent most of its time so).
+    None (read every check) when the expression would cost more than it saves."""
+    ids = list(service_ids)
+    if len(ids) > MAX_FILTERED_SERVICES:
+        return None
+    return " or ".join(f"ServiceID == {_quoted(sid)}" for sid in ids)

@@ -1,0 +1,92 @@
+"""What the registrar owns in Consul, as far as it knows: a cache, never the truth.
+
+Filled by every resync (`replace_from`: exactly what the agents held at the read) and kept up to
+date by our own writes (`remember`, `forget`, `set_ttl`, called by `ConsulWriter` only). Task-level
+work compares against it instead of reading the agents (`owned_for`): after the first resync a burst
+of status updates costs only the writes it needs. A change made behind our back is invisible here
+until the next resync, which reads every agent and replaces the ledger; that is the price of the
+saved reads, and the reason the resync runs periodically.
+
+`locations` (app id -> hosts whose agent holds the app's registrations) is kept across resyncs as
+a union: it tells whole-app work which agents to read for orphans, and a host wrongly kept costs one
+read, a host wrongly dropped would hide an orphan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from service.consul_registry import OwnedService
+from service.model import Registration
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._managed: dict[str, Registration] = {}  # service id -> what we last saw or wrote
+        self._task_services: dict[str, set[str]] = {}  # task id -> ids of its registrations
+        self._ttl_status: dict[str, str] = {}  # TTL check id -> the status we last saw or pushed
+        self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
+
+    # ---------------------------------------------------------------- updates
+    def replace_from(self, owned: Mapping[str, OwnedService]) -> None:
+        """A resync read `owned` from every reachable agent: it is now what we own."""
+        self._managed, self._task_services, self._ttl_status = {}, {}, {}
+        for svc in owned.values():
+            reg = svc.registration
+            self.remember(reg)
+            self._ttl_status.update((c.check_id, svc.check_status.get(c.check_id, "")) for c in reg.checks if c.ttl)
+            self._locations.setdefault(reg.app_id, set()).add(reg.agent_host)
+
+    def remember(self, reg: Registration) -> None:
+        self._managed[reg.service_id] = reg
+        self._task_services.setdefault(reg.task_id, set()).add(reg.service_id)
+
+    def forget(self, reg: Registration) -> None:
+        self._managed.pop(reg.service_id, None)
+        for check in reg.checks:
+            self._ttl_status.pop(check.check_id, None)
+        sids = self._task_services.get(reg.task_id)
+        if sids is not None:
+            sids.discard(reg.service_id)
+            if not sids:
+                del self._task_services[reg.task_id]
+
+    def set_ttl(self, check_id: str, status: str) -> None:
+        self._ttl_status[check_id] = status
+
+    def settle_locations(self, app_id: str, hosts: set[str], *, partial: bool) -> None:
+        """After work on `app_id`: its registrations are on `hosts` (added to what is known when the
+        work covered only some tasks)."""
+        if partial:
+            hosts = hosts | self._locations.get(app_id, set())
+        if hosts:
+            self._locations[app_id] = hosts
+        else:
+            self._locations.pop(app_id, None)
+
+    # ---------------------------------------------------------------- views
+    def owned_for(self, task_ids: Iterable[str]) -> dict[str, OwnedService]:
+        """Our registrations of `task_ids` as the agents hold them, as far as we know."""
+        out: dict[str, OwnedService] = {}
+        for task_id in task_ids:
+            for sid in self._task_services.get(task_id, ()):
+                reg = self._managed[sid]
+                out[sid] = OwnedService(reg, {c.check_id: c.kind for c in reg.checks},
+                                        {c.check_id: self._ttl_status.get(c.check_id, "") for c in reg.checks})
+        return out
+
+    def hosts_of_tasks(self, task_ids: Iterable[str]) -> set[str]:
+        """Where the registrations of `task_ids` were last seen."""
+        return {self._managed[sid].agent_host for t in task_ids for sid in self._task_services.get(t, ())}
+
+    def locations(self, app_id: str) -> set[str]:
+        return set(self._locations.get(app_id, ()))
+
+    def all_locations(self) -> set[str]:
+        return set().union(*self._locations.values())
+
+    def registrations(self) -> list[Registration]:
+        return sorted(self._managed.values(), key=lambda r: r.service_id)
+
+    def __len__(self) -> int:
+        return len(self._managed)

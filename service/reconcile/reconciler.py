@@ -1,0 +1,206 @@
+"""The reconciler's face: events in as hints, workers draining the queue, resyncs, a view of state.
+
+Concurrency model (docs/architecture.md, "Concurrency"): events are hints, never instructions. A
+hint marks an *app* dirty, optionally narrowed to some of its tasks, and goes into the keyed
+`WorkQueue` (key = app id), where hints for a queued app coalesce into one `AppWork`: a
+deployment's burst of status updates costs one Marathon read per app and run. `workers` tasks take
+apps from the queue; the queue never hands one app to two workers, so two writes for one task never
+race, and different apps run concurrently. A failed run goes back into the queue after the retry
+policy's back-off, merged with whatever arrived meanwhile; once the policy is exhausted the app is
+left to the next resync, which re-derives everything, so nothing is dropped for good.
+
+This class only wires the parts together and chooses, per run, where the step reads Consul's state
+from (`_source`); the four jobs live apart: `workqueue` (the queue), `step` (one app), `resync`
+(read -> diff -> schedule) and `ledger` (what we own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
+from service.marathon.events import AppEvent, HealthEvent, TaskEvent
+from service.metrics import Metrics
+from service.model import TaskState
+from service.reconcile.diff import Drift
+from service.reconcile.ledger import Ledger
+from service.reconcile.resync import Resync
+from service.reconcile.settings import ReconcileSettings
+from service.reconcile.step import AppStep
+from service.reconcile.work import (
+    AppWork,
+    Done,
+    FromAgents,
+    FromLedger,
+    FromSnapshot,
+    Repair,
+    StateSource,
+    merge_work,
+)
+from service.reconcile.workqueue import Clock, QueueHooks, ShutDown, WorkQueue
+from service.reconcile.world import WorldReader
+from service.reconcile.writer import ConsulWriter
+
+log = logging.getLogger(__name__)
+
+NOT_YET_RUNNING = frozenset({TaskState.STAGING, TaskState.STARTING})
+# A deployment's start and steps change nothing the registrar reads that the tasks' own status
+# updates (which carry the new app version) and the deployment's end do not also announce.
+DEPLOYMENT_PROGRESS = frozenset({"deployment_info", "deployment_step_success", "deployment_step_failure"})
+
+
+class Reconciler:
+    def __init__(self, *, marathon: MarathonApps, lookup: ContainerSource, agents: ConsulAgentDirectory,
+                 metrics: Metrics, settings: ReconcileSettings | None = None, clock: Clock | None = None) -> None:
+        self.settings = settings or ReconcileSettings()
+        self.agents = agents
+        self.metrics = metrics
+        self.ledger = Ledger()
+        reader = WorldReader(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=self.settings)
+        writer = ConsulWriter(agents=agents, ledger=self.ledger, metrics=metrics,
+                              concurrency=self.settings.write_concurrency)
+        self.step = AppStep(reader=reader, ledger=self.ledger, writer=writer, metrics=metrics)
+        self._resync = Resync(reader=reader, ledger=self.ledger, writer=writer, agents=agents, metrics=metrics,
+                              schedule=self._schedule_repair)
+        self.queue: WorkQueue[str, AppWork] = WorkQueue(
+            merge=merge_work, retry_policy=self.settings.retry_policy, clock=clock,
+            hooks=QueueHooks(depth=metrics.queue_depth.set, in_flight=metrics.in_flight.set))
+        self._workers: list[asyncio.Task[None]] = []
+        self._failing: dict[str, str] = {}  # app id -> last error, while retrying
+        self._touched_at: dict[str, float] = {}  # app id -> when work for it was last hinted, begun or ended
+
+    # ---------------------------------------------------------------- intake
+    def hint_task(self, event: TaskEvent, received_at: float | None = None) -> None:
+        if event.state in NOT_YET_RUNNING:
+            # A task id is never reused and reaches Consul only once running: before that there is
+            # nothing to register and nothing of it to remove, so the read would be wasted (2 of
+            # the 5 status updates in a task's life).
+            return
+        now = received_at if received_at is not None else time.monotonic()
+        running_on = {event.task_id: event.host} if event.host and event.state == TaskState.RUNNING else {}
+        self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={event.host} if event.host else set(),
+                                            received={event.task_id: now}, running_on=running_on))
+
+    def hint_app(self, app_id: str) -> None:
+        self._enqueue(app_id, AppWork.whole_app())
+
+    def hint(self, event: TaskEvent | AppEvent | HealthEvent, received_at: float | None = None) -> None:
+        if isinstance(event, TaskEvent):
+            self.hint_task(event, received_at)
+        elif isinstance(event, AppEvent):
+            if event.event_type in DEPLOYMENT_PROGRESS:
+                return
+            for app_id in event.app_ids:
+                self.hint_app(app_id)
+        elif isinstance(event, HealthEvent):
+            self.hint_app(event.app_id)
+
+    def _enqueue(self, app_id: str, work: AppWork) -> None:
+        self._touched_at[app_id] = time.monotonic()
+        self.queue.add(app_id, work)
+
+    def _schedule_repair(self, app_id: str, repair: Repair) -> None:
+        if self.queue.is_shut_down:
+            repair.finish(False)
+            return
+        self.queue.add(app_id, AppWork.whole_app(repair))
+
+    # ---------------------------------------------------------------- workers
+    def start(self) -> None:
+        for i in range(self.settings.workers):
+            self._workers.append(asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}"))
+
+    async def stop(self) -> None:
+        for work in self.queue.shutdown():
+            if work.repair is not None:
+                work.repair.finish(False)
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    async def wait_idle(self) -> None:
+        """Wait until no work is queued, running or waiting for a retry (tests, `sync`, bench)."""
+        await self.queue.wait_idle()
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                app_id, work = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                await self._process(app_id, work)
+            finally:
+                self.queue.done(app_id)
+
+    async def _process(self, app_id: str, work: AppWork) -> None:
+        repair, work.repair = work.repair, None
+        source = self._source(app_id, work, repair)
+        self._touched_at[app_id] = time.monotonic()
+        try:
+            outcome = await self.step.run(app_id, work, source)
+        finally:
+            self._touched_at[app_id] = time.monotonic()
+        if repair is not None:
+            repair.finish(isinstance(outcome, Done))
+        if isinstance(outcome, Done):
+            self._failing.pop(app_id, None)
+            self.queue.forget(app_id)
+            return
+        self._failing[app_id] = outcome.reason
+        attempt = self.queue.failures(app_id) + 1
+        delay = self.queue.retry(app_id, outcome.remaining)
+        if delay is None:
+            log.error("app %s: giving up after %d attempts, the next resync retries: %s", app_id, attempt,
+                      outcome.reason)
+            return
+        log.warning("app %s: %s; retry %d in %.2fs", app_id, outcome.reason, attempt, delay)
+        self.metrics.retries.labels("reconcile").inc()
+
+    def _source(self, app_id: str, work: AppWork, repair: Repair | None) -> StateSource:
+        """Where this run reads Consul's state from. A resync's snapshot serves unless work for the
+        app was hinted, begun or ended since the resync's reads began: anything written for it since
+        was written by such work, so an app without it has not changed under us as far as any event
+        told (a change whose event was lost waits for the next resync, as it would anyway).
+        Task-level work after the first resync compares with the ledger (a change behind our back is
+        the resync's to find); the rest reads the agents where the app is, or was last seen."""
+        if repair is not None and repair.snapshot is not None and \
+                self._touched_at.get(app_id, 0.0) < repair.read_at:
+            return FromSnapshot(repair.snapshot)
+        if work.task_ids is not None and self._resync.count:
+            return FromLedger()
+        hosts = set(work.hosts)
+        hosts |= self.ledger.locations(app_id) if work.task_ids is None else self.ledger.hosts_of_tasks(work.task_ids)
+        return FromAgents(frozenset(hosts))
+
+    # ---------------------------------------------------------------- resync and views
+    async def resync(self, *, dry_run: bool = False) -> Drift:
+        """Compare everything Marathon runs with everything we own in Consul; repair through the
+        work queue unless `dry_run` (the workers must be started). Returns what was found."""
+        return await self._resync.run(dry_run=dry_run)
+
+    @property
+    def resync_count(self) -> int:
+        return self._resync.count
+
+    @property
+    def last_resync(self) -> dict[str, object] | None:
+        return self._resync.last
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "registrations": [
+                {"service_id": r.service_id, "agent": self.agents.url_for(r.agent_host), "name": r.name,
+                 "tags": list(r.tags), "address": r.address, "port": r.port, "meta": r.meta_dict,
+                 "checks": [c.to_consul() for c in r.checks]}
+                for r in self.ledger.registrations()
+            ],
+            "queued_apps": sorted(self.queue.pending_keys()),
+            "running_apps": sorted(self.queue.processing_keys()),
+            "retrying_apps": dict(sorted(self._failing.items())),
+            "resyncs": self.resync_count,
+            "last_resync": self.last_resync,
+        }

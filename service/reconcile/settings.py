@@ -1,0 +1,33 @@
+"""The reconciler's knobs, validated once when built (config hands them over from the options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.backoff import Backoff
+from service.model import AddressMode, HealthCheckMode, Naming
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    naming: Naming = Naming.DNS
+    address_mode: AddressMode = AddressMode.AUTO
+    networks: tuple[str, ...] = ("weave", "bridge")
+    health_checks: HealthCheckMode = HealthCheckMode.CONSUL  # which checks Consul runs itself
+    ttl_floor_seconds: int = 180  # TTL mirrors must outlive the gap between two resyncs refreshing them
+    workers: int = 16
+    write_concurrency: int = 64
+    max_attempts: int = 8  # failed runs of one app before it is left to the next resync
+    backoff_initial: float = 0.2
+    backoff_max: float = 15.0
+
+    def __post_init__(self) -> None:
+        # a plain string from a caller is checked here, once, not at every desired_registrations()
+        object.__setattr__(self, "health_checks", HealthCheckMode(self.health_checks))
+        if self.workers < 1 or self.write_concurrency < 1:
+            raise ValueError("workers and write_concurrency must be at least 1")
+
+    @property
+    def retry_policy(self) -> Backoff:
+        """How a failed app run is retried through the work queue."""
+        return Backoff(initial=self.backoff_initial, cap=self.backoff_max, max_attempts=self.max_attempts)

@@ -1,0 +1,207 @@
+"""Reading the three outside systems: what Marathon runs, what the agents hold, where containers are.
+
+`WorldReader.read_world()` is the resync's read, returned as one frozen `World`. The Marathon read
+(`GET /v2/apps?embed=apps.tasks`) is the longest, so the agents and slaves already known (from the
+ledger's locations and the Consul catalog) are read while Marathon renders its answer; hosts only
+Marathon names are read after it. Each slave's containers come from one listing, not one lookup
+per task. An agent that cannot be read is recorded in `unreachable`, never fatal: the resync still
+repairs what it can see, and reads afresh whatever it schedules.
+
+The per-app step uses the smaller reads: `read_agents` (one app's registrations on some agents),
+`prefetch` (containers of tasks an event reported running, looked up while Marathon answers), and
+`desired` (Marathon's view + containers -> the registrations, through the pure `desired` module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from service.clients import ConsulAgent, ConsulAgentDirectory, ContainerSource, MarathonApps
+from service.consul_registry import ConsulError, OwnedService
+from service.desired import desired_registrations
+from service.docker_lookup import DockerLookupError, consume_exception
+from service.metrics import Metrics
+from service.model import AddressMode, App, Container, Registration, Skip, Task, TaskState
+from service.naming import service_identity
+from service.reconcile.settings import ReconcileSettings
+from service.reconcile.work import AppWork
+
+log = logging.getLogger(__name__)
+
+Lookup = Container | Skip | None
+Prefetched = dict[tuple[str, str], "asyncio.Future[Lookup]"]
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """One resync's read of everything."""
+
+    apps: Mapping[str, tuple[App, tuple[Task, ...]]]  # app id -> definition and tasks
+    owned: Mapping[str, OwnedService]  # service id -> our registration as its agent holds it
+    owner_agent: Mapping[str, str]  # service id -> URL of the agent holding it
+    listings: Mapping[str, Mapping[str, Container]]  # slave -> task id -> container
+    unreachable: Mapping[str, str]  # agent URL -> error
+    read_at: float  # monotonic time the reads began
+
+
+class WorldReader:
+    def __init__(self, *, marathon: MarathonApps, lookup: ContainerSource, agents: ConsulAgentDirectory,
+                 metrics: Metrics, settings: ReconcileSettings) -> None:
+        self.marathon = marathon
+        self.lookup = lookup
+        self.agents = agents
+        self.metrics = metrics
+        self.settings = settings
+        self._logged_rewrites: set[str] = set()
+
+    # ---------------------------------------------------------------- the resync's read
+    async def read_world(self, known: set[str]) -> World:
+        """Everything, reading the agents and slaves of `known` hosts while Marathon answers."""
+        read_at = time.monotonic()
+        seen: dict[str, ConsulAgent] = {}
+        owned: dict[str, OwnedService] = {}
+        owner_agent: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
+
+        async def read_agents(hosts: set[str]) -> None:
+            for agent, result in await self._read_distinct(hosts, unreachable, seen):
+                for sid, svc in result.items():
+                    owned[sid] = svc
+                    owner_agent[sid] = agent.url
+
+        marathon = asyncio.create_task(self.marathon.apps_with_tasks())
+        early = asyncio.gather(read_agents(known | await self._catalog_hosts(known)), self.listings(known))
+        try:
+            apps = await marathon
+        finally:
+            _, listings = await early
+        task_hosts = {t.host for _, tasks in apps for t in tasks}
+        late = task_hosts - known
+        if not known:  # no earlier work to go by: the catalog, found through a task host, names the rest
+            late |= await self._catalog_hosts(task_hosts)
+        _, more = await asyncio.gather(read_agents(late), self.listings(late & task_hosts))
+        listings.update(more)
+        return World(apps={app.id: (app, tuple(tasks)) for app, tasks in apps}, owned=owned,
+                     owner_agent=owner_agent, listings=listings, unreachable=unreachable, read_at=read_at)
+
+    async def _catalog_hosts(self, known: set[str]) -> set[str]:
+        """Agents of nodes with no task left may still hold our orphans: find them in the catalog."""
+        if not self.agents.per_host or not known:
+            return set()
+        for host in sorted(known):
+            try:
+                return set(await self.agents.agent(host).catalog_node_addresses())
+            except ConsulError as exc:
+                log.warning("catalog read via %s failed: %s", host, exc)
+        return set()
+
+    async def _read_distinct(self, hosts: set[str], unreachable: dict[str, str], seen: dict[str, ConsulAgent]
+                             ) -> list[tuple[ConsulAgent, dict[str, OwnedService]]]:
+        """Our registrations on each agent of `hosts`, once per real agent: a host name and an IP
+        may lead to the same agent (node), and `seen` remembers the nodes read already."""
+        candidates = {a.url: a for a in (self.agents.agent(h) for h in hosts)}
+        names = await asyncio.gather(*(a.node_name() for a in candidates.values()), return_exceptions=True)
+        fresh: list[ConsulAgent] = []
+        for agent, name in zip(candidates.values(), names, strict=True):
+            if isinstance(name, BaseException):
+                unreachable[agent.url] = str(name)
+            elif name not in seen:
+                seen[name] = agent
+                fresh.append(agent)
+        results = await asyncio.gather(*(a.owned() for a in fresh), return_exceptions=True)
+        out = []
+        for agent, result in zip(fresh, results, strict=True):
+            if isinstance(result, BaseException):
+                unreachable[agent.url] = str(result)
+            else:
+                out.append((agent, result))
+        return out
+
+    # ---------------------------------------------------------------- the per-app reads
+    async def read_agents(self, hosts: Iterable[str], app_id: str) -> tuple[dict[str, OwnedService], dict[str, str]]:
+        """`app_id`'s registrations on the agents of `hosts`, and the hosts whose agent failed."""
+        owned: dict[str, OwnedService] = {}
+        unreachable: dict[str, str] = {}
+        agents: dict[int, ConsulAgent] = {id(a): a for a in (self.agents.agent(h) for h in hosts)}
+
+        async def read(agent: ConsulAgent) -> None:
+            try:
+                owned.update(await agent.owned(app_id))
+            except ConsulError as exc:
+                unreachable[agent.host] = str(exc)
+
+        await asyncio.gather(*(read(a) for a in agents.values()))
+        return owned, unreachable
+
+    async def container(self, host: str, task_id: str) -> Lookup:
+        if self.settings.address_mode is AddressMode.HOST:
+            return None
+        try:
+            return await self.lookup.find(host, task_id)
+        except DockerLookupError as exc:
+            return Skip(task_id=task_id, reason="docker-unreachable", detail=str(exc), retry=True)
+
+    def prefetch(self, work: AppWork) -> Prefetched:
+        """Start the lookups of the containers of tasks reported running, before Marathon answers."""
+        if self.settings.address_mode is AddressMode.HOST or work.task_ids is None:
+            return {}
+        out: Prefetched = {}
+        for task_id, host in work.running_on.items():
+            future = out[(host, task_id)] = asyncio.ensure_future(self.container(host, task_id))
+            future.add_done_callback(consume_exception)  # an unused lookup must not log "never retrieved"
+        return out
+
+    async def listings(self, hosts: set[str]) -> dict[str, Mapping[str, Container]]:
+        """One container listing per slave for a whole resync (slaves whose listing fails are left
+        out, and their tasks looked up one by one, which fails the same way and is retried)."""
+        if self.settings.address_mode is AddressMode.HOST:
+            return {}
+        ordered = sorted(hosts)
+        results = await asyncio.gather(*(self.lookup.containers(h) for h in ordered), return_exceptions=True)
+        return {h: r for h, r in zip(ordered, results, strict=True) if not isinstance(r, BaseException)}
+
+    # ---------------------------------------------------------------- what Marathon asks for
+    async def desired(self, app: App | None, tasks: Iterable[Task],
+                      listings: Mapping[str, Mapping[str, Container]] | None = None,
+                      prefetched: Prefetched | None = None) -> tuple[dict[str, Registration], list[Skip]]:
+        """The registrations `tasks` of `app` should have, and the tasks skipped (with why)."""
+        desired: dict[str, Registration] = {}
+        skips: list[Skip] = []
+        if app is None:
+            return desired, skips
+        self._log_rewrites(app)
+        running = [t for t in tasks if t.state == TaskState.RUNNING]
+        if listings is not None and all(t.host in listings for t in running):
+            containers: list[Lookup] = [listings[t.host].get(t.id) for t in running]
+        else:
+            started = prefetched or {}
+            containers = list(await asyncio.gather(
+                *(started.get((t.host, t.id)) or self.container(t.host, t.id) for t in running)))
+        s = self.settings
+        for task, container in zip(running, containers, strict=True):
+            if isinstance(container, Skip):
+                skips.append(container)
+                continue
+            result = desired_registrations(
+                app, task, container, naming=s.naming, address_mode=s.address_mode, networks=s.networks,
+                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds)
+            if isinstance(result, Skip):
+                skips.append(result)
+                self.metrics.skips.labels(result.reason).inc()
+                continue
+            for reg in result:
+                desired[reg.service_id] = reg
+        return desired, skips
+
+    def _log_rewrites(self, app: App) -> None:
+        """Names that are not valid DNS labels are registered rewritten; say so once per rewrite."""
+        for port_index in range(max(1, len(app.port_mappings))):
+            identity = service_identity(app, port_index, self.settings.naming)
+            for message in identity.rewrites if identity is not None else ():
+                if message not in self._logged_rewrites:
+                    self._logged_rewrites.add(message)
+                    log.warning("app %s: %s", app.id, message)

@@ -1,0 +1,70 @@
+"""Every Consul write the reconciler makes, through one small object.
+
+Register, deregister and TTL updates all pass here, for three reasons: writes share one bound on
+concurrency (`write_concurrency`: a 5,000-task burst must not open 5,000 connections to an agent),
+each successful write is recorded in the `Ledger` at once (so the ledger never lags our own
+writes), and a later issue can put the leadership gate (only the holder of the Consul lock writes;
+stop writing the moment the lock is lost, DESIGN §2.9) in exactly this one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from service.clients import ConsulAgentDirectory
+from service.consul_registry import ConsulError, OwnedService
+from service.desired import ttl_check_statuses
+from service.metrics import Metrics
+from service.model import Registration, Task
+from service.reconcile.ledger import Ledger
+
+
+class ConsulWriter:
+    def __init__(self, *, agents: ConsulAgentDirectory, ledger: Ledger, metrics: Metrics, concurrency: int) -> None:
+        self._agents = agents
+        self._ledger = ledger
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def register(self, reg: Registration, *, replacing: bool, received: float | None) -> None:
+        """Write `reg` (replacing its checks); `received` is when the event that caused it came in."""
+        async with self._slots:
+            try:
+                await self._agents.agent(reg.agent_host).register(reg)
+            except ConsulError:
+                self._metrics.registrations.labels("error").inc()
+                raise
+        self._metrics.registrations.labels("updated" if replacing else "created").inc()
+        if received is not None:
+            self._metrics.event_to_registration.observe(time.monotonic() - received)
+        self._ledger.remember(reg)
+
+    async def deregister(self, reg: Registration) -> None:
+        async with self._slots:
+            try:
+                await self._agents.agent(reg.agent_host).deregister(reg.service_id)
+            except ConsulError:
+                self._metrics.deregistrations.labels("error").inc()
+                raise
+        self._metrics.deregistrations.labels("ok").inc()
+        self._ledger.forget(reg)
+
+    async def set_ttl(self, reg: Registration, check_id: str, status: str) -> None:
+        """Set a mirrored TTL check to Marathon's verdict (`passing` or `critical`)."""
+        output = f"Marathon reports this health check {'alive' if status == 'passing' else 'failing'}"
+        async with self._slots:
+            await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
+        self._ledger.set_ttl(check_id, status)
+
+    async def sync_ttl(self, reg: Registration, task: Task, have: OwnedService | None, *,
+                       refresh: bool = False) -> None:
+        """Checks Consul cannot run (Marathon COMMAND checks, or all with --health-checks marathon|both)
+        mirror Marathon's verdict as TTL checks. Pushed when it differs from the agent's (`have`;
+        None: just registered, state unknown), and on `refresh` (every resync) so that the TTL does
+        not run out while Marathon's verdict stands."""
+        self._ledger.remember(reg)
+        for check_id, want in ttl_check_statuses(reg, task):
+            if not refresh and have is not None and have.check_status.get(check_id) == want:
+                continue
+            await self.set_ttl(reg, check_id, want)
