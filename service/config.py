@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.model import AddressMode, Naming
+from service.model import AddressMode, HealthCheckMode, Naming
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,7 @@ class Config:
     address_mode: AddressMode
     naming: Naming
     resync_interval: float
-    health_checks: str
+    health_checks: HealthCheckMode
     workers: int
     log_level: str
 
@@ -154,7 +154,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         docker=_url("docker", args.docker, ("tcp", "http", "unix")),
         networks=networks, address_mode=address_mode, naming=naming,
         resync_interval=float(_number("resync-interval", args.resync_interval, float, 1.0)),
-        health_checks=_choice("health-checks", args.health_checks, ("consul", "marathon", "both")),
+        health_checks=HealthCheckMode(_choice("health-checks", args.health_checks,
+                                              tuple(m.value for m in HealthCheckMode))),
         workers=int(_number("workers", args.workers, int, 1)),
         log_level=level,
     )

@@ -14,10 +14,12 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from service.backoff import Backoff
 from service.config import Config
 from service.consul_registry import ConsulAgents
 from service.docker_lookup import ContainerLookup
@@ -31,6 +33,9 @@ from service.reconcile import Drift, Reconciler, ReconcileSettings
 from service.web import Readiness, make_app
 
 log = logging.getLogger("service")
+
+# Start-up loops (transport pick, callback subscription) retry for as long as it takes.
+STARTUP_BACKOFF = Backoff(initial=0.5, cap=30.0)
 
 SSE_EVENT_TYPES = (
     "status_update_event", "instance_health_changed_event", "health_status_changed_event", "api_post_event",
@@ -82,7 +87,7 @@ class Service:
         self._subscription: CallbackSubscription | None = None
         self._runner: web.AppRunner | None = None
 
-    async def _on_sse_event(self, obj: dict) -> None:
+    async def _on_sse_event(self, obj: dict[str, Any]) -> None:
         try:
             self.intake.accept(obj)
         except EventError as exc:
@@ -95,18 +100,19 @@ class Service:
     async def _attach_callbacks(self) -> None:
         assert self.config.callback_url is not None
         self._subscription = CallbackSubscription(self.c.marathon, self.config.callback_url, self.c.metrics)
-        delay = 0.5
+        failures = 0
         while not self._stopping.is_set():
             try:
                 await self._subscription.ensure()
                 self.readiness.source_attached = True
                 return
             except Exception as exc:
+                failures += 1
+                delay = STARTUP_BACKOFF.delay(failures)
                 self.readiness.source_detail = f"cannot subscribe {self.config.callback_url}: {exc}"
                 log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, 30.0)
 
     async def _resync_loop(self) -> None:
         failures = 0
@@ -130,8 +136,11 @@ class Service:
                 log.error("resync failed (%d in a row): %s", failures, exc)
 
     def _next_resync_in(self, failures: int) -> float:
+        """After a failed resync, try again sooner than the interval: 2 s, 4 s, ... up to it. The
+        ceiling, not a jittered delay: one process schedules this, there is no crowd to spread."""
         if failures:
-            return min(self.config.resync_interval, 2.0 ** failures)
+            interval = self.config.resync_interval
+            return Backoff(initial=min(2.0, interval), cap=interval).ceiling(failures)
         return self.config.resync_interval
 
     async def run(self) -> None:
@@ -176,16 +185,17 @@ class Service:
     async def _transport(self) -> str:
         if self.config.events != "auto":
             return self.config.events
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 transport = await self.c.marathon.event_transport()
                 break
             except Exception as exc:
+                failures += 1
+                delay = STARTUP_BACKOFF.delay(failures)
                 self.readiness.source_detail = f"cannot reach Marathon to pick the event transport: {exc}"
                 log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         if transport == "callback" and not self.config.callback_url:
             log.warning("Marathon offers callbacks but no --callback-url is set; using the SSE stream")
             return "sse"

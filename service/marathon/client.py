@@ -39,10 +39,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_random_exponential,
 )
 from yarl import URL
 
+from service.backoff import Backoff
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -156,8 +156,7 @@ class MarathonClient:
         self.timeout = timeout
         # Every URL gets at least one try before a call gives up.
         self._attempts = max(attempts, len(self.endpoints))
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(initial=backoff_initial, cap=backoff_max)
         self._current = 0
         self._leader_checked = len(self.endpoints) == 1  # nothing to choose between
         self._leader_lock = asyncio.Lock()
@@ -282,7 +281,7 @@ class MarathonClient:
         """A request with leader preference, failover and bounded retries."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
-            wait=wait_random_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
+            wait=self._backoff.tenacity_wait(),
             retry=retry_if_exception_type(_Transient),
             before_sleep=self._before_sleep,
             reraise=True,

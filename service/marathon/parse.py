@@ -76,7 +76,8 @@ def _obj(value: Any, ctx: str, path: str) -> Mapping[str, Any]:
 
 
 def _list(obj: Mapping[str, Any], key: str, ctx: str, path: str) -> Sequence[Any]:
-    return _get(obj, key, list, ctx, path, [])
+    value: list[Any] = _get(obj, key, list, ctx, path, [])
+    return value
 
 
 def _short(value: Any) -> str:

@@ -31,7 +31,6 @@ import contextlib
 import inspect
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from service.backoff import Backoff
 from service.marathon.client import MarathonClient
 from service.metrics import Metrics
 
@@ -158,8 +158,7 @@ class EventStream:
         self.on_connect = on_connect
         self.event_types = list(event_types) if event_types else []
         self.silence_timeout = 3 * heartbeat_interval
-        self.backoff_initial = backoff_initial
-        self.backoff_cap = backoff_cap
+        self.backoff = Backoff(initial=backoff_initial, cap=backoff_cap)
         # A connection that outlived one silence window was healthy: the next back-off starts over.
         self.stable_after = self.silence_timeout if stable_after is None else stable_after
         self.connected = False
@@ -230,10 +229,9 @@ class EventStream:
             self._set_connected(False)
 
     def _backoff(self) -> float:
-        """Full jitter: uniform in [0, min(cap, initial * 2^failures)] (AWS architecture blog)."""
-        ceiling = min(self.backoff_cap, self.backoff_initial * (2 ** min(self._failures, 30)))
+        """The next reconnect delay (full jitter, `service.backoff`)."""
         self._failures += 1
-        return random.uniform(0, ceiling)
+        return self.backoff.delay(self._failures)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
