@@ -8,8 +8,8 @@ one thing to test.
 
 Full jitter (a delay drawn uniformly from [0, ceiling]) rather than equal or no jitter: many keys
 failing on the same outage (an agent restarting under a thousand tasks) must not come back in
-lockstep; of the jitter schemes, full jitter spreads retries widest for the same mean wait (the
-AWS architecture blog's "Exponential Backoff And Jitter" measurements). `ceiling(attempt)` is the
+lockstep; of the jitter schemes, full jitter spreads retries widest for the same mean wait
+(docs/architecture.md §7). `ceiling(attempt)` is the
 deterministic bound, for callers that schedule rather than contend (the resync loop).
 
 `max_attempts` is the retry *policy* half: after that many failed attempts the caller stops

@@ -1,4 +1,4 @@
-"""Operator-facing configuration: the `serve` options of DESIGN §3, each also read from MCR_<OPTION>.
+"""Operator-facing configuration: the `serve` options of the README, each also read from MCR_<OPTION>.
 
 Precedence: command line, then `MCR_<OPTION>` env, then the default (which may itself come from the
 Marathon-provided env: `$HOST`, `$PORT0`, and Consul's `CONSUL_HTTP_TOKEN`). Validation happens

@@ -1,6 +1,6 @@
 """The Consul side: one py-consul client per agent, and what "ours" looks like on each agent.
 
-Registrations go into the agent on the task's host (DESIGN §2.4), so this module is a directory of
+Registrations go into the agent on the task's host (docs/architecture.md §6.3), so this module is a directory of
 agents keyed by host, built from the `--consul` URL template. Reading back is the other half of
 level-triggered reconciliation: `AgentClient.owned()` returns the registrations carrying our
 ownership Meta (`service.ownership`), parsed back into `Registration` values so that "nothing to do" is an equality test

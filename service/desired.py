@@ -14,7 +14,7 @@ Result contract:
   retries later.
 - otherwise one `Registration` per port mapping that does not opt out, in port order.
 
-Addresses (DESIGN §2.3): `Address` = the container's overlay IP and `Port` = the container port,
+Addresses (docs/architecture.md §2): `Address` = the container's overlay IP and `Port` = the container port,
 because that is what is routable across the Weave overlay. Checks go to the task's host and mapped
 host port instead, because the Consul agent is usually not on the overlay; a mapping without a host
 port has nothing on the host, so its checks use the overlay address. `address-source` in `Meta`

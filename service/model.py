@@ -27,7 +27,7 @@ class Naming(StrEnum):
 
 
 class HealthCheckMode(StrEnum):
-    """Who runs HTTP/TCP checks: Consul itself (DESIGN §2.3), a TTL check mirroring Marathon's
+    """Who runs HTTP/TCP checks: Consul itself (docs/architecture.md §2), a TTL check mirroring Marathon's
     verdict (for agents that cannot reach the host ports), or both. Validated once, in config."""
 
     CONSUL = "consul"
@@ -77,7 +77,7 @@ class PortMapping:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
-    """A Marathon app health check, normalised across versions (defaults from marathon.md §5.4)."""
+    """A Marathon app health check, normalised across versions (Marathon's defaults)."""
 
     protocol: str = "HTTP"  # HTTP HTTPS TCP COMMAND MESOS_HTTP MESOS_HTTPS MESOS_TCP
     path: str = "/"
@@ -134,7 +134,7 @@ class Container:
         return hash((self.id, self.task_id))
 
     def overlay_ip(self, networks: tuple[str, ...]) -> str | None:
-        """The first non-empty IP among `networks`, in the operator's order (DESIGN §2.7)."""
+        """The first non-empty IP among `networks`, in the operator's order (docs/architecture.md §6.2)."""
         for name in networks:
             ip = self.network_ips.get(name)
             if ip:

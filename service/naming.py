@@ -1,9 +1,9 @@
-"""Marathon app id + labels + env -> Consul service name and tags (DESIGN §2.6). Pure.
+"""Marathon app id + labels + env -> Consul service name and tags (README "Naming"). Pure.
 
 Why the `dns` strategy looks the way it does: Consul's DNS parser takes the label right before
 `service` as the service name and joins *every* label before it with dots into ONE tag
-(`reference/consul.md` §6). So for `/web/customer1/site1` we register name `web` with the tags
-`customer1` and `site1.customer1`, and then
+(true of every Consul release but 1.19.0 and 1.19.1, see the README). So for `/web/customer1/site1`
+we register name `web` with the tags `customer1` and `site1.customer1`, and then
 
     site1.customer1.web.service.dc1.consul   -> tag "site1.customer1" -> this app
     customer1.web.service.dc1.consul         -> tag "customer1"       -> every app under /web/customer1
@@ -18,7 +18,7 @@ one DNS label, so `/web.v1/a` is registered as `web-v1` (and the rewrite reporte
 
 Strategy `flat` joins the reversed path with `-` into the name (`site1-customer1-web`), no tags.
 
-Overrides, strongest first (DESIGN §2.6):
+Overrides, strongest first:
 1. app labels: `consul.register=false` (opt out; an explicit `true` also overrides the env
    ignores below), `consul.name` (base name), `consul.tags` (comma list, added to the path tags);
 2. registrator's env conventions: `SERVICE_<containerPort>_NAME` (this port's exact name, no

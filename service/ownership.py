@@ -1,4 +1,4 @@
-"""What "ours" means in Consul, in one place (DESIGN §2.5).
+"""What "ours" means in Consul, in one place (docs/architecture.md §5).
 
 Several Marathon clusters, other registrars and people share a Consul datacenter, so the registrar
 only ever reads back, changes or removes a service that carries its ownership marker in `Meta`.

@@ -5,7 +5,7 @@ Why it looks like this:
 - **Several URLs, one in use.** `--marathon` lists every Marathon master. The client talks to one
   of them (the *current* endpoint) and moves on to the next one on a connection error, a timeout or
   a 5xx (a standby during leader election answers 503). With more than one URL it also asks
-  `GET /v2/leader` which master leads and prefers that one if it is in the list (DESIGN §2.8: use
+  `GET /v2/leader` which master leads and prefers that one if it is in the list (docs/architecture.md §6.1: use
   the leader, move on when one is down); standbys proxy REST calls to the leader, so this saves a
   hop rather than being needed for correctness. The question is asked lazily, once after start and
   once after every failover.
@@ -320,7 +320,7 @@ class MarathonClient:
         return obj if isinstance(obj, dict) else {}
 
     async def event_transport(self) -> EventTransport:
-        """`callback` when Marathon runs the http_callback subscriber (≤ 1.4, DESIGN §2.8), else `sse`."""
+        """`callback` when Marathon runs the http_callback subscriber (≤ 1.4, docs/architecture.md §6.1), else `sse`."""
         sub = (await self.info()).get("event_subscriber")
         return "callback" if isinstance(sub, dict) and sub.get("type") == "http_callback" else "sse"
 
@@ -346,7 +346,7 @@ class MarathonClient:
         return [u for u in urls or [] if isinstance(u, str)]
 
     # The resource is @Consumes(application/json): without the header Jersey may answer 415,
-    # even though the body is empty (marathon.md §1.2).
+    # even though the body is empty (docs/architecture.md §6.1).
     _JSON_EMPTY = {"Content-Type": "application/json"}
 
     async def subscribe(self, callback_url: str) -> None:

@@ -1,12 +1,13 @@
 """Marathon REST and event JSON -> model types, for every shape Marathon 1.4-1.10 produces.
 
 Why one module: the app JSON changed shape in 1.5 (the "networking API overhaul",
-marathon.md §5.3) and the task JSON differs between REST and `status_update_event` (§3.1, §5.2).
+docs/architecture.md §6.1) and the task JSON differs between REST and `status_update_event`.
 Everything after this module sees one `App` and one `Task`, whatever the version.
 
 Parsing rules:
 - Unknown fields are ignored (Marathon adds fields in every release).
-- Missing optional fields take Marathon's defaults (health checks: §5.4).
+- Missing optional fields take Marathon's defaults (health checks: interval 60 s, timeout 20 s,
+  grace 300 s, 3 failures).
 - A field of the wrong type raises `ValueError` naming the field path (e.g.
   `app '/web': healthChecks[0].portIndex: expected an integer, got 'x'`), because silently
   guessing would register wrong addresses.
@@ -22,7 +23,7 @@ from service.model import App, HealthCheck, NetworkMode, PortMapping, Task
 
 _MISSING: Any = object()
 
-# 1.5+ `networks[].mode` -> model network mode (marathon.md §5.3)
+# 1.5+ `networks[].mode` -> model network mode
 _MODES_15 = {"host": NetworkMode.HOST, "container/bridge": NetworkMode.BRIDGE, "container": NetworkMode.USER}
 # 1.4 `container.docker.network`; NONE has no ports to publish, so it behaves like HOST for us
 # (port definitions, if any, are host ports).

@@ -1,4 +1,4 @@
-"""The registrar's HTTP callback subscription in Marathon ≤ 1.4 (DESIGN §2.8).
+"""The registrar's HTTP callback subscription in Marathon ≤ 1.4 (docs/architecture.md §6.1).
 
 Marathon keeps subscribers in ZooKeeper and never removes a failing one, but an operator, a
 ZooKeeper restore or another tool can; and while a subscriber is missing, its events are simply

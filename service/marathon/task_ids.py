@@ -1,4 +1,4 @@
-"""Marathon task ids and instance ids -> app id, instance uuid, incarnation (marathon.md §6.3).
+"""Marathon task ids and instance ids -> app id, instance uuid, incarnation (docs/architecture.md §6.1).
 
 Why parse at all: events from some versions carry no usable `appId` (and a resync key must be
 derivable from the task id alone), and the reconciler needs the instance id to match
@@ -12,7 +12,7 @@ here exactly what it means to Marathon:
 - `<safe>.<uuid>.<n>`                resident task <= 1.7 (format "legacy", incarnation = attempt)
 - `<safe>.<uuid>` / `<safe>_<uuid>`  task <= 1.7 (format "legacy")
 
-The app id is always `"/" + safe.replace("_", "/")`: app ids cannot contain `_` (§6.1), which is
+The app id is always `"/" + safe.replace("_", "/")`: app ids cannot contain `_` (Marathon's app id rule), which is
 what makes the safe path reversible.
 """
 
@@ -58,7 +58,7 @@ class TaskId:
         """The id of the instance this task belongs to, as Marathon names it in events.
 
         1.8+ and pods: `<safe>.instance-<uuid>`; legacy tasks (1.4-1.7): `<safe>.marathon-<uuid>`
-        (Marathon derives that instance id from the legacy task id, marathon.md §3.2).
+        (Marathon derives that instance id from the legacy task id).
         """
         prefix = "instance-" if self.format == "instance" else "marathon-"
         return f"{self.safe_path}.{prefix}{self.uuid}"

@@ -1,6 +1,6 @@
 """The full resync: read everything -> pure diff -> schedule the repairs through the work queue.
 
-Events are hints and some get lost (DESIGN §2.1), and Consul can be changed behind our back, so at
+Events are hints and some get lost (docs/architecture.md §2), and Consul can be changed behind our back, so at
 start, after every event-stream reconnect and every `--resync-interval` the registrar compares
 everything Marathon runs with everything it owns on every agent. The three stages are separate so
 each can be reasoned about (and tested) alone:

@@ -4,7 +4,7 @@ Register, deregister and TTL updates all pass here, for three reasons: writes sh
 concurrency (`write_concurrency`: a 5,000-task burst must not open 5,000 connections to an agent),
 each successful write is recorded in the `Ledger` at once (so the ledger never lags our own
 writes), and a later issue can put the leadership gate (only the holder of the Consul lock writes;
-stop writing the moment the lock is lost, DESIGN §2.9) in exactly this one place.
+stop writing the moment the lock is lost) in exactly this one place.
 """
 
 from __future__ import annotations

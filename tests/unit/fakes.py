@@ -58,7 +58,7 @@ class FakeAgent:
         self.host = host
         self.url = f"http://{host}:8500"
         self.services: dict[str, Registration] = {}
-        self.foreign: dict[str, dict] = {}
+        self.foreign: dict[str, dict[str, object]] = {}
         self.status: dict[str, str] = {}
         self.writes = 0
         self.reads = 0
