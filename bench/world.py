@@ -40,7 +40,7 @@ MANAGED_BY = "marathon-consul-registrar"
 
 
 def service_id(task_id: str) -> str:
-    """The registrar's deterministic id for port index 0 (service/desired.py); the floor uses it too."""
+    """The registrar's deterministic id for port index 0 (service/ownership.py); the floor uses it too."""
     return f"mcr-{task_id}-0"
 
 

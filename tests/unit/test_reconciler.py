@@ -362,3 +362,61 @@ async def test_health_checks_mode(mode: str, expected_kinds: list[str]) -> None:
         await drain(r)
         [reg] = w.agents.managed().values()
         assert sorted(c.kind for c in reg.checks) == expected_kinds
+
+
+async def test_repairs_use_the_resync_snapshot_unless_the_app_was_hinted_since_the_reads_began() -> None:
+    w = World()
+    w.deploy(APP)
+    t1 = w.start_task(APP)
+    async with w.running() as r:
+        await r.resync()
+        await drain(r)
+        del w.agents.agent(t1.host).services[f"mcr-{t1.id}-0"]
+        reads = w.marathon.reads
+        found = await r.resync()
+        await drain(r)
+        assert found.counts()["missing"] == 1 and w.managed_task_ids() == {t1.id}
+        assert w.marathon.reads == reads + 1, "the repair ran from the resync's own read of Marathon"
+
+        # a hint arriving while the resync reads: the repair reads the app afresh
+        del w.agents.agent(t1.host).services[f"mcr-{t1.id}-0"]
+        apps_with_tasks = w.marathon.apps_with_tasks
+
+        async def read_all_and_hint():  # type: ignore[no-untyped-def]
+            r.hint_app(APP)
+            return await apps_with_tasks()
+
+        w.marathon.apps_with_tasks = read_all_and_hint  # type: ignore[method-assign]
+        reads = w.marathon.reads
+        await r.resync()
+        await drain(r)
+        assert w.managed_task_ids() == {t1.id}
+        assert w.marathon.reads >= reads + 2, "the hinted app was read again, not repaired from the snapshot"
+
+
+async def test_a_repair_and_event_work_for_one_app_never_run_at_once() -> None:
+    w = World()
+    w.deploy(APP)
+    t1 = w.start_task(APP)
+    running = 0
+    overlap = False
+    read = w.marathon.app_with_tasks
+
+    async def slow_read(app_id: str):  # type: ignore[no-untyped-def]
+        nonlocal running, overlap
+        running += 1
+        overlap |= running > 1
+        await asyncio.sleep(0.01)
+        running -= 1
+        return await read(app_id)
+
+    w.marathon.app_with_tasks = slow_read  # type: ignore[method-assign]
+    async with w.running() as r:
+        for _ in range(3):
+            r.hint(w.events[-1])  # event work for the app ...
+            await asyncio.sleep(0)
+            w.agents.agents.clear()  # ... while its registrations vanish: the resync repairs them
+            await r.resync()
+        await drain(r)
+        assert not overlap, "the queue is the only lock, for repairs too"
+        assert w.managed_task_ids() == {t1.id}
