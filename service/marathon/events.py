@@ -13,7 +13,7 @@ message names the event type and the field.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,7 +271,7 @@ def _derive_app_id(f: _Fields, task_id: str | None, instance_id: str | None) -> 
         raise f.wrap(exc) from None
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "status_update_event": _status_update,
     "api_post_event": _api_post,
     "app_terminated_event": _app_terminated,
