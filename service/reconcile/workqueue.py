@@ -91,7 +91,9 @@ class WorkQueue(Generic[K, W]):
         self._delayed: dict[int, Timer] = {}
         self._delayed_ids = 0
         self._failures: dict[K, int] = {}
-        self._wakeup = asyncio.Event()
+        # workers waiting in get(), woken one per ready key (not all at once: a burst of adds
+        # must not cost every idle worker a wake-up per add)
+        self._getters: deque[asyncio.Future[None]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
         self._shut = False
@@ -106,7 +108,7 @@ class WorkQueue(Generic[K, W]):
         if key not in self._processing and key not in self._queued:
             self._queued.add(key)
             self._ready.append(key)
-            self._wakeup.set()
+            self._wake_one()
             self._hooks.depth(len(self._queued))
 
     def add_after(self, key: K, work: W, delay: float) -> None:
@@ -159,8 +161,24 @@ class WorkQueue(Generic[K, W]):
                 self._hooks.depth(len(self._queued))
                 self._hooks.in_flight(len(self._processing))
                 return key, work
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._getters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.done():
+                    waiter.cancel()
+                    self._getters.remove(waiter)
+                elif self._ready:  # woken, then cancelled: pass the wake-up on
+                    self._wake_one()
+                raise
+
+    def _wake_one(self) -> None:
+        while self._getters:
+            waiter = self._getters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def done(self, key: K) -> None:
         """The worker finished `key`; work added meanwhile is made ready again."""
@@ -168,7 +186,7 @@ class WorkQueue(Generic[K, W]):
         if key in self._pending and key not in self._queued and not self._shut:
             self._queued.add(key)
             self._ready.append(key)
-            self._wakeup.set()
+            self._wake_one()
         self._hooks.depth(len(self._queued))
         self._hooks.in_flight(len(self._processing))
         self._check_idle()
@@ -188,7 +206,8 @@ class WorkQueue(Generic[K, W]):
         self._pending.clear()
         self._ready.clear()
         self._queued.clear()
-        self._wakeup.set()
+        while self._getters:
+            self._wake_one()
         self._idle.set()
         return dropped
 

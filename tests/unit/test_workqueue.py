@@ -194,3 +194,18 @@ async def test_hooks_report_depth_and_in_flight() -> None:
     q.done("a")
     assert depth[:2] == [1, 2] and depth[-1] == 1
     assert in_flight == [1, 0]
+
+
+async def test_an_add_wakes_one_waiting_worker_and_a_cancelled_worker_loses_no_key() -> None:
+    q, _ = make()
+    workers = [asyncio.create_task(q.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    q.add("a", frozenset({"1"}))
+    workers[0].cancel()  # woken first, cancelled before it ran: the key must reach another worker
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    done = [w for w in workers[1:] if w.done()]
+    assert [w.result() for w in done] == [("a", frozenset({"1"}))]
+    assert q._getters and len([g for g in q._getters if not g.done()]) == 1, "the other worker still waits"
+    q.shutdown()
+    await asyncio.gather(*workers, return_exceptions=True)
