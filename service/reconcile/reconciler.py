@@ -179,7 +179,10 @@ class Reconciler:
     # ---------------------------------------------------------------- resync and views
     async def resync(self, *, dry_run: bool = False) -> Drift:
         """Compare everything Marathon runs with everything we own in Consul; repair through the
-        work queue unless `dry_run` (the workers must be started). Returns what was found."""
+        work queue unless `dry_run`. Returns what was found."""
+        if not dry_run and not self._workers:
+            # the repairs it schedules would wait for workers that never come
+            raise RuntimeError("start() the reconciler before a repairing resync")
         return await self._resync.run(dry_run=dry_run)
 
     @property

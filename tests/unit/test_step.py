@@ -1,0 +1,99 @@
+"""The per-app step and its work items (service/reconcile/step.py, work.py): each state source reads
+only what it says, and a run reports an outcome instead of raising."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.metrics import Metrics
+from service.model import Container, Task
+from service.reconcile.ledger import Ledger
+from service.reconcile.settings import ReconcileSettings
+from service.reconcile.step import AppStep
+from service.reconcile.work import AppSnapshot, AppWork, Done, FromAgents, FromLedger, FromSnapshot, Repair, Retry
+from service.reconcile.world import WorldReader
+from service.reconcile.writer import ConsulWriter
+from tests.unit.fakes import FakeAgents, FakeLookup, FakeMarathon, web_app
+
+APP, HOST = "/web/site", "127.0.0.2"
+
+
+def setup() -> tuple[AppStep, FakeMarathon, FakeAgents, Ledger, Task]:
+    marathon, lookup, agents, metrics, ledger = FakeMarathon(), FakeLookup(), FakeAgents(), Metrics(), Ledger()
+    task = Task(id="web_site.t1", app_id=APP, host=HOST, ports=(31001,))
+    marathon.apps[APP] = web_app(APP)
+    marathon.tasks[APP] = {task.id: task}
+    lookup.by_task[task.id] = Container(id="c1", task_id=task.id, network_ips={"weave": "10.32.0.9"})
+    lookup.hosts[task.id] = HOST
+    reader = WorldReader(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics,
+                         settings=ReconcileSettings())
+    writer = ConsulWriter(agents=agents, ledger=ledger, metrics=metrics, concurrency=4)
+    return AppStep(reader=reader, ledger=ledger, writer=writer, metrics=metrics), marathon, agents, ledger, task
+
+
+async def test_from_agents_reads_marathon_and_the_agents_and_registers() -> None:
+    step, marathon, agents, ledger, task = setup()
+    outcome = await step.run(APP, AppWork.whole_app(), FromAgents(frozenset()))
+    assert outcome == Done()
+    assert (marathon.reads, agents.reads()) == (1, 1)
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"} and len(ledger) == 1
+    assert ledger.locations(APP) == {HOST}
+
+
+async def test_from_ledger_reads_no_agent() -> None:
+    step, marathon, agents, _, task = setup()
+    outcome = await step.run(APP, AppWork(task_ids={task.id}), FromLedger())
+    assert outcome == Done() and (marathon.reads, agents.reads()) == (1, 0)
+    writes = agents.writes()
+    assert await step.run(APP, AppWork(task_ids={task.id}), FromLedger()) == Done()
+    assert agents.writes() == writes, "the ledger remembers the write: nothing to do the second time"
+
+
+async def test_from_snapshot_reads_nothing_and_trusts_the_snapshot() -> None:
+    step, marathon, agents, _, task = setup()
+    snapshot = AppSnapshot(marathon.apps[APP], (task,), {})
+    assert await step.run(APP, AppWork.whole_app(), FromSnapshot(snapshot)) == Done()
+    assert (marathon.reads, agents.reads()) == (0, 0) and agents.writes() == 1
+
+
+async def test_an_unreachable_agent_is_a_retry_with_the_work_left_not_an_exception() -> None:
+    step, _, agents, _, task = setup()
+    agents.agent(HOST).down = True
+    work = AppWork(task_ids={task.id}, received={task.id: 1.0})
+    outcome = await step.run(APP, work, FromAgents(frozenset()))
+    assert isinstance(outcome, Retry)
+    assert "connection refused" in outcome.reason
+    assert outcome.remaining.task_ids == {task.id}
+    assert outcome.remaining.received == {task.id: 1.0}, "the first event's time survives the retry"
+
+
+async def test_a_container_not_up_yet_retries_only_that_task() -> None:
+    step, marathon, agents, _, task = setup()
+    other = Task(id="web_site.t2", app_id=APP, host=HOST, ports=(31002,))
+    marathon.tasks[APP][other.id] = other
+    outcome = await step.run(APP, AppWork(task_ids={task.id, other.id}, running_on={other.id: HOST}),
+                             FromAgents(frozenset()))
+    assert isinstance(outcome, Retry) and outcome.remaining.task_ids == {other.id}
+    assert "container-not-found" in outcome.reason
+    assert outcome.remaining.running_on == {other.id: HOST}
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"}
+
+
+def test_app_work_merges_tasks_hosts_and_first_event_times() -> None:
+    a = AppWork(task_ids={"t1"}, hosts={"h1"}, received={"t1": 5.0}, running_on={"t1": "h1"})
+    a.merge(AppWork(task_ids={"t2"}, hosts={"h2"}, received={"t1": 3.0, "t2": 4.0}))
+    assert (a.task_ids, a.hosts, a.received, a.running_on) == (
+        {"t1", "t2"}, {"h1", "h2"}, {"t1": 3.0, "t2": 4.0}, {"t1": "h1"})
+    a.merge(AppWork.whole_app())
+    assert a.whole and a.merge(AppWork(task_ids={"t3"})).whole, "whole-app work absorbs task work"
+
+
+async def test_repairs_merge_into_the_newest_snapshot_and_release_every_waiter() -> None:
+    loop = asyncio.get_running_loop()
+    old, new = loop.create_future(), loop.create_future()
+    snap_old, snap_new = AppSnapshot(None, (), {}), AppSnapshot(web_app(APP), (), {})
+    work = AppWork(task_ids={"t1"}).merge(AppWork.whole_app(Repair(snap_old, 1.0, [old])))
+    work.merge(AppWork.whole_app(Repair(snap_new, 2.0, [new])))
+    assert work.whole and work.repair is not None and work.repair.snapshot is snap_new
+    work.repair.finish(True)
+    assert old.result() is True and new.result() is True
