@@ -6,7 +6,8 @@ and an unknown secret is `403 ACL not found`.
 
 Token rules syntax (the simulator's own, much smaller than HCL policies):
 `--acl-token SECRET=ACCESSOR:RULES` where RULES is a comma-separated list of
-`RESOURCE:ACCESS:PATTERN`, RESOURCE one of `service`, `node`, `agent`, ACCESS one of `read`,
+`RESOURCE:ACCESS:PATTERN`, RESOURCE one of `service`, `node`, `agent`, `session` (pattern = node
+name, like Consul's `session "node"` rules) or `key` (pattern = key), ACCESS one of `read`,
 `write`, `deny`, and PATTERN an exact name or a prefix ending in `*` (`*` alone = every name).
 Examples: `service:write:*`, `service:write:web,service:read:*`, `node:read:*,agent:read:*`.
 Like Consul, an exact rule beats a prefix rule, the longest prefix wins, `write` implies `read`,
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from devcluster.consul_sim.validation import ApiError
 
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
-_RESOURCES = ("service", "node", "agent")
+_RESOURCES = ("service", "node", "agent", "session", "key")
 _ACCESS = ("read", "write", "deny")
 
 
@@ -91,6 +92,24 @@ class Authorizer:
             return self.default_policy == "allow"
         access = best[1].access
         return access == "write" or (access == "read" and need == "read")
+
+    def allowed_prefix(self, resource: str, prefix: str, need: str) -> bool:
+        """`KeyWritePrefix` (acl/policy_authorizer.go): the prefix itself is allowed and no more
+        specific rule under it takes the access away (used by `DELETE /v1/kv/<p>?recurse`)."""
+        if not self.enabled:
+            return True
+        if not self.allowed(resource, prefix, need):
+            return False
+        for rule in self.token.rules if self.token else ():
+            if rule.resource == resource and rule.pattern.rstrip("*").startswith(prefix):
+                if not (rule.access == "write" or (rule.access == "read" and need == "read")):
+                    return False
+        return True
+
+    def denied_text(self, resource: str, name: str, need: str) -> str:
+        """`PermissionDeniedError.Error` (acl/errors.go)."""
+        return (f"Permission denied: token with AccessorID '{self.accessor}' lacks "
+                f"permission '{resource}:{need}' on \"{name}\"")
 
     def require(self, resource: str, name: str, need: str) -> None:
         if not self.allowed(resource, name, need):

@@ -172,7 +172,7 @@ class ConsulDNS:
         for agent, svc in self.state.instances(service):
             if tag and tag not in (t.lower() for t in svc.spec.tags):
                 continue
-            statuses = [c.status for c in self.state.service_checks(agent, svc)]
+            statuses = [agent.serf_status, *(c.status for c in self.state.service_checks(agent, svc))]
             if "critical" in statuses:
                 continue
             out.append((agent, svc, "warning" if "warning" in statuses else "passing"))

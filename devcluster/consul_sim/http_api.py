@@ -12,6 +12,8 @@ With `--registration-log` (benchmarks; off by default) every accepted service re
 is also appended, O(1), to a log read by `GET /_sim/registrations` (`?since=N` pages on) as
 `[op, service id, agent, CLOCK_MONOTONIC seconds, wall seconds]`: the monotonic clock is system-wide
 on Linux, so a bench process can subtract its own event-delivery times exactly.
+Sessions and KV (`/v1/session/*`, `/v1/kv/*`), their log entries and the `/_sim/nodes/*` and
+`/_sim/clock*` controls are in `kv_api.py` (state in `sessions.py`); `/_sim/reset` clears them too.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 
 from aiohttp import web
 
-from devcluster.consul_sim import views
+from devcluster.consul_sim import kv_api, views
 from devcluster.consul_sim.acl import AclStore, Authorizer, token_from_request
 from devcluster.consul_sim.bexpr import compile_filter
 from devcluster.consul_sim.gojson import GoJSONError, parse_duration
+from devcluster.consul_sim.sessions import SessionKV
 from devcluster.consul_sim.state import Agent, ServiceState, State
 from devcluster.consul_sim.validation import (
     ApiError,
@@ -68,10 +71,14 @@ class Sim:
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.ttl_reset: Callable[[Agent, str], None] = lambda agent, check_id: None
         self.registration_log: list[tuple[str, str, str, float, float]] | None = None  # --registration-log
+        self.kv = SessionKV(state)  # sessions + KV (kv_api.py), shared by every agent like the catalog
+        self.kv.on_invalidate = lambda op, sid: self.log_registration(op, sid, None)
 
-    def log_registration(self, op: str, service_id: str, agent: Agent) -> None:
+    def log_registration(self, op: str, service_id: str, agent: Agent | None) -> None:
+        """Also session/KV writes (kv_api.py); `agent` None = the servers' own (TTL expiry)."""
         if self.registration_log is not None:
-            self.registration_log.append((op, service_id, agent.addr, time.monotonic(), time.time()))
+            self.registration_log.append((op, service_id, agent.addr if agent else "", time.monotonic(),
+                                          time.time()))
 
 
 Handler = Callable[["Request"], Awaitable[web.StreamResponse]]
@@ -461,7 +468,7 @@ async def health_service(r: Request) -> web.StreamResponse:
     out = []
     for agent, svc in visible:
         checks = r.state.service_checks(agent, svc)
-        if passing and any(c.status != "passing" for c in checks):
+        if passing and (agent.serf_status != "passing" or any(c.status != "passing" for c in checks)):
             continue
         out.append({"Node": views.node(agent, r.state.datacenter), "Service": views.health_service(svc),
                     "Checks": [views.serf_check(agent), *(views.check(c) for c in checks)]})
@@ -534,6 +541,7 @@ ROUTES: list[tuple[str, bool, tuple[str, ...], Handler, str]] = [
     ("/v1/health/node/", True, ("GET",), health_node, "{node}"),
     ("/v1/status/leader", False, ("GET",), status_leader, ""),
     ("/v1/status/peers", False, ("GET",), status_peers, ""),
+    *kv_api.ROUTES,
 ]
 _EXACT = {p: r for r in ROUTES for p in [r[0]] if not r[1]}
 _PREFIXES = sorted((r for r in ROUTES if r[1]), key=lambda r: -len(r[0]))
@@ -590,7 +598,13 @@ def make_app(sim: Sim, agent: Agent) -> web.Application:
 async def _sim_endpoint(sim: Sim, req: web.Request) -> web.StreamResponse:
     if req.path == "/_sim/reset" and req.method == "POST":
         sim.state.reset()
+        sim.kv.reset()
+        for agent in sim.state.agents.values():
+            sim.state.set_serf_status(agent, "passing")
         return _json({"ok": True})
+    found = await kv_api.sim_control(sim, req)
+    if found is not None:
+        return found
     if req.path == "/_sim/stats" and req.method == "GET":
         return _json({a: dict(c) for a, c in sim.stats.items()})
     if req.path == "/_sim/stats/reset" and req.method == "POST":

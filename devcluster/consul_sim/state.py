@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -82,6 +83,8 @@ class Agent:
     services: dict[str, ServiceState] = field(default_factory=dict)
     checks: dict[str, CheckState] = field(default_factory=dict)
     create_index: int = 0
+    serf_status: str = "passing"  # `/_sim/nodes/<node>/down` makes it critical (a failed member)
+    serf_index: int = 0
 
     @property
     def addr(self) -> str:
@@ -101,6 +104,8 @@ class State:
         self.agents: dict[str, Agent] = {}
         self.nodes: dict[str, Agent] = {}
         self.runner: CheckRunnerHook | None = None
+        # (node, check id) went critical or was removed: sessions bound to it die (sessions.py)
+        self.check_invalidated: Callable[[str, str], None] | None = None
         self._changed: asyncio.Event | None = None
         for host, port, node in agents:
             self.index += 1
@@ -202,6 +207,8 @@ class State:
         agent.checks[chk.check_id] = chk
         if svc is not None:
             svc.check_ids[chk.check_id] = None
+        if chk.status == "critical" and self.check_invalidated is not None:
+            self.check_invalidated(agent.node, chk.check_id)
         if self.runner is not None:
             self.runner.check_started(agent, chk)
         return changed
@@ -212,6 +219,8 @@ class State:
             return False
         if self.runner is not None:
             self.runner.check_stopped(agent, check_id)
+        if self.check_invalidated is not None:
+            self.check_invalidated(agent.node, check_id)
         if chk.service_id:
             svc = agent.services.get(chk.service_id)
             if svc is not None:
@@ -279,6 +288,23 @@ class State:
         chk.modify_index = idx
         if chk.service_id:
             self.name_index[chk.service_name.lower()] = idx
+        if status == "critical" and self.check_invalidated is not None:
+            self.check_invalidated(agent.node, check_id)
+
+    def set_serf_status(self, agent: Agent, status: str) -> bool:
+        """A member failed or came back (`/_sim/nodes/<node>/down|up`): the leader writes the
+        node's `serfHealth` (critical: sessions bound to it are invalidated, §3) and every
+        service on the node changes health."""
+        if agent.serf_status == status:
+            return False
+        agent.serf_status = status
+        idx = self._bump()
+        agent.serf_index = idx
+        for svc in agent.services.values():
+            self.name_index[svc.spec.name.lower()] = idx
+        if status == "critical" and self.check_invalidated is not None:
+            self.check_invalidated(agent.node, "serfHealth")
+        return True
 
     def reset(self) -> None:
         """Drop every service and check on every agent (test-only `/_sim/reset`)."""

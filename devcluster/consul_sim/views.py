@@ -120,12 +120,16 @@ def check(c: CheckState) -> dict[str, Any]:
 
 
 def serf_check(agent: Agent) -> dict[str, Any]:
-    """The node-level check every live agent has."""
+    """The node-level check every agent has; critical while the node is down (`/_sim/nodes/`).
+    Outputs are structs.SerfCheckAliveOutput / SerfCheckFailedOutput (agent/structs/structs.go)."""
+    alive = agent.serf_status == "passing"
     return {
-        "Node": agent.node, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing",
-        "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "",
+        "Node": agent.node, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": agent.serf_status,
+        "Notes": "", "Output": "Agent alive and reachable" if alive else "Agent not live or unreachable",
+        "ServiceID": "", "ServiceName": "",
         "ServiceTags": [], "Type": "", "Interval": "", "Timeout": "", "ExposedPort": 0,
-        "Definition": {}, "CreateIndex": agent.create_index, "ModifyIndex": agent.create_index,
+        "Definition": {}, "CreateIndex": agent.create_index,
+        "ModifyIndex": agent.serf_index or agent.create_index,
     }
 
 
