@@ -84,10 +84,20 @@ def _require(authz: Authorizer, resource: str, name: str, need: str) -> None:
         raise ApiError(403, RPC_PREFIX + authz.denied_text(resource, name, need))
 
 
-def _consistency(r: Request) -> None:
-    """`parseConsistency` (agent/http.go)."""
+def _parse(r: Request) -> None:
+    """`HTTPHandlers.parse` (agent/http.go), which these handlers run before anything else:
+    `parseConsistency`, then `parseWait` (the same checks `Request.block` makes later)."""
     if "stale" in r.query and "consistent" in r.query:
         raise ApiError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if r.query.get("wait", ""):
+        try:
+            parse_duration(r.query["wait"])
+        except GoJSONError:
+            raise ApiError(400, "Invalid wait time") from None
+    raw = r.query.get("index", "")
+    if raw and (not raw.isascii() or not raw.isdigit() or int(raw) >= 2**64):
+        raise ApiError(400, "Invalid index")
+    r.check_dc()  # as the simulator's other endpoints: one datacenter
 
 
 async def _block_lookup(r: Request, lookup: Callable[[], tuple[int, bool]]) -> None:
@@ -179,6 +189,8 @@ async def session_create(r: Request) -> web.StreamResponse:
         checks = None
     behavior = d.get("Behavior", "release") or "release"
     ttl = d.get("TTL", "")
+    if r.query.get("dc", "") not in ("", r.state.datacenter):  # a client agent; checked after the body
+        raise ApiError(500, "cross datacenter lock must be created at server agent")
     # server side: Session.Apply
     if node == "":
         raise server_error("Must provide Node")
@@ -214,6 +226,7 @@ def _session_arg(r: Request) -> str:
 
 async def session_destroy(r: Request) -> web.StreamResponse:
     """Idempotent: an unknown session is `200 true` (modern `Session.Apply` returns early)."""
+    r.check_dc()
     sid = _session_arg(r)
     authz = _authz(r)
     s = _store(r).sessions.get(sid)
@@ -225,12 +238,14 @@ async def session_destroy(r: Request) -> web.StreamResponse:
 
 
 async def session_renew(r: Request) -> web.StreamResponse:
-    """`SessionRenew`: 404 `Session id '<id>' not found` when gone (checked before ACLs)."""
+    """`SessionRenew`: 404 `Session id '<id>' not found` when gone; the token is resolved
+    before the lookup, `session:write` checked after it (agent/consul/session_endpoint.go `Renew`)."""
+    _parse(r)
     sid = _session_arg(r)
+    authz = _authz(r)
     s = _store(r).sessions.get(sid)
     if s is None:
         raise ApiError(404, f"Session id '{sid}' not found")
-    authz = _authz(r)
     _require(authz, "session", s.node, "write")
     _store(r).renew(sid)
     _log(r, "session-renew", sid)
@@ -244,8 +259,8 @@ def _visible(authz: Authorizer, sessions: list[Session]) -> list[dict[str, Any]]
 
 async def session_info(r: Request) -> web.StreamResponse:
     """`200 [session]`, or `200 []` when absent (never 404)."""
+    _parse(r)
     sid = _session_arg(r)
-    _consistency(r)
     authz = _authz(r)
     store = _store(r)
     await _block_lookup(r, lambda: (store.session_index, sid in store.sessions))
@@ -254,7 +269,7 @@ async def session_info(r: Request) -> web.StreamResponse:
 
 
 async def session_list(r: Request) -> web.StreamResponse:
-    _consistency(r)
+    _parse(r)
     authz = _authz(r)
     store = _store(r)
     await r.block(lambda: store.session_index)
@@ -262,9 +277,9 @@ async def session_list(r: Request) -> web.StreamResponse:
 
 
 async def session_node(r: Request) -> web.StreamResponse:
+    _parse(r)
     if r.arg == "":
         raise ApiError(400, "Missing node name")
-    _consistency(r)
     authz = _authz(r)
     store = _store(r)
     await r.block(lambda: store.session_index)
@@ -298,6 +313,8 @@ def _conflicting(r: Request, *flags: str) -> None:
 
 
 async def kv_endpoint(r: Request) -> web.StreamResponse:
+    """`KVSEndpoint`: `parse` for every method, then by method (`?keys` picks the key list)."""
+    _parse(r)
     if r.req.method == "GET":
         return await (kv_keys(r) if "keys" in r.query else kv_get(r))
     if r.req.method == "PUT":
@@ -309,7 +326,6 @@ async def kv_get(r: Request) -> web.StreamResponse:
     recurse = "recurse" in r.query
     if not recurse:
         _missing_key(r)
-    _consistency(r)
     authz = _authz(r)
     store = _store(r)
     key = r.arg
@@ -346,7 +362,6 @@ async def kv_keys(r: Request) -> web.StreamResponse:
     sep = r.query.get("seperator", "")
     if "separator" in r.query:
         sep = r.query["separator"]
-    _consistency(r)
     authz = _authz(r)
     store = _store(r)
     prefix = r.arg

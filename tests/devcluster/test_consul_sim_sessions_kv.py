@@ -167,6 +167,9 @@ CASES: list[tuple[str, str, Any, int, str | tuple[str]]] = [
     ("GET", "/v1/session/list?index=x", None, 400, "Invalid index"),
     ("GET", "/v1/session/info/{sid}?index=1&wait=abc", None, 400, "Invalid wait time"),
     ("GET", "/v1/session/create", None, 405, "method GET not allowed"),
+    ("PUT", "/v1/session/create?dc=dc2", {}, 500, "cross datacenter lock must be created at server agent"),
+    ("GET", "/v1/session/info/?index=x", None, 400, "Invalid index"),  # parse runs before the id check
+    ("PUT", "/v1/session/renew/nope?wait=abc", None, 400, "Invalid wait time"),
     # KV
     ("GET", "/v1/kv/", None, 400, "Missing key name"),
     ("PUT", "/v1/kv/", b"x", 400, "Missing key name"),
@@ -192,6 +195,9 @@ CASES: list[tuple[str, str, Any, int, str | tuple[str]]] = [
     ("DELETE", "/v1/kv/k?cas=5", None, 200, "true"),  # delete-cas on an absent key is true
     ("GET", "/v1/kv/k?index=1&wait=1x", None, 400, "Invalid wait time"),
     ("PATCH", "/v1/kv/k", None, 405, "method PATCH not allowed"),
+    ("GET", "/v1/kv/?wait=abc", None, 400, "Invalid wait time"),
+    ("PUT", "/v1/kv/k?stale&consistent", b"x", 400, "Cannot specify ?stale with ?consistent, conflicting semantics."),
+    ("GET", "/v1/kv/k?dc=dc2", None, 500, "No path to datacenter"),
 ]
 
 
@@ -540,6 +546,9 @@ def test_acl_session_and_key_rules(acl_sim: Sim) -> None:
         403, RPC + f"Permission denied: token with AccessorID '{ANON}' lacks permission 'session:write' on \"node-a\"")
     r = s.put("/v1/session/create", {}, headers={"X-Consul-Token": "bogus"})
     assert (r.status_code, r.text) == (403, RPC + "ACL not found")
+    r = s.put("/v1/session/renew/nope", headers={"X-Consul-Token": "bogus"})  # token before lookup
+    assert (r.status_code, r.text) == (403, RPC + "ACL not found")
+    assert s.put("/v1/session/renew/nope").status_code == 404
     lock = {"X-Consul-Token": "lock-secret"}
     r = s.put("/v1/session/create", {}, host=B, headers=lock)  # Node defaults to node-b: denied
     assert r.status_code == 403 and "'session:write' on \"node-b\"" in r.text
