@@ -10,6 +10,11 @@ Address HOST; all agents feed one catalog. ACLs are off unless `--acl-default-po
 them (benchmarks); `--registration-log` timestamps every register/deregister for
 `GET /_sim/registrations` (benchmarks). `--check-reap-interval` / `--check-deregister-min` exist for tests only and
 default to Consul's 30 s / 1 min. Logs go to stderr; SIGTERM/SIGINT exit cleanly.
+
+Sessions and KV (`/v1/session/*`, `/v1/kv/*`) are shared by all agents like the catalog; tests
+drive them with `POST /_sim/nodes/<node>/down|up` (serfHealth critical/passing) and
+`POST /_sim/clock/advance?seconds=N` (session TTLs and lock-delays; real time by default). See
+`devcluster.consul_sim.kv_api`.
 """
 
 from __future__ import annotations

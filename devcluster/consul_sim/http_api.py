@@ -597,8 +597,8 @@ def make_app(sim: Sim, agent: Agent) -> web.Application:
 
 async def _sim_endpoint(sim: Sim, req: web.Request) -> web.StreamResponse:
     if req.path == "/_sim/reset" and req.method == "POST":
+        sim.kv.reset()  # first, so dropping the checks below invalidates (and logs) no session
         sim.state.reset()
-        sim.kv.reset()
         for agent in sim.state.agents.values():
             sim.state.set_serf_status(agent, "passing")
         return _json({"ok": True})
