@@ -14,7 +14,7 @@ default to Consul's 30 s / 1 min. Logs go to stderr; SIGTERM/SIGINT exit cleanly
 Sessions and KV (`/v1/session/*`, `/v1/kv/*`) are shared by all agents like the catalog; tests
 drive them with `POST /_sim/nodes/<node>/down|up` (serfHealth critical/passing) and
 `POST /_sim/clock/advance?seconds=N` (session TTLs and lock-delays; real time by default). See
-`devcluster.consul_sim.kv_api`.
+`devcluster.consul_sim.kv_api`. `--session-ttl-min` is Consul's own `session_ttl_min` option.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aiohttp import web
 from devcluster.consul_sim.acl import AclStore, parse_token_arg
 from devcluster.consul_sim.checks import CheckRunner
 from devcluster.consul_sim.dns_server import serve_dns
+from devcluster.consul_sim.gojson import GoJSONError, parse_duration
 from devcluster.consul_sim.http_api import Sim, make_app
 from devcluster.consul_sim.state import State
 
@@ -41,6 +42,17 @@ def _hostport(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def _duration(text: str) -> int:
+    """A Go duration (`10s`, `1.5s`) in nanoseconds, for `--session-ttl-min`."""
+    try:
+        ns = parse_duration(text)
+    except GoJSONError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if ns <= 0:
+        raise argparse.ArgumentTypeError(f"want a positive duration, got {text!r}")
+    return ns
 
 
 def _agent(text: str) -> tuple[str, int, str]:
@@ -65,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="SECRET=ACCESSOR:RULES")
     p.add_argument("--check-reap-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     p.add_argument("--check-deregister-min", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument("--session-ttl-min", type=_duration, default=10 * 10**9, metavar="DURATION",
+                   help="Consul's session_ttl_min (default 10s): the shortest session TTL accepted")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -74,6 +88,7 @@ async def run(args: argparse.Namespace) -> None:
     sim = Sim(state, AclStore(args.acl_default_policy, args.acl_token))
     if args.registration_log:
         sim.registration_log = []
+    sim.kv.ttl_min_ns = args.session_ttl_min
     runner: CheckRunner | None = None
     if not args.no_checks:
         runner = CheckRunner(state, reap_interval=args.check_reap_interval,

@@ -34,7 +34,15 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from devcluster.consul_sim.gojson import GoJSONError, GoNumber, GoObject, go_kind, parse, parse_duration
+from devcluster.consul_sim.gojson import (
+    GoJSONError,
+    GoNumber,
+    GoObject,
+    duration_string,
+    go_kind,
+    parse,
+    parse_duration,
+)
 from devcluster.consul_sim.sessions import (
     RPC_PREFIX,
     SERF_CHECK,
@@ -50,7 +58,6 @@ if TYPE_CHECKING:
     from devcluster.consul_sim.http_api import Request, Sim
 
 KV_MAX_VALUE_SIZE = 524288  # kv_max_value_size default (agent/config/runtime.go), §4
-SESSION_TTL_MIN_NS = 10 * 10**9  # session_ttl_min default (agent/consul/config.go)
 SESSION_TTL_MAX_NS = 24 * 3600 * 10**9  # structs.SessionTTLMax
 _SESSION_FIELDS: dict[str, Any] = {
     "ID": "string", "Name": "string", "Node": "string", "NodeChecks": ("list", "string"),
@@ -204,8 +211,10 @@ async def session_create(r: Request) -> web.StreamResponse:
             ttl_ns = parse_duration(ttl)
         except GoJSONError as e:
             raise server_error(f"Session TTL '{ttl}' invalid: {e}") from None
-        if ttl_ns != 0 and (ttl_ns < SESSION_TTL_MIN_NS or ttl_ns > SESSION_TTL_MAX_NS):
-            raise server_error(f"Invalid Session TTL '{ttl_ns}', must be between [10s=24h0m0s]")
+        ttl_min = _store(r).ttl_min_ns
+        if ttl_ns != 0 and (ttl_ns < ttl_min or ttl_ns > SESSION_TTL_MAX_NS):
+            raise server_error(f"Invalid Session TTL '{ttl_ns}', must be between "
+                               f"[{duration_string(ttl_min)}={duration_string(SESSION_TTL_MAX_NS)}]")
     s = Session(id="", name=d.get("Name", ""), node=node, lock_delay_ns=d.get("LockDelay", 15 * 10**9),
                 behavior=behavior, ttl=ttl, ttl_ns=ttl_ns, node_checks=list(node_checks or []),
                 service_checks=d.get("ServiceChecks"), checks=list(checks or []))

@@ -125,6 +125,7 @@ class SessionKV:
     tombstones: dict[str, int] = field(default_factory=dict)
     lock_delays: dict[str, float] = field(default_factory=dict)  # key -> SimClock expiry
     ttl_deadlines: dict[str, float] = field(default_factory=dict)  # session id -> SimClock expiry
+    ttl_min_ns: int = 10 * 10**9  # session_ttl_min (agent/consul/config.go default 10s)
     # (op, subject) -> the request log; set by the HTTP layer (`Sim.log_registration`)
     on_invalidate: Callable[[str, str], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)

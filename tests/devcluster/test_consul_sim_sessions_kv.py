@@ -107,7 +107,8 @@ def acl_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     with run_sim(ACL_PORT, Path(tmp_path_factory.mktemp("kvacl")), "--acl-default-policy", "deny",
                  "--acl-token", "lock-secret=acc-lock:session:write:node-a,key:write:service/web/*",
                  "--acl-token", "ro-secret=acc-ro:key:read:service/*,session:read:node-b",
-                 "--acl-token", "tree-secret=acc-tree:key:write:a/*,key:read:a/locked") as s:
+                 "--acl-token", "tree-secret=acc-tree:key:write:a/*,key:read:a/locked",
+                 "--session-ttl-min", "1s") as s:
         yield s
 
 
@@ -589,6 +590,20 @@ def test_acl_session_and_key_rules(acl_sim: Sim) -> None:
     assert s.get("/v1/kv/service/web/leader", headers=lock).status_code == 404
     assert s.put(f"/v1/session/destroy/{sid}", headers={"X-Consul-Token": "ro-secret"}).status_code == 403
     assert s.put(f"/v1/session/destroy/{sid}", headers=lock).text == "true"
+
+
+def test_session_ttl_min_option(acl_sim: Sim) -> None:
+    """`--session-ttl-min 1s` (Consul's session_ttl_min) moves the lower bound and its message;
+    a 1 s session then dies 2 s after its last renew on real time."""
+    lock = {"X-Consul-Token": "lock-secret"}
+    r = acl_sim.put("/v1/session/create", {"TTL": "500ms"}, headers=lock)
+    assert (r.status_code, r.text) == (500, RPC + "Invalid Session TTL '500000000', must be between [1s=24h0m0s]")
+    t0 = time.monotonic()
+    sid = acl_sim.session({"TTL": "1s", "Checks": []}, headers=lock)
+    alive = acl_sim.get(f"/v1/session/info/{sid}?token=lock-secret")
+    assert len(alive.json()) == 1
+    r = acl_sim.get(f"/v1/session/info/{sid}?token=lock-secret&index={alive.headers['X-Consul-Index']}&wait=5s")
+    assert r.json() == [] and 1.9 < time.monotonic() - t0 < 4.5
 
 
 # ---- request log -------------------------------------------------------------------------------
