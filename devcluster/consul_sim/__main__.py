@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datacenter", default="dc1")
     p.add_argument("--no-checks", action="store_true", help="store checks but never run them")
     p.add_argument("--registration-log", action="store_true",
-                   help="record every register/deregister with its time for GET /_sim/registrations")
+                   help="record every register/deregister and session/KV write with its time for "
+                        "GET /_sim/registrations")
     p.add_argument("--acl-default-policy", choices=["allow", "deny"])
     p.add_argument("--acl-token", action="append", default=[], type=parse_token_arg,
                    metavar="SECRET=ACCESSOR:RULES")

@@ -6,7 +6,12 @@ hashicorp/consul agent/session_endpoint.go, agent/kvs_endpoint.go (the agent sid
 agent/consul/session_endpoint.go, agent/consul/kvs_endpoint.go (the server side: ACLs, TTL and
 Behavior checks, lock-delay) plus agent/consul/state/{session,kvs}.go (the writes, in
 `sessions.py`). Agent-side errors are plain; server-side ones carry the client agent's
-`rpc error making call: ` hop prefix (`sessions.server_error`).
+`rpc error making call: ` hop prefix (`sessions.server_error`). Files read directly for this
+module (hashicorp/consul): agent/session_endpoint.go @8c46a5c, agent/consul/session_endpoint.go
+@d51b509, agent/kvs_endpoint.go @cf84c59, agent/consul/kvs_endpoint.go (CE 1.15+ `KVS.Get`,
+`raft apply failed: %w`), agent/consul/state/kvs.go and session.go, agent/blockingquery.
+The 413 text links developer.hashicorp.com as the reference gives for current builds; the
+1.15-era file read still links www.consul.io.
 
 Control endpoints (outside `/v1/`, like the other `/_sim/*`):
 * `POST /_sim/nodes/<node>/down` / `up`: the node's serfHealth goes critical / passing, as when
