@@ -81,7 +81,11 @@ def test_prometheus_scrapes_the_registrar_and_gives_back_true_counts(
         wait_for(lambda: _value(prom, 'mcr_registrations_total{job="registrar",result="created"}') == own, 15,
                  what="Prometheus holding the registration count")
         assert _value(prom, 'mcr_events_received_total{type="status_update_event"}') >= 2
-        assert _value(prom, 'mcr_event_to_registration_seconds_count') == 2
+        # every registration an event caused is observed once; a periodic resync (every 3 s here)
+        # that reads the new task before its event's work runs registers it unobserved
+        latencies = registrar_counter(registrar.url, "mcr_event_to_registration_seconds_count")
+        assert 1 <= latencies <= 2
+        assert _value(prom, 'mcr_event_to_registration_seconds_count') == latencies
         assert _value(prom, "mcr_managed_registrations") == 2
         assert _value(prom, "mcr_event_source_connected") == 1
 
