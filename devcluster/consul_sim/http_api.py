@@ -45,6 +45,7 @@ from devcluster.consul_sim.validation import (
     precheck_service,
     validate_check_type,
 )
+from devcluster.faults import CONSUL, Faults
 
 log = logging.getLogger("consul_sim.http")
 
@@ -73,6 +74,7 @@ class Sim:
         self.registration_log: list[tuple[str, str, str, float, float]] | None = None  # --registration-log
         self.kv = SessionKV(state)  # sessions + KV (kv_api.py), shared by every agent like the catalog
         self.kv.on_invalidate = lambda op, sid: self.log_registration(op, sid, None)
+        self.faults = Faults(CONSUL)  # POST /_sim/faults on any agent; one rule set for all agents
 
     def log_registration(self, op: str, service_id: str, agent: Agent | None) -> None:
         """Also session/KV writes (kv_api.py); `agent` None = the servers' own (TTL expiry)."""
@@ -394,8 +396,17 @@ async def _visible_instances(r: Request) -> tuple[int, list[tuple[Agent, Service
     return idx, visible, filtered
 
 
+def _require_service_name(r: Request) -> None:
+    """`/v1/catalog/service/`, `/v1/health/service/` and `/v1/health/checks/` with nothing after the
+    prefix: Consul refuses them before any lookup (agent/catalog_endpoint.go `CatalogServiceNodes`,
+    agent/health_endpoint.go `healthServiceNodes` and `HealthServiceChecks`), it does not list nothing."""
+    if not r.arg:
+        raise ApiError(400, "Missing service name")
+
+
 async def catalog_service(r: Request) -> web.StreamResponse:
     r.check_dc()
+    _require_service_name(r)
     idx, visible, filtered = await _visible_instances(r)
     out = [views.catalog_service_node(agent, svc, r.state.datacenter) for agent, svc in visible]
     out = r.filter(out, _SERVICE_NODE_FIELDS, {"ServiceMeta", "NodeMeta", "TaggedAddresses",
@@ -457,6 +468,7 @@ async def catalog_datacenters(r: Request) -> web.StreamResponse:
 
 async def health_service(r: Request) -> web.StreamResponse:
     r.check_dc()
+    _require_service_name(r)
     passing = False
     if "passing" in r.query:
         v = r.query["passing"]
@@ -481,6 +493,7 @@ async def health_service(r: Request) -> web.StreamResponse:
 
 async def health_checks(r: Request) -> web.StreamResponse:
     r.check_dc()
+    _require_service_name(r)
     authz = r.authz()
     name = r.arg
     idx = await r.block(lambda: r.state.index_for_name(name))
@@ -590,7 +603,7 @@ def make_app(sim: Sim, agent: Agent) -> web.Application:
         resp.headers.update(extra)
         return resp
 
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[sim.faults.middleware])
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from devcluster.docker_sim import templates as t
 from devcluster.docker_sim.engine import FilterError, SimEngine
+from devcluster.faults import Faults, docker_profile
 
 ENGINE_KEY: web.AppKey[SimEngine] = web.AppKey("engine", SimEngine)
 _VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
@@ -114,8 +115,10 @@ async def _sim_stats(request: web.Request) -> web.Response:
     return web.json_response({"requests": dict(engine.stats), "containers": len(engine.containers)})
 
 
-def make_app(engine: SimEngine) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+def make_app(engine: SimEngine, faults: Faults | None = None) -> web.Application:
+    """One engine's app; `faults` (shared by the process's engines) answers `/_sim/faults`."""
+    faults = faults or Faults(docker_profile(t.HEADERS))
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[faults.middleware])
     app[ENGINE_KEY] = engine
     app.router.add_post("/_sim/containers", _sim_create)
     app.router.add_delete("/_sim/containers/{ref}", _sim_delete)
@@ -145,10 +148,11 @@ async def start(
     """Serve one simulated slave per (host, port); port 0 picks a free one. The costs model a listing's
     time on the real engine: per container held and per container returned, in microseconds."""
     out: list[Running] = []
+    faults = Faults(docker_profile(t.HEADERS))  # one rule set for every engine of the process
     try:
         for host, port in listens:
             engine = SimEngine(host_ip=host, list_cost_us=list_cost_us, result_cost_us=result_cost_us)
-            runner = web.AppRunner(make_app(engine), access_log=None, handle_signals=False)
+            runner = web.AppRunner(make_app(engine, faults), access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()

@@ -472,8 +472,10 @@ def _parse_health_checks(raw: Any, spec: AppSpec, errors: _Errors) -> list[Healt
             if (hc.port_index or 0) >= n_ports:
                 errors.add(f"{p}/portIndex", "Health check port indices must address an element of the ports array "
                            "or container port mappings.")
-        if hc.timeout_seconds >= hc.interval_seconds and hc.interval_seconds > 0:
-            errors.add(f"{p}", "timeoutSeconds must be smaller than intervalSeconds")
+        # No "timeoutSeconds must be smaller than intervalSeconds" here: Marathon has that rule only
+        # for readiness checks (api/v2/validation/AppValidation.scala `readinessCheckValidator`) and
+        # pod health checks (PodsValidation.scala `healthCheckValidator`); app health checks
+        # (core/health/HealthCheck.scala) accept a timeout >= the interval.
         out.append(hc)
     return out
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from devcluster.faults import MARATHON, Faults
 from devcluster.marathon_sim import events as ev
 from devcluster.marathon_sim.app_json import ValidationError, normalize_id, parse_app, render_app
 from devcluster.marathon_sim.callbacks import CallbackDispatcher
@@ -64,9 +65,14 @@ class Api:
         self.streams = streams
         self.callbacks = callbacks
         self._proxy_session: aiohttp.ClientSession | None = None
+        self.faults = Faults(MARATHON)  # /_sim/faults
+        # Every group an app was ever created in: Marathon keeps a group after its last app is
+        # deleted (until the group itself is), so `GET /v2/apps/<group>/*` then answers `{"*":[]}`.
+        self.groups: set[str] = {"/"}
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._standby_middleware], client_max_size=8 * 1024 * 1024)
+        app = web.Application(middlewares=[self.faults.middleware, self._standby_middleware],
+                              client_max_size=8 * 1024 * 1024)
         r = app.router
         r.add_get("/ping", lambda _: web.Response(text="pong"))
         r.add_get("/v2/info", self.info)
@@ -189,15 +195,42 @@ class Api:
         if existing is not None:
             return _json({"message": f"An app with id [{spec.id}] already exists."}, 409)
         dep = self.sched.create_app(spec, client_ip=request.remote or "", uri=request.path)
+        self._remember_groups(spec.id)
         rec = self.reg.apps[spec.id]
         out = self._app_info(rec, set(), single=False)
         out["deployments"] = [{"id": dep.id}]
         return _json(out, 201, headers={"Location": f"http://{self.cfg.listen}/v2/apps{spec.id}",
                                         "Marathon-Deployment-Id": dep.id})
 
+    def _remember_groups(self, app_id: str) -> None:
+        parts = app_id.strip("/").split("/")[:-1]
+        self.groups.update("/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+    async def _group_listing(self, segments: list[str], *, tasks: bool) -> web.Response:
+        r"""`GET /v2/apps/<group>/*` and `GET /v2/apps/<group>/*/tasks`: every app (every running
+        task) under the group, transitively; `/v2/apps/*` is the root group. Marathon:
+        `AppsResource.show` (`ListApps = ^((?:.+/)|)\*$` -> `{"*": [AppInfo...]}` with tasks, counts,
+        deployments and lastTaskFailure embedded as for one app) and `AppTasksResource.indexJson`
+        (`GroupTasks`, the same regex -> `{"tasks": [...]}`); an unknown group is 404
+        `Group '<id>' does not exist` (RestResource.unknownGroup)."""
+        group = "/" + "/".join(segments)
+        if segments:
+            group = normalize_id(group, _Ignore())
+        if group not in self.groups:
+            return _json({"message": f"Group '{group}' does not exist"}, 404)
+        prefix = group.rstrip("/") + "/"
+        recs = [rec for rec in self.reg.apps.values() if not rec.deleted and rec.spec.id.startswith(prefix)]
+        if tasks:
+            return _json({"tasks": [t.to_json(rec.spec, self.cfg) for rec in recs for t in rec.active_tasks()]})
+        return _json({"*": [self._app_info(rec, set(), single=True) for rec in recs]})
+
     async def app_route(self, request: web.Request) -> web.Response:
         tail = request.match_info["tail"]
         segments = [s for s in tail.split("/") if s]
+        if request.method == "GET" and segments[-1:] == ["*"]:
+            return await self._group_listing(segments[:-1], tasks=False)
+        if request.method == "GET" and segments[-2:] == ["*", "tasks"]:
+            return await self._group_listing(segments[:-2], tasks=True)
         if segments and segments[-1] == "tasks" and request.method == "GET":
             app_id = normalize_id("/" + "/".join(segments[:-1]), _Ignore())
             rec = self.reg.apps.get(app_id)
@@ -239,6 +272,7 @@ class Api:
             except ValidationError as exc:
                 return _json(exc.body(), 422)
             dep = self.sched.create_app(spec, client_ip=request.remote or "", uri=request.path)
+            self._remember_groups(spec.id)
             return _json({"version": dep.version, "deploymentId": dep.id}, 201,
                          headers={"Marathon-Deployment-Id": dep.id})
         scale_only = isinstance(body, dict) and set(body) <= {"id", "instances"} and "instances" in body
