@@ -70,7 +70,7 @@ class Answer:
     """One canned error answer: its body, content type and extra headers."""
 
     body: str
-    content_type: str
+    content_type: str  # the whole Content-Type header, as the real server writes it
     headers: Mapping[str, str] = field(default_factory=dict)
     close: bool = False  # close the connection after answering (Consul's 429 does)
 
@@ -82,7 +82,7 @@ class Profile:
     name: str
     defaults: Mapping[int, Callable[[str], Answer]]  # status -> (request path -> answer)
     frame: Callable[[int, str], Answer]  # a rule's own `body` (or no default) -> the answer
-    json_type: str = "application/json"  # content type of the simulator's JSON answers (for garbage)
+    json_type: str = "application/json"  # Content-Type of the simulator's JSON answers (for garbage)
     headers: Mapping[str, str] = field(default_factory=dict)  # added to every injected answer
 
     def answer(self, status: int, body: str | None, path: str) -> Answer:
@@ -103,15 +103,20 @@ CONSUL_NO_LEADER = "rpc error making call: No cluster leader"
 CONSUL_TOO_MANY_CONNS = "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
 
 
+# Go's http.ResponseWriter sniffs a text body as "text/plain; charset=utf-8"; the connection
+# limiter writes its answer raw, with "Content-Type: text/plain".
+_GO_TEXT = "text/plain; charset=utf-8"
+
+
 def _consul_frame(status: int, body: str) -> Answer:
     # Consul writes every error as plain text (agent/http.go); see consul_sim/http_api.py `_text`.
-    return Answer(body, "text/plain")
+    return Answer(body, _GO_TEXT)
 
 
 CONSUL = Profile(
     name="consul",
     defaults={
-        500: lambda _: Answer(CONSUL_NO_LEADER, "text/plain"),
+        500: lambda _: Answer(CONSUL_NO_LEADER, _GO_TEXT),
         429: lambda _: Answer(CONSUL_TOO_MANY_CONNS, "text/plain", close=True),
     },
     frame=_consul_frame,
@@ -138,6 +143,7 @@ def jetty_error_page(status: int, reason: str, uri: str) -> str:
             f"<p>Problem accessing {uri}. Reason:\n<pre>    {reason}</pre></p>\n</body>\n</html>\n")
 
 
+_JETTY_HTML = "text/html;charset=ISO-8859-1"
 _JETTY_HEADERS = {"Cache-Control": "must-revalidate,no-cache,no-store"}
 
 
@@ -154,8 +160,8 @@ def _marathon_frame(status: int, body: str) -> Answer:
 MARATHON = Profile(
     name="marathon",
     defaults={
-        503: lambda path: Answer(jetty_error_page(503, MARATHON_NO_LEADER, path), "text/html", _JETTY_HEADERS),
-        502: lambda path: Answer(jetty_error_page(502, MARATHON_NO_LEADER, path), "text/html", _JETTY_HEADERS),
+        503: lambda path: Answer(jetty_error_page(503, MARATHON_NO_LEADER, path), _JETTY_HTML, _JETTY_HEADERS),
+        502: lambda path: Answer(jetty_error_page(502, MARATHON_NO_LEADER, path), _JETTY_HTML, _JETTY_HEADERS),
         404: lambda _: Answer('{"message":"HTTP 404 Not Found"}', "application/json"),
     },
     frame=_marathon_frame,
@@ -362,8 +368,10 @@ class Faults:
             assert rule.status is not None
             status = rule.status
             answer = self.profile.answer(status, rule.body, request.path)
-        resp = web.Response(status=status, text=answer.body, content_type=answer.content_type,
-                            headers={**self.profile.headers, **answer.headers, **rule.headers})
+        charset = "iso-8859-1" if "ISO-8859-1" in answer.content_type else "utf-8"
+        resp = web.Response(status=status, body=answer.body.encode(charset, "replace"),
+                            headers={**self.profile.headers, **answer.headers, "Content-Type": answer.content_type,
+                                     **rule.headers})
         if answer.close:
             resp.force_close()
         return resp

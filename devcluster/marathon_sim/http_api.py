@@ -56,6 +56,16 @@ def _embeds(request: web.Request) -> set[str]:
     return out
 
 
+# Handlers are coroutines: aiohttp deprecates plain functions as handlers (DeprecationWarning
+# "Bare functions are deprecated, use async ones").
+async def _pong(_: web.Request) -> web.Response:
+    return web.Response(text="pong")
+
+
+async def _not_found(_: web.Request) -> web.Response:
+    return _json(NOT_FOUND, 404)
+
+
 class Api:
     def __init__(self, cfg: SimConfig, registry: Registry, scheduler: Scheduler, streams: EventStreams,
                  callbacks: CallbackDispatcher | None) -> None:
@@ -74,7 +84,7 @@ class Api:
         app = web.Application(middlewares=[self.faults.middleware, self._standby_middleware],
                               client_max_size=8 * 1024 * 1024)
         r = app.router
-        r.add_get("/ping", lambda _: web.Response(text="pong"))
+        r.add_get("/ping", _pong)
         r.add_get("/v2/info", self.info)
         r.add_get("/v2/leader", self.leader)
         r.add_get("/v2/apps", self.list_apps)
@@ -88,7 +98,7 @@ class Api:
         r.add_post("/_sim/event-streams/silence", self.sim_silence)
         r.add_post("/_sim/event-streams/resume", self.sim_resume)
         r.add_get("/_sim/subscribers", self.sim_subscribers)
-        r.add_route("*", "/v2/{tail:.*}", lambda _: _json(NOT_FOUND, 404))
+        r.add_route("*", "/v2/{tail:.*}", _not_found)
         app.on_cleanup.append(self._close)
         return app
 

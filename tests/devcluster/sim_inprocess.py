@@ -1,0 +1,105 @@
+"""The three simulators served in the test's own event loop, on addresses no other test module uses
+(127.0.0.28 and 127.0.0.29), for tests of their HTTP behaviour that need neither Docker nor a
+subprocess: the Consul simulator with two agents, the Marathon simulator with no slaves (apps with
+0 instances), and two Docker engine simulators."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from devcluster.consul_sim.acl import AclStore
+from devcluster.consul_sim.http_api import Sim, make_app
+from devcluster.consul_sim.state import State
+from devcluster.docker_sim import Running, start, stop
+from devcluster.marathon_sim.bus import EventBus
+from devcluster.marathon_sim.config import SimConfig
+from devcluster.marathon_sim.http_api import Api
+from devcluster.marathon_sim.scheduler import Scheduler
+from devcluster.marathon_sim.sse import EventStreams
+from devcluster.marathon_sim.state import Registry
+
+HOST1 = "127.0.0.28"
+HOST2 = "127.0.0.29"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """Base URLs of what is being served, and the objects behind them."""
+
+    urls: list[str]
+    consul: Sim | None = None
+    marathon: Api | None = None
+    docker: list[Running] | None = None
+
+
+@asynccontextmanager
+async def consul() -> AsyncIterator[Served]:
+    """Two Consul agents (node-a on HOST1, node-b on HOST2) sharing one catalog, as the simulator's
+    `__main__` runs them; no check runner."""
+    port = free_port(HOST1)
+    state = State("dc1", [(HOST1, port, "node-a"), (HOST2, port, "node-b")])
+    sim = Sim(state, AclStore(None, []))
+    runners = []
+    try:
+        for agent in state.agents.values():
+            runner = web.AppRunner(make_app(sim, agent), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, agent.host, agent.port).start()
+            runners.append(runner)
+        yield Served([f"http://{HOST1}:{port}", f"http://{HOST2}:{port}"], consul=sim)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def marathon(version: tuple[int, int] = (1, 10)) -> AsyncIterator[Served]:
+    """A Marathon simulator with no slaves on HOST1."""
+    port = free_port(HOST1)
+    cfg = SimConfig(version=version, listen_host=HOST1, listen_port=port)
+    bus = EventBus()
+    registry = Registry(cfg)
+    api = Api(cfg, registry, Scheduler(cfg, registry, bus, {}), EventStreams(cfg, bus), None)
+    runner = web.AppRunner(api.build(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, HOST1, port).start()
+        yield Served([f"http://{HOST1}:{port}"], marathon=api)
+    finally:
+        await api.sched.shutdown()
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def docker() -> AsyncIterator[Served]:
+    """Two simulated engines (slaves) in one process, on HOST1 and HOST2."""
+    running = await start([(HOST1, 0), (HOST2, 0)])
+    try:
+        yield Served([f"http://{r.host}:{r.port}" for r in running], docker=running)
+    finally:
+        await stop(running)
+
+
+async def raw_get(url: str, path: str) -> bytes:
+    """One GET on a fresh connection, no retry (unlike aiohttp's client, which retries an idempotent
+    request once when a reused connection is reset): the bytes the server sent before closing."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
