@@ -7,7 +7,8 @@ and `404 Invalid URL path: not a recognized HTTP API endpoint` for anything else
 Every error body is plain text; the status/text pairs come from reference/consul.md §1-§5.
 
 Test-only endpoints live outside `/v1/`: `POST /_sim/reset`, `GET /_sim/stats`,
-`POST /_sim/stats/reset`. Stats count every `/v1/` call per agent as `"<METHOD> <pattern>"`.
+`POST /_sim/stats/reset`, and `/_sim/faults` (error injection, `devcluster/faults.py`). Stats count
+every `/v1/` call per agent as `"<METHOD> <pattern>"`.
 With `--registration-log` (benchmarks; off by default) every accepted service register/deregister
 is also appended, O(1), to a log read by `GET /_sim/registrations` (`?since=N` pages on) as
 `[op, service id, agent, CLOCK_MONOTONIC seconds, wall seconds]`: the monotonic clock is system-wide

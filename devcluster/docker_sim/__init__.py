@@ -11,6 +11,7 @@ outside Docker's paths:
     DELETE /_sim/containers/{ref}  by container id (or unique prefix), name or task id
     POST   /_sim/reset             no containers, zeroed stats
     GET    /_sim/stats             {"requests": {endpoint: count}, "containers": n}
+    /_sim/faults                   error injection, one rule set for every engine (devcluster/faults.py)
 
 `python -m devcluster.docker_sim --listen 127.0.0.X:2375 [--listen ...] [--list-cost-per-container-us N]
 [--list-cost-per-result-us N]` (the cost model: the 20.10 engine here spent ~45 us per container held

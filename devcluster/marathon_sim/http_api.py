@@ -11,6 +11,7 @@ Test-only endpoints (outside `/v2`, so nobody mistakes them for Marathon's API):
 - `POST /_sim/event-streams/silence`: keep streams open but write nothing, heartbeats included,
   until `POST /_sim/event-streams/resume` (events queue up, subject to the per-client buffer).
 - `GET /_sim/subscribers`: per-callback-URL back-off state.
+- `/_sim/faults`: error injection (`devcluster/faults.py`).
 """
 
 from __future__ import annotations
