@@ -147,14 +147,21 @@ _JETTY_HTML = "text/html;charset=ISO-8859-1"
 _JETTY_HEADERS = {"Cache-Control": "must-revalidate,no-cache,no-store"}
 
 
-def _marathon_frame(status: int, body: str) -> Answer:
-    # Marathon's own errors are JSON {"message": ...} (MarathonExceptionMapper); a body that already
-    # is JSON is sent as it is.
+def _message_json(body: str, separators: tuple[str, str]) -> Answer:
+    """`body` as the error JSON both Marathon and dockerd write, `{"message": body}`; a body that is
+    already a JSON object is sent as it is (a test that wants `details` too)."""
     try:
-        json.loads(body)
+        parsed = json.loads(body)
     except ValueError:
-        body = json.dumps({"message": body}, separators=(",", ":"))
+        parsed = None
+    if not isinstance(parsed, dict):
+        body = json.dumps({"message": body}, separators=separators)
     return Answer(body, "application/json")
+
+
+def _marathon_frame(status: int, body: str) -> Answer:
+    # Marathon's own errors (MarathonExceptionMapper, play-json: compact).
+    return _message_json(body, (",", ":"))
 
 
 MARATHON = Profile(
@@ -171,17 +178,11 @@ MARATHON = Profile(
 # dockerd answers every error as JSON {"message": "..."} (moby api/server/httputils
 # `MakeErrorHandler` -> types.ErrorResponse), with the Api-Version/Server headers its version
 # middleware adds to every answer (docker_sim/templates.py HEADERS). Its router's 404 is
-# "page not found" (moby api/server/server.go `notFoundHandler`, as docker_sim answers).
+# "page not found" (moby api/server/server.go `pageNotFoundError`, as docker_sim answers).
 
 
 def _docker_frame(status: int, body: str) -> Answer:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        body = json.dumps({"message": body})
-    return Answer(body, "application/json")
+    return _message_json(body, (", ", ": "))
 
 
 def docker_profile(headers: Mapping[str, str]) -> Profile:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from devcluster.faults import CONSUL_NO_LEADER, CONSUL_TOO_MANY_CONNS, GARBAGE
 from tests.devcluster.sim_inprocess import HOST1, HOST2, consul, docker, marathon, raw_get
@@ -31,7 +32,7 @@ async def rules(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
         return await resp.json()  # type: ignore[no-any-return]
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, CIMultiDictProxy[str]]:
     async with http.get(url) as resp:
         return resp.status, await resp.text(), resp.headers
 
