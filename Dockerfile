@@ -40,7 +40,8 @@ LABEL org.opencontainers.image.title="marathon-consul-registrar" \
       org.opencontainers.image.version="${VERSION}"
 RUN set -eu; \
     if python3 -c 'import pip' 2>/dev/null; then \
-        python3 -m pip uninstall --yes --quiet --disable-pip-version-check pip setuptools wheel; \
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip uninstall --yes --quiet --disable-pip-version-check \
+            pip setuptools wheel; \
     fi; \
     groupadd --system --gid 10001 registrar; \
     useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

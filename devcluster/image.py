@@ -36,6 +36,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from devcluster.topology import SLAVES, STATE_DIR
@@ -135,21 +136,38 @@ def debian_sources(codename: str, apt_dir: Path = Path("/etc/apt")) -> list[str]
     return lines
 
 
-def base_recipe() -> dict[str, object]:
+@dataclass(frozen=True)
+class BaseRecipe:
     """Everything that shapes the base tarball; its hash names the cache entry and the tag."""
-    codename = _os_release().get("VERSION_CODENAME", "bookworm")
-    return {"suite": codename, "variant": "essential", "packages": list(BASE_PACKAGES),
-            "sources": debian_sources(codename), "dpkg_excludes": list(DPKG_EXCLUDES),
-            "dpkg_includes": list(DPKG_INCLUDES), "arch": _arch()}
 
+    suite: str
+    arch: str
+    sources: tuple[str, ...]
+    variant: str = "essential"
+    packages: tuple[str, ...] = BASE_PACKAGES
+    dpkg_excludes: tuple[str, ...] = DPKG_EXCLUDES
+    dpkg_includes: tuple[str, ...] = DPKG_INCLUDES
 
-def _arch() -> str:
-    return subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True, text=True).stdout.strip()
+    @classmethod
+    def of_this_machine(cls) -> BaseRecipe:
+        codename = _os_release().get("VERSION_CODENAME", "bookworm")
+        arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        return cls(suite=codename, arch=arch, sources=tuple(debian_sources(codename)))
 
+    @property
+    def tag(self) -> str:
+        key = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return f"{BASE_REPO}:{self.suite}-{key}"
 
-def base_tag(recipe: dict[str, object]) -> str:
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{BASE_REPO}:{recipe['suite']}-{key}"
+    def mmdebstrap_argv(self, out: Path) -> list[str]:
+        return ["mmdebstrap", "--quiet", f"--variant={self.variant}", f"--architectures={self.arch}",
+                f"--include={','.join(self.packages)}",
+                # merged /usr by symlinks, as Debian 12 has it, without the usrmerge package (and its perl)
+                "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                *(f"--dpkgopt=path-exclude={p}" for p in self.dpkg_excludes),
+                *(f"--dpkgopt=path-include={p}" for p in self.dpkg_includes),
+                self.suite, str(out), *self.sources]
 
 
 def ensure_host_packages(log: Log = _quiet) -> None:
@@ -159,25 +177,19 @@ def ensure_host_packages(log: Log = _quiet) -> None:
         return
     log(f"apt-get install {' '.join(need)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need], check=True, env=env,
                    stdout=subprocess.DEVNULL)
 
 
-def build_base_tarball(recipe: dict[str, object], out: Path, log: Log = _quiet) -> None:
+def build_base_tarball(recipe: BaseRecipe, out: Path, log: Log = _quiet) -> None:
     """mmdebstrap the base into `out` (written under a temporary name, renamed when complete)."""
     ensure_host_packages(log)
-    argv = ["mmdebstrap", "--quiet", f"--variant={recipe['variant']}", f"--architectures={recipe['arch']}",
-            f"--include={','.join(recipe['packages'])}",  # type: ignore[arg-type]
-            # merged /usr by symlinks, as Debian 12 has it, without the usrmerge package (and the perl it pulls)
-            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"]
-    argv += [f"--dpkgopt=path-exclude={p}" for p in recipe["dpkg_excludes"]]  # type: ignore[attr-defined]
-    argv += [f"--dpkgopt=path-include={p}" for p in recipe["dpkg_includes"]]  # type: ignore[attr-defined]
     tmp = out.with_suffix(".tmp.tar")  # mmdebstrap picks the output format from the extension
-    argv += [str(recipe["suite"]), str(tmp), *recipe["sources"]]  # type: ignore[misc]
-    log(f"mmdebstrap {recipe['suite']} ({', '.join(recipe['packages'])}) -> {out}")  # type: ignore[arg-type]
+    log(f"mmdebstrap {recipe.suite} {recipe.variant} + {', '.join(recipe.packages)} -> {out}")
     transcript = out.with_suffix(".log")
     with open(transcript, "wb") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(recipe.mmdebstrap_argv(tmp), stdout=f, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise SystemExit(f"devcluster.image: mmdebstrap failed ({proc.returncode}):\n"
@@ -187,8 +199,8 @@ def build_base_tarball(recipe: dict[str, object], out: Path, log: Log = _quiet) 
 
 def ensure_base(engine: str, *, rebuild: bool = False, log: Log = _quiet) -> str:
     """The Debian base on `engine`, from the cached tarball or a fresh mmdebstrap; returns its tag."""
-    recipe = base_recipe()
-    tag = base_tag(recipe)
+    recipe = BaseRecipe.of_this_machine()
+    tag = recipe.tag
     tarball = IMAGE_DIR / f"{tag.replace(':', '-')}.tar"
     if rebuild:
         tarball.unlink(missing_ok=True)
@@ -207,8 +219,11 @@ def ensure_base(engine: str, *, rebuild: bool = False, log: Log = _quiet) -> str
 
 
 def _docker(engine: str, *args: str, stdin: int | None = None, stdout: int | None = subprocess.DEVNULL) -> str:
+    # The classic builder is in every docker CLI; BuildKit needs the buildx plugin, which Debian's
+    # docker.io does not ship. The Dockerfile needs nothing BuildKit-only.
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
     proc = subprocess.run(["docker", "-H", engine, *args], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, check=False)
+                          text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"docker -H {engine} {' '.join(args)}: {proc.stderr.strip()[-3000:]}")
     return proc.stdout or ""
@@ -338,7 +353,7 @@ def ensure_image(engines: Sequence[str] | None = None, *, base: str | None = Non
     version = project_version(root)
     tag = f"{NAME}:{version}"
     with _exclusive():
-        base_ref = base or base_tag(base_recipe())
+        base_ref = base or BaseRecipe.of_this_machine().tag
         key = image_key(root, lock, base_ref)
         saved = IMAGE_DIR / f"{NAME}-{key[:16]}.tar"
         if rebuild:
@@ -346,6 +361,7 @@ def ensure_image(engines: Sequence[str] | None = None, *, base: str | None = Non
         missing = [e for e in engines if rebuild or image_labels(e, tag).get(KEY_LABEL) != key]
         if not missing:
             return tag
+        replaced = {e: _image_id(e, tag) for e in missing}
         if not saved.exists():
             builder = engines[0]
             if base is None:
@@ -361,7 +377,22 @@ def ensure_image(engines: Sequence[str] | None = None, *, base: str | None = Non
             log(f"docker load {saved.name} on {engine}")
             with open(saved, "rb") as f:
                 _docker(engine, "load", "-q", stdin=f.fileno())
+        for engine, old_id in replaced.items():
+            _remove_if_untagged(engine, old_id, log)
     return tag
+
+
+def _remove_if_untagged(engine: str, image_id: str | None, log: Log) -> None:
+    """The image a rebuild replaced, once nothing names it any more: rebuilds must not pile up
+    100 MB images on the slaves. One still tagged otherwise, or used by a container, stays."""
+    if not image_id:
+        return
+    proc = subprocess.run(["docker", "-H", engine, "image", "inspect", "--format", "{{len .RepoTags}}", image_id],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 0 and proc.stdout.strip() == "0":
+        removed = subprocess.run(["docker", "-H", engine, "image", "rm", image_id], capture_output=True, check=False)
+        if removed.returncode == 0:
+            log(f"removed the replaced image {image_id[7:19]} on {engine}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
