@@ -59,7 +59,7 @@ HOST_PACKAGES = {"mmdebstrap": Path("/usr/bin/mmdebstrap"), "python3-pip-whl": P
 PIP_WHEELS = Path("/usr/share/python-wheels")
 # The registrar's own inputs: what changes the image's content. README.md is left out on purpose:
 # it only reaches the wheel's metadata, and a documentation edit should not cost a rebuild.
-SOURCE_INPUTS = ("Dockerfile", "pyproject.toml", "service")
+SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "service")
 
 Log = Callable[[str], None]
 
@@ -306,7 +306,8 @@ def build_context(root: Path, lock: Path, ctx: Path, log: Log = _quiet) -> None:
     """Lay out the build context the Dockerfile expects (see its header)."""
     (ctx / "wheels").mkdir(parents=True)
     (ctx / "pip").mkdir()
-    shutil.copy2(root / "Dockerfile", ctx / "Dockerfile")
+    for name in ("Dockerfile", ".dockerignore"):
+        shutil.copy2(root / name, ctx / name)
     shutil.copy2(lock, ctx / "requirements.lock")
     shutil.copy2(pip_wheel(), ctx / "pip")
     for wheel in lock_wheels(lock, log).glob("*.whl"):

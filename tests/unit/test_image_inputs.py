@@ -44,7 +44,7 @@ def test_no_debian_source_is_an_error_that_says_so(tmp_path: Path) -> None:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A copy of the files the key reads, to edit freely."""
-    for name in ("Dockerfile", "pyproject.toml", "README.md"):
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "service", tmp_path / "service", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "requirements.lock").write_text("aiohttp==3.9.5 \\\n    --hash=sha256:" + "0" * 64 + "\n")
@@ -52,7 +52,7 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("edit", ["Dockerfile", "pyproject.toml", "requirements.lock", "service/metrics.py",
+@pytest.mark.parametrize("edit", ["Dockerfile", ".dockerignore", "pyproject.toml", "requirements.lock", "service/metrics.py",
                                   "service/new_module.py"])
 def test_an_edit_to_what_the_image_contains_changes_the_key(tree: Path, edit: str) -> None:
     before = image_key(tree, tree / "requirements.lock", "mcr-base:bookworm-1")
