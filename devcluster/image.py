@@ -93,7 +93,9 @@ def debian_sources(codename: str, apt_dir: Path = Path("/etc/apt")) -> list[str]
     format with their keyring; other repositories configured there (vendors' apt repos) are left out.
 
     Using the configured mirror, not a hard-coded one, is what makes the build work behind a
-    machine's proxy or local mirror and keeps the base at the same package versions as the host.
+    machine's proxy or local mirror. A Debian archive is recognised by a `debian` or
+    `debian-security` path segment (deb.debian.org, snapshot.debian.org, local mirrors) and, when a
+    keyring is named, Debian's own: a vendor repository that calls its suite "bookworm" is not Debian.
     """
     wanted = {codename, f"{codename}-updates", f"{codename}-security"}
     entries: list[tuple[str, str, str]] = []  # (uri, suite, signed-by)
@@ -125,7 +127,9 @@ def debian_sources(codename: str, apt_dir: Path = Path("/etc/apt")) -> list[str]
                 entries.append((m.group(2), m.group(3), opts.get("signed-by", "")))
     lines = []
     for uri, suite, signed_by in entries:
-        if suite in wanted:
+        debian = bool({"debian", "debian-security"} & set(uri.split("/"))) and \
+            (not signed_by or "debian-archive" in signed_by)
+        if debian and suite in wanted:
             opts = f"[signed-by={signed_by}] " if signed_by.startswith("/") else ""
             line = f"deb {opts}{uri} {suite} main"
             if line not in lines:
@@ -170,9 +174,9 @@ class BaseRecipe:
                 self.suite, str(out), *self.sources]
 
 
-def ensure_host_packages(log: Log = _quiet) -> None:
-    """Install the Debian packages the build runs (idempotent, quiet when all is there)."""
-    need = [pkg for pkg, path in HOST_PACKAGES.items() if not path.exists()]
+def ensure_host_packages(packages: Sequence[str], log: Log = _quiet) -> None:
+    """Install those of the Debian packages the build runs that are missing (quiet when all are there)."""
+    need = [pkg for pkg in packages if not HOST_PACKAGES[pkg].exists()]
     if not need:
         return
     log(f"apt-get install {' '.join(need)}")
@@ -184,7 +188,7 @@ def ensure_host_packages(log: Log = _quiet) -> None:
 
 def build_base_tarball(recipe: BaseRecipe, out: Path, log: Log = _quiet) -> None:
     """mmdebstrap the base into `out` (written under a temporary name, renamed when complete)."""
-    ensure_host_packages(log)
+    ensure_host_packages(["mmdebstrap"], log)
     tmp = out.with_suffix(".tmp.tar")  # mmdebstrap picks the output format from the extension
     log(f"mmdebstrap {recipe.suite} {recipe.variant} + {', '.join(recipe.packages)} -> {out}")
     transcript = out.with_suffix(".log")
@@ -323,8 +327,7 @@ def build(engine: str, *, root: Path, lock: Path, base: str, key: str, version: 
         log(f"docker build --network none --build-arg BASE={base} on {engine}")
         _docker(engine, "build", "--network", "none", "--build-arg", f"BASE={base}",
                 "--build-arg", f"VERSION={version}", "--label", f"{KEY_LABEL}={key}",
-                "-t", f"{NAME}:{version}", "-t", f"{NAME}:latest", str(ctx),
-                )
+                "-t", f"{NAME}:{version}", "-t", f"{NAME}:latest", str(ctx))
 
 
 @contextmanager
@@ -354,6 +357,7 @@ def ensure_image(engines: Sequence[str] | None = None, *, base: str | None = Non
     version = project_version(root)
     tag = f"{NAME}:{version}"
     with _exclusive():
+        ensure_host_packages(["python3-pip-whl"], log)  # its wheel's version is part of the key
         base_ref = base or BaseRecipe.of_this_machine().tag
         key = image_key(root, lock, base_ref)
         saved = IMAGE_DIR / f"{NAME}-{key[:16]}.tar"
@@ -407,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--lock", type=Path, help="runtime lock file (default: requirements.lock at the repo root)")
     p.add_argument("--rebuild", action="store_true", help="build even if the cached image is current")
     p.add_argument("--rebuild-base", action="store_true",
-                   help="mmdebstrap the base again (Debian's updates); implies nothing else")
+                   help="mmdebstrap the base again (to pick up Debian's updates), then rebuild the image")
     args = parser.parse_args(argv)
     started = time.monotonic()
 

@@ -23,7 +23,9 @@ def test_the_base_comes_from_the_configured_debian_mirror_only(tmp_path: Path) -
     # vendors' repositories on the same machine are not Debian
     (tmp_path / "sources.list.d" / "vendor.list").write_text(
         "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n"
-        "deb [signed-by=/usr/share/keyrings/x.gpg] https://deb.nodesource.com/node_20.x nodistro main\n")
+        "deb [signed-by=/usr/share/keyrings/x.gpg] https://deb.nodesource.com/node_20.x nodistro main\n"
+        "deb https://repo.vendor.example/apt bookworm main\n"
+        "deb [signed-by=/usr/share/keyrings/vendor.gpg] https://vendor.example/debian bookworm main\n")
     (tmp_path / "sources.list").write_text("# deb http://old.example/debian bookworm main\n"
                                            "deb [arch=amd64] http://other.example/debian bookworm main non-free\n")
     assert debian_sources("bookworm", tmp_path) == [
@@ -52,8 +54,8 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("edit", ["Dockerfile", ".dockerignore", "pyproject.toml", "requirements.lock", "service/metrics.py",
-                                  "service/new_module.py"])
+@pytest.mark.parametrize("edit", ["Dockerfile", ".dockerignore", "pyproject.toml", "requirements.lock",
+                                  "service/metrics.py", "service/new_module.py"])
 def test_an_edit_to_what_the_image_contains_changes_the_key(tree: Path, edit: str) -> None:
     before = image_key(tree, tree / "requirements.lock", "mcr-base:bookworm-1")
     with open(tree / edit, "a") as f:
