@@ -295,7 +295,8 @@ def lock_wheels(lock: Path, log: Log = _quiet) -> Path:
 
 
 def project_wheel(root: Path, out: Path, log: Log = _quiet) -> Path:
-    """The project's wheel from service/ and pyproject alone: devcluster/ and bench/ stay out of the image."""
+    """The project's wheel, built from a copy of pyproject and service/: a build in the checkout
+    would leave setuptools' build/ and *.egg-info there (and would race another worktree's build)."""
     with tempfile.TemporaryDirectory(dir=IMAGE_DIR) as src:
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, src)
