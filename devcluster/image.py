@@ -77,7 +77,7 @@ def _digest(parts: Sequence[tuple[str, bytes]]) -> str:
 
 def project_version(root: Path = ROOT) -> str:
     with open(root / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["version"]
+        return str(tomllib.load(f)["project"]["version"])
 
 
 # ---- the Debian base ------------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def debian_sources(codename: str, apt_dir: Path = Path("/etc/apt")) -> list[str]
         debian = bool({"debian", "debian-security"} & set(uri.split("/"))) and \
             (not signed_by or "debian-archive" in signed_by)
         if debian and suite in wanted:
-            opts = f"[signed-by={signed_by}] " if signed_by.startswith("/") else ""
-            line = f"deb {opts}{uri} {suite} main"
+            keyring = f"[signed-by={signed_by}] " if signed_by.startswith("/") else ""
+            line = f"deb {keyring}{uri} {suite} main"
             if line not in lines:
                 lines.append(line)
     if not any(line.endswith(f" {codename} main") for line in lines):

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,11 @@ def docker(engine: str, *args: str, timeout: float = 120) -> subprocess.Complete
                           check=False)
 
 
-def inspect(engine: str, ref: str) -> dict:
+def inspect(engine: str, ref: str) -> dict[str, Any]:
     result = docker(engine, "image", "inspect", ref)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)[0]
+    found: dict[str, Any] = json.loads(result.stdout)[0]
+    return found
 
 
 def run(engine: str, image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
