@@ -151,6 +151,9 @@ class BaseRecipe:
     packages: tuple[str, ...] = BASE_PACKAGES
     dpkg_excludes: tuple[str, ...] = DPKG_EXCLUDES
     dpkg_includes: tuple[str, ...] = DPKG_INCLUDES
+    # `docker import` gives an image no configuration at all; Debian's own images set PATH, and a
+    # Dockerfile's `ENV PATH=...:$PATH` must find it there, whichever builder expands it.
+    import_changes: tuple[str, ...] = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 
     @classmethod
     def of_this_machine(cls) -> BaseRecipe:
@@ -215,7 +218,7 @@ def ensure_base(engine: str, *, rebuild: bool = False, log: Log = _quiet) -> str
             old.unlink()
         build_base_tarball(recipe, tarball, log)
     log(f"docker import {tarball.name} as {tag} on {engine}")
-    _docker(engine, "import", str(tarball), tag)
+    _docker(engine, "import", *(f"--change={c}" for c in recipe.import_changes), str(tarball), tag)
     return tag
 
 
