@@ -1,0 +1,318 @@
+"""Who writes: one holder of a Consul lock among several registrar instances (DESIGN §2.9).
+
+Several instances may run (the deploy JSON asks for two); exactly one writes to Consul. The lock is
+Consul's own recipe (docs/architecture.md, "Leadership"; hashicorp/consul `api/lock.go`):
+
+1. a session: `PUT /v1/session/create` with `TTL`, `LockDelay`, `Behavior: release` and the default
+   node check `serfHealth` of the agent we talk to. Both bounds are wanted on purpose: the TTL ends
+   the session of a registrar that hangs or is paused (SIGSTOP) on a healthy node; `serfHealth`
+   ends it as soon as the gossip pool declares the node dead, without waiting up to 2 × TTL.
+   `release` keeps the key (and its value naming the last holder) for the next holder to acquire;
+2. `PUT /v1/kv/<key>?acquire=<session>&flags=<Consul's lock flag>`, the value naming the holder;
+   `false` with no holder means the lock-delay of an invalidated session is running: retry later;
+3. while held: renew every TTL/2 and watch the key with blocking queries; the lock is lost when the
+   key is gone, names another session, or renewal answers 404 (the session is gone);
+4. on SIGTERM: release the key, then destroy the session (no lock-delay for the next holder).
+
+**The write gate.** `may_write()` is true only while we hold the lock as far as we last saw *and*
+our lease has not run out. The lease ends TTL after the moment the last successful renew was
+*sent*. Consul invalidates a session no earlier than TTL after its last renew (it waits 2 × TTL,
+`reference/consul-sessions.md` §3) and a new holder can acquire only after that plus the lock-delay,
+so a writer that asks the gate before every write never overlaps the next writer: not after a
+lost renew, not after being paused past its TTL (the monotonic clock runs while a process is
+stopped, so the gate is already shut when it resumes, before any task of it runs a write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# Consul's lock flag (hashicorp/consul api/lock.go `LockFlagValue`): Go lockers treat a key without
+# it as "in use for something else", so we set it too and interoperate with `consul lock`.
+LOCK_FLAG = 0x2DDCCBC058A50C18
+LOCK_TTL_BOUNDS = (10, 86400)  # Consul's session TTL bounds, seconds (10s..24h)
+LOCK_DELAY_BOUNDS = (0, 60)  # Consul applies at most 60s (MaxLockDelay)
+
+
+class LockLost(Exception):
+    """The session or the key is no longer ours."""
+
+
+class SessionKV(Protocol):
+    """The Consul calls the lock needs (implemented by `consul_lock_client.ConsulLockClient`)."""
+
+    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str: ...
+
+    async def renew_session(self, session_id: str) -> bool:
+        """False when Consul no longer knows the session (404)."""
+        ...
+
+    async def destroy_session(self, session_id: str) -> None: ...
+
+    async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
+        """(X-Consul-Index, the KV entry or None)."""
+        ...
+
+    async def acquire(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...
+
+    async def release(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...
+
+
+class Role(StrEnum):
+    STANDBY = "standby"
+    WRITER = "writer"
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    key: str
+    ttl_seconds: float = 15
+    lock_delay_seconds: float = 15
+    watch_wait_seconds: float = 10.0
+    retry_seconds: float = 1.0  # pause after a failed attempt (agent down, session refused)
+
+
+def holder_value(*, host: str, port: int, version: str) -> bytes:
+    """What the key says about its holder: enough for an operator to find the process."""
+    return json.dumps({"host": host, "port": port, "pid": os.getpid(), "version": version,
+                       "hostname": socket.gethostname()}, sort_keys=True).encode()
+
+
+def lock_key(cluster_id: str) -> str:
+    """One lock per Marathon cluster: two clusters' registrars never wait for each other."""
+    return f"marathon-consul-registrar/{cluster_id}/leader"
+
+
+class Leadership:
+    """Contends for the lock, holds it, and tells the rest of the registrar when it may write.
+
+    `on_acquired` runs (awaited) after the lock is taken and before `may_write()` turns true for
+    event work: the caller runs its full resync there (DESIGN §2.9). `on_lost` runs when the lock
+    is lost or released. Both are called from the lock's own task, one at a time.
+    """
+
+    def __init__(self, client: SessionKV, settings: LockSettings, *, value: bytes,
+                 on_acquired: Callable[[], Awaitable[None]] | None = None,
+                 on_lost: Callable[[str], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[Role, str], None] | None = None) -> None:
+        self._client = client
+        self.settings = settings
+        self._value = value
+        self._on_acquired = on_acquired
+        self._on_lost = on_lost
+        self._on_change = on_change
+        self._clock = clock
+        self._session: str | None = None
+        self._held = False
+        self._lease_until = 0.0  # monotonic time after which we must not write
+        self._stopping = asyncio.Event()
+        self.since: float | None = None  # wall time we became writer
+        self.holder: dict[str, Any] | None = None  # the value of the key as last read
+        self.detail = "not started"
+        self.writer_event = asyncio.Event()  # set while we are the writer (for waiters)
+        self._running = False
+        self._finished = asyncio.Event()
+
+    # ------------------------------------------------------------------ the gate
+    def may_write(self) -> bool:
+        return self._held and self._clock() < self._lease_until
+
+    @property
+    def role(self) -> Role:
+        return Role.WRITER if self.may_write() else Role.STANDBY
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        """Contend, hold, step down, contend again: until `stop()`."""
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._finished.set()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._contend_and_hold()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # agent down, session refused: try again shortly
+                self.detail = f"lock: {type(exc).__name__}: {exc}"
+                log.warning("%s; retrying in %.1fs", self.detail, self.settings.retry_seconds)
+            await self._step_down("lock attempt ended")
+            await self._destroy_session()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.retry_seconds)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Release the key, then destroy the session, so the next holder need not wait (the lock
+        task does both on its way out; this waits for it)."""
+        self._stopping.set()
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), timeout)
+
+    async def _contend_and_hold(self) -> None:
+        sent = self._clock()
+        self._session = await self._client.create_session(
+            name="marathon-consul-registrar", ttl_seconds=self.settings.ttl_seconds,
+            lock_delay_seconds=self.settings.lock_delay_seconds)
+        lease_from = sent
+        index: int | None = None
+        while not self._stopping.is_set():
+            # wake at least every TTL/2: our own (idle) session needs renewing while we wait
+            index, entry = await self._client.get_key(
+                self.settings.key, index=index,
+                wait_seconds=min(self.settings.watch_wait_seconds, self.settings.ttl_seconds / 2))
+            self.holder = _decode(entry)
+            holder_session = (entry or {}).get("Session")
+            if holder_session and holder_session != self._session:
+                self.detail = f"standby: lock held by {self.holder}"
+                lease_from = await self._renew_or_raise(lease_from)  # our idle session must stay alive
+                continue
+            sent = self._clock()
+            if await self._client.acquire(self.settings.key, self._value, self._session, LOCK_FLAG):
+                self._lease_until = min(lease_from, sent) + self.settings.ttl_seconds
+                await self._hold()
+                return
+            # false with no holder: an invalidated session's lock-delay is running (Consul §3)
+            self.detail = "standby: lock-delay of the previous holder running"
+            lease_from = await self._renew_or_raise(lease_from)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(5.0, max(0.5, self.settings.lock_delay_seconds / 3)))
+            index = None
+
+    async def _renew_or_raise(self, last_sent: float) -> float:
+        """Renew when half the TTL has passed since the last renew; returns when it was sent."""
+        now = self._clock()
+        if now - last_sent < self.settings.ttl_seconds / 2 or self._session is None:
+            return last_sent
+        if not await self._client.renew_session(self._session):
+            raise LockLost("session expired")
+        return now
+
+    async def _hold(self) -> None:
+        self._held = True
+        self.since = time.time()
+        self.detail = "writer"
+        log.info("lock %s acquired: this instance writes", self.settings.key)
+        self._notify(Role.WRITER, "acquired")
+        if self._on_acquired is not None:
+            await self._on_acquired()
+        self.writer_event.set()
+        renew = asyncio.create_task(self._renew_loop(), name="lock-renew")
+        watch = asyncio.create_task(self._watch_loop(), name="lock-watch")
+        stop = asyncio.create_task(self._stopping.wait(), name="lock-stop")
+        try:
+            done, _ = await asyncio.wait({renew, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:
+                await self._release()
+            for task in done - {stop}:
+                exc = task.exception()
+                await self._step_down(str(exc) if exc is not None else "lock watch ended")
+        finally:
+            for task in (renew, watch, stop):
+                task.cancel()
+            await asyncio.gather(renew, watch, stop, return_exceptions=True)
+
+    async def _release(self) -> None:
+        """Shut the gate, then give the key back (its value stays, naming us as the last holder)."""
+        session = self._session
+        was_held = self._held
+        self._held = False
+        self._lease_until = 0.0
+        if session is not None and was_held:
+            try:
+                await asyncio.wait_for(self._client.release(self.settings.key, self._value, session, LOCK_FLAG), 5.0)
+            except Exception as exc:  # the session's destruction releases it anyway
+                log.warning("lock: releasing %s failed (%s)", self.settings.key, exc)
+            self._held = True  # so that _step_down reports and notifies once
+            await self._step_down("released on shutdown")
+
+    async def _renew_loop(self) -> None:
+        """Renew every TTL/2; on errors keep trying every second while the lease lasts."""
+        assert self._session is not None
+        while self._held:
+            await asyncio.sleep(max(0.0, self._lease_until - self.settings.ttl_seconds / 2 - self._clock()))
+            sent = self._clock()
+            try:
+                alive = await asyncio.wait_for(self._client.renew_session(self._session),
+                                               max(0.5, self._lease_until - sent))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._clock() >= self._lease_until:
+                    raise LockLost(f"session not renewed within its TTL: {exc}") from exc
+                log.warning("lock: renewing the session failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not alive:
+                raise LockLost("session expired (renew answered 404)")
+            if self._held:  # a step-down meanwhile keeps the gate shut
+                self._lease_until = sent + self.settings.ttl_seconds
+
+    async def _watch_loop(self) -> None:
+        index: int | None = None
+        while self._held:
+            try:
+                index, entry = await self._client.get_key(self.settings.key, index=index,
+                                                         wait_seconds=self.settings.watch_wait_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the renew loop decides; a flaky read alone loses nothing
+                log.warning("lock: watching %s failed (%s)", self.settings.key, exc)
+                await asyncio.sleep(1.0)
+                index = None
+                continue
+            if entry is None:
+                raise LockLost(f"key {self.settings.key} deleted")
+            if entry.get("Session") != self._session:
+                self.holder = _decode(entry)
+                raise LockLost(f"key {self.settings.key} now held by {entry.get('Session') or 'nobody'}")
+
+    async def _step_down(self, reason: str) -> None:
+        if not self._held:
+            return
+        self._held = False  # the gate shuts before anything else happens
+        self._lease_until = 0.0
+        self.writer_event.clear()
+        self.since = None
+        self.detail = f"standby: {reason}"
+        log.warning("lock %s lost (%s): this instance stops writing", self.settings.key, reason)
+        self._notify(Role.STANDBY, reason)
+        if self._on_lost is not None:
+            await self._on_lost(reason)
+
+    async def _destroy_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.destroy_session(session), 5.0)
+
+    def _notify(self, role: Role, reason: str) -> None:
+        if self._on_change is not None:
+            self._on_change(role, reason)
+
+
+def _decode(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    raw = entry.get("Value")
+    try:
+        value = json.loads(raw) if raw else None
+    except (ValueError, TypeError):
+        value = None
+    return {"session": entry.get("Session"), "holder": value if isinstance(value, dict) else None}
