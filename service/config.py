@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.model import AddressMode, HealthCheckMode, Naming
+
+# a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class ConfigError(ValueError):
@@ -37,6 +41,11 @@ class Config:
     health_checks: HealthCheckMode
     workers: int
     log_level: str
+    lock: str = "auto"
+    lock_ttl: int = 15
+    lock_delay: int = 15
+    lock_agent: str = "http://127.0.0.1:8500"
+    cluster_id: str | None = None
 
 
 # option -> (default, help); defaults that depend on the environment are computed in `_defaults`
@@ -57,6 +66,12 @@ OPTIONS: dict[str, str] = {
                      "mirroring Marathon's verdict) or both",
     "workers": "apps reconciled concurrently",
     "log-level": "DEBUG, INFO, WARNING or ERROR",
+    "lock": "one writer among several instances through a Consul lock: auto (on when the agent offers "
+            "sessions), on, or off (a single instance)",
+    "lock-ttl": "seconds: the lock session's TTL (Consul: 10 to 86400); renewed every TTL/2",
+    "lock-delay": "seconds: Consul's lock-delay after a holder's session is invalidated (0 to 60)",
+    "lock-agent": "Consul agent URL the lock session is held through",
+    "cluster-id": "identity of this Marathon cluster in Meta and the lock key (default: Marathon's frameworkId)",
 }
 
 
@@ -78,7 +93,21 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "health-checks": "consul",
         "workers": "16",
         "log-level": "INFO",
+        "lock": "auto",
+        "lock-ttl": "15",
+        "lock-delay": "15",
+        "lock-agent": _lock_agent_default(env),
+        "cluster-id": None,
     }
+
+
+def _lock_agent_default(env: Mapping[str, str]) -> str:
+    """The agent on this instance's own host (Marathon sets $HOST), so the session is bound to the
+    health of the node the instance runs on; else the agent template's fixed URL, else loopback."""
+    template = env.get(env_name("consul"), "http://{host}:8500")
+    if "{host}" not in template:
+        return template
+    return template.replace("{host}", env.get("HOST") or "127.0.0.1")
 
 
 def env_name(option: str) -> str:
@@ -144,6 +173,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         naming = Naming(args.naming)
     except ValueError:
         raise ConfigError(f"--naming: {args.naming!r} is not one of dns, flat") from None
+    lock = _choice("lock", args.lock, ("auto", "on", "off"))
+    lock_ttl = int(_number("lock-ttl", args.lock_ttl, int, 10))
+    if lock_ttl > 86400:
+        raise ConfigError(f"--lock-ttl: {lock_ttl} is above Consul's maximum 86400 (24h)")
+    lock_delay = int(_number("lock-delay", args.lock_delay, int, 0))
+    if lock_delay > 60:
+        raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum 60")
+    cluster_id = (args.cluster_id or "").strip() or None
+    if cluster_id is not None and not _CLUSTER_ID.fullmatch(cluster_id):
+        raise ConfigError(f"--cluster-id: {cluster_id!r} must be 1-128 of letters, digits, '.', '_' or '-'")
     level = str(args.log_level).upper()
     _choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     return Config(
@@ -158,4 +197,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                               tuple(m.value for m in HealthCheckMode))),
         workers=int(_number("workers", args.workers, int, 1)),
         log_level=level,
+        lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay,
+        lock_agent=_url("lock-agent", args.lock_agent, ("http", "https")),
+        cluster_id=cluster_id,
     )

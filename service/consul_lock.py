@@ -34,8 +34,8 @@ class ConsulLockClient:
 
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
         # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)
-        return str(await self._client.session.create(name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds),
-                                                     behavior="release"))
+        return str(await self._client.session.create(
+            name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"))
 
     async def renew_session(self, session_id: str) -> bool:
         try:

@@ -6,7 +6,7 @@ Consul's own recipe (docs/architecture.md, "Leadership"; hashicorp/consul `api/l
 1. a session: `PUT /v1/session/create` with `TTL`, `LockDelay`, `Behavior: release` and the default
    node check `serfHealth` of the agent we talk to. Both bounds are wanted on purpose: the TTL ends
    the session of a registrar that hangs or is paused (SIGSTOP) on a healthy node; `serfHealth`
-   ends it as soon as the gossip pool declares the node dead, without waiting up to 2 × TTL.
+   ends it as soon as the gossip pool declares the node dead, without waiting up to 2 x TTL.
    `release` keeps the key (and its value naming the last holder) for the next holder to acquire;
 2. `PUT /v1/kv/<key>?acquire=<session>&flags=<Consul's lock flag>`, the value naming the holder;
    `false` with no holder means the lock-delay of an invalidated session is running: retry later;
@@ -16,8 +16,8 @@ Consul's own recipe (docs/architecture.md, "Leadership"; hashicorp/consul `api/l
 
 **The write gate.** `may_write()` is true only while we hold the lock as far as we last saw *and*
 our lease has not run out. The lease ends TTL after the moment the last successful renew was
-*sent*. Consul invalidates a session no earlier than TTL after its last renew (it waits 2 × TTL,
-`reference/consul-sessions.md` §3) and a new holder can acquire only after that plus the lock-delay,
+*sent*. Consul invalidates a session no earlier than TTL after its last renew (it waits 2 x TTL:
+hashicorp/consul `agent/consul/session_ttl.go`) and a new holder can acquire only after that plus the lock-delay,
 so a writer that asks the gate before every write never overlaps the next writer: not after a
 lost renew, not after being paused past its TTL (the monotonic clock runs while a process is
 stopped, so the gate is already shut when it resumes, before any task of it runs a write).
@@ -157,13 +157,13 @@ class Leadership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.retry_seconds)
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
         """Release the key, then destroy the session, so the next holder need not wait (the lock
         task does both on its way out; this waits for it)."""
         self._stopping.set()
         if self._running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), timeout)
+                await asyncio.wait_for(self._finished.wait(), grace)
 
     async def _contend_and_hold(self) -> None:
         sent = self._clock()

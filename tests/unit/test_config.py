@@ -35,6 +35,18 @@ def test_defaults_under_marathon_use_host_and_port0() -> None:
     assert c.consul_token == "s3cret"
 
 
+def test_lock_defaults_are_consuls_and_the_agent_is_this_hosts() -> None:
+    c = parse([])
+    assert (c.lock, c.lock_ttl, c.lock_delay, c.cluster_id) == ("auto", 15, 15, None)
+    assert c.lock_agent == "http://127.0.0.1:8500"
+    c = parse([], {"HOST": "slave7.example"})
+    assert c.lock_agent == "http://slave7.example:8500"
+    c = parse([], {"MCR_CONSUL": "https://consul.service:8501"})
+    assert c.lock_agent == "https://consul.service:8501"
+    c = parse(["--lock", "off", "--lock-ttl", "10", "--lock-delay", "0", "--cluster-id", "prod-1"])
+    assert (c.lock, c.lock_ttl, c.lock_delay, c.cluster_id) == ("off", 10, 0, "prod-1")
+
+
 def test_env_overrides_default_and_flag_overrides_env() -> None:
     env = {"MCR_NAMING": "flat", "MCR_MARATHON": "http://a:8080,http://b:8080", "MCR_RESYNC_INTERVAL": "5"}
     c = parse([], env)
@@ -56,6 +68,13 @@ def test_env_overrides_default_and_flag_overrides_env() -> None:
     (["--resync-interval", "0"], "--resync-interval: 0 is below the minimum 1.0"),
     (["--networks", ","], "--networks: no network name given"),
     (["--consul", "consul:8500"], "--consul: 'consul:8500' is not a http/https URL"),
+    (["--lock", "maybe"], "--lock: 'maybe' is not one of auto, on, off"),
+    (["--lock-ttl", "9"], "--lock-ttl: 9 is below the minimum 10"),
+    (["--lock-ttl", "86401"], "--lock-ttl: 86401 is above Consul's maximum 86400 (24h)"),
+    (["--lock-delay", "-1"], "--lock-delay: -1 is below the minimum 0"),
+    (["--lock-delay", "61"], "--lock-delay: 61 is above Consul's maximum 60"),
+    (["--lock-agent", "127.0.0.1:8500"], "--lock-agent: '127.0.0.1:8500' is not a http/https URL"),
+    (["--cluster-id", "a/b"], "--cluster-id: 'a/b' must be 1-128 of letters"),
 ])
 def test_bad_values_name_the_option(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:

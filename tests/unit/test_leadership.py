@@ -101,8 +101,8 @@ def settings(ttl: float = 0.6) -> LockSettings:
                         watch_wait_seconds=0.2, retry_seconds=0.05)
 
 
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(predicate: Any, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
@@ -139,7 +139,7 @@ async def test_the_gate_shuts_when_the_lease_runs_out_without_a_renew() -> None:
     await until(lead.may_write)
     consul.renew_fails = True  # agent unreachable: nothing tells us the session is gone
     started = time.monotonic()
-    await until(lambda: not lead.may_write(), timeout=2.0)
+    await until(lambda: not lead.may_write(), within=2.0)
     assert time.monotonic() - started <= 0.6 + 0.1  # never later than one TTL after the last renew
     await lead.stop()
     task.cancel()
@@ -155,7 +155,7 @@ async def test_a_key_taken_by_another_session_stops_writing_at_once() -> None:
     lead, task = await start(consul, on_lost=on_lost)
     await until(lead.may_write)
     consul.take("intruder")
-    await until(lambda: not lead.may_write(), timeout=1.0)
+    await until(lambda: not lead.may_write(), within=1.0)
     assert lost and "intruder" in lost[0]
     assert lead.holder is not None and lead.holder["session"] == "intruder"
     await lead.stop()
@@ -168,8 +168,8 @@ async def test_an_invalidated_session_steps_down_then_contends_again_after_the_l
     await until(lead.may_write)
     first = consul.entry["Session"]  # type: ignore[index]
     consul.invalidate(first, delay=0.3)
-    await until(lambda: not lead.may_write(), timeout=1.0)
-    await until(lead.may_write, timeout=3.0)  # a new session acquires once the delay is over
+    await until(lambda: not lead.may_write(), within=1.0)
+    await until(lead.may_write, within=3.0)  # a new session acquires once the delay is over
     assert consul.entry["Session"] != first  # type: ignore[index]
     await lead.stop()
     task.cancel()
@@ -184,7 +184,7 @@ async def test_standby_waits_while_another_holds_and_takes_over_when_released() 
     assert not b.may_write() and b.role is Role.STANDBY
     assert b.holder is not None and b.holder["holder"]["host"] == "h"
     await a.stop()
-    await until(b.may_write, timeout=2.0)
+    await until(b.may_write, within=2.0)
     await b.stop()
     for t in (task_a, task_b):
         t.cancel()
