@@ -240,7 +240,7 @@ def test_a_writer_paused_past_its_ttl_writes_nothing_after_it_resumes(pair: tupl
 
 def test_the_agent_holding_the_session_going_down_brings_a_new_writer(pair: tuple[Marathon, Registrar, Registrar]
                                                                       ) -> None:
-    m, a, b = pair
+    _, a, b = pair
     status, body, _ = http("POST", f"{SLAVES[0].consul_url}/_sim/agents/{SLAVES[0].name}/down")
     assert status == 200, (status, body)
     try:
