@@ -16,6 +16,8 @@ import consul
 import consul.aio
 import consul.exceptions
 
+from service.leadership import SessionsUnavailable
+
 
 class ConsulLockClient:
     """`leadership.SessionKV` for one agent, given by URL."""
@@ -34,8 +36,16 @@ class ConsulLockClient:
 
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
         # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)
-        return str(await self._client.session.create(
-            name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"))
+        try:
+            sid = await self._client.session.create(
+                name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release")
+        except consul.exceptions.ClientError as exc:  # 405 (and other 4xx py-consul has no type for)
+            if str(exc).startswith("405"):
+                raise SessionsUnavailable(f"{self.url}: {exc}") from exc
+            raise
+        if sid is None:  # py-consul answers None for a 404: no such endpoint on this agent
+            raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered 404")
+        return str(sid)
 
     async def renew_session(self, session_id: str) -> bool:
         try:

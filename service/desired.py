@@ -79,6 +79,7 @@ def desired_registrations(
     networks: tuple[str, ...],
     ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
     health_checks: HealthCheckMode | str = HealthCheckMode.CONSUL,
+    cluster_id: str | None = None,
 ) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
     try:
@@ -104,7 +105,7 @@ def desired_registrations(
         return addressing
     policy = _CheckPolicy(mode, ttl_floor_seconds)
     registrations = [
-        _registration(app, task, i, identity, host_ports[i], addressing, policy)
+        _registration(app, task, i, identity, host_ports[i], addressing, policy, cluster_id)
         for i, identity in enumerate(identities)
         if identity is not None and (addressing.overlay_ip or host_ports[i] is not None)
     ]
@@ -160,6 +161,7 @@ def _registration(
     host_port: int | None,
     addressing: _Addressing,
     policy: _CheckPolicy,
+    cluster_id: str | None = None,
 ) -> Registration:
     mapping = app.port_mappings[port_index]
     sid = service_id(task.id, port_index)
@@ -178,7 +180,7 @@ def _registration(
         address=address,
         port=port,
         meta=ownership_meta(app_id=app.id, task_id=task.id, host=task.host, port_index=port_index,
-                            address_source=addressing.source),
+                            address_source=addressing.source, cluster_id=cluster_id),
         checks=tuple(
             _checks(app, sid, port_index, mapping, host_port, check_host, check_port, policy)
         ),

@@ -50,6 +50,11 @@ class LockLost(Exception):
     """The session or the key is no longer ours."""
 
 
+class SessionsUnavailable(Exception):
+    """The agent does not offer sessions (404/405 on session create: an old agent, or a proxy in
+    front of Consul that refuses the endpoint)."""
+
+
 class SessionKV(Protocol):
     """The Consul calls the lock needs (implemented by `consul_lock_client.ConsulLockClient`)."""
 
@@ -107,7 +112,7 @@ class Leadership:
                  on_acquired: Callable[[], Awaitable[None]] | None = None,
                  on_lost: Callable[[str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[Role, str], None] | None = None) -> None:
+                 on_change: Callable[[Role, str], None] | None = None, optional: bool = False) -> None:
         self._client = client
         self.settings = settings
         self._value = value
@@ -115,6 +120,8 @@ class Leadership:
         self._on_lost = on_lost
         self._on_change = on_change
         self._clock = clock
+        self._optional = optional  # --lock auto: without sessions, write without a lock
+        self.unlocked = False  # True once `optional` found no sessions: the only instance, always writing
         self._session: str | None = None
         self._held = False
         self._lease_until = 0.0  # monotonic time after which we must not write
@@ -128,7 +135,7 @@ class Leadership:
 
     # ------------------------------------------------------------------ the gate
     def may_write(self) -> bool:
-        return self._held and self._clock() < self._lease_until
+        return self.unlocked or (self._held and self._clock() < self._lease_until)
 
     @property
     def role(self) -> Role:
@@ -149,6 +156,12 @@ class Leadership:
                 await self._contend_and_hold()
             except asyncio.CancelledError:
                 raise
+            except SessionsUnavailable as exc:
+                if self._optional:
+                    await self._write_unlocked(str(exc))
+                    return
+                self.detail = f"lock: the agent offers no sessions ({exc}); --lock on needs them"
+                log.error("%s; retrying in %.1fs", self.detail, self.settings.retry_seconds)
             except Exception as exc:  # agent down, session refused: try again shortly
                 self.detail = f"lock: {type(exc).__name__}: {exc}"
                 log.warning("%s; retrying in %.1fs", self.detail, self.settings.retry_seconds)
@@ -164,6 +177,19 @@ class Leadership:
         if self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), grace)
+
+    async def _write_unlocked(self, why: str) -> None:
+        """--lock auto against an agent without sessions: this instance writes without a lock
+        (and says so, since a second instance would then write too)."""
+        self.unlocked = True
+        self.since = time.time()
+        self.detail = f"writer without a lock: the agent offers no sessions ({why}); run a single instance"
+        log.warning("%s", self.detail)
+        self._notify(Role.WRITER, "no sessions")
+        if self._on_acquired is not None:
+            await self._on_acquired()
+        self.writer_event.set()
+        await self._stopping.wait()
 
     async def _contend_and_hold(self) -> None:
         sent = self._clock()
@@ -210,12 +236,11 @@ class Leadership:
         self.detail = "writer"
         log.info("lock %s acquired: this instance writes", self.settings.key)
         self._notify(Role.WRITER, "acquired")
-        if self._on_acquired is not None:
-            await self._on_acquired()
-        self.writer_event.set()
         renew = asyncio.create_task(self._renew_loop(), name="lock-renew")
         watch = asyncio.create_task(self._watch_loop(), name="lock-watch")
         stop = asyncio.create_task(self._stopping.wait(), name="lock-stop")
+        # the new writer's resync runs while the lock is renewed and watched (it may outlast a TTL)
+        acquired = asyncio.create_task(self._acquired(), name="lock-acquired")
         try:
             done, _ = await asyncio.wait({renew, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
             if stop in done:
@@ -224,23 +249,30 @@ class Leadership:
                 exc = task.exception()
                 await self._step_down(str(exc) if exc is not None else "lock watch ended")
         finally:
-            for task in (renew, watch, stop):
+            for task in (renew, watch, stop, acquired):
                 task.cancel()
-            await asyncio.gather(renew, watch, stop, return_exceptions=True)
+            await asyncio.gather(renew, watch, stop, acquired, return_exceptions=True)
+
+    async def _acquired(self) -> None:
+        try:
+            if self._on_acquired is not None:
+                await self._on_acquired()
+        except Exception as exc:  # the writer's first resync failed: the resync loop tries again
+            log.error("lock: the new writer's first resync failed: %s", exc)
+        if self._held:
+            self.writer_event.set()
 
     async def _release(self) -> None:
         """Shut the gate, then give the key back (its value stays, naming us as the last holder)."""
         session = self._session
-        was_held = self._held
-        self._held = False
-        self._lease_until = 0.0
-        if session is not None and was_held:
+        if not self._shut_gate():
+            return
+        if session is not None:
             try:
                 await asyncio.wait_for(self._client.release(self.settings.key, self._value, session, LOCK_FLAG), 5.0)
-            except Exception as exc:  # the session's destruction releases it anyway
+            except Exception as exc:  # destroying the session releases it anyway
                 log.warning("lock: releasing %s failed (%s)", self.settings.key, exc)
-            self._held = True  # so that _step_down reports and notifies once
-            await self._step_down("released on shutdown")
+        await self._announce_lost("released on shutdown")
 
     async def _renew_loop(self) -> None:
         """Renew every TTL/2; on errors keep trying every second while the lease lasts."""
@@ -283,15 +315,22 @@ class Leadership:
                 self.holder = _decode(entry)
                 raise LockLost(f"key {self.settings.key} now held by {entry.get('Session') or 'nobody'}")
 
-    async def _step_down(self, reason: str) -> None:
-        if not self._held:
-            return
-        self._held = False  # the gate shuts before anything else happens
+    def _shut_gate(self) -> bool:
+        """No write passes from now on; True if we were the writer."""
+        was_held = self._held
+        self._held = False
         self._lease_until = 0.0
         self.writer_event.clear()
+        return was_held
+
+    async def _step_down(self, reason: str) -> None:
+        if self._shut_gate():  # the gate shuts before anything else happens
+            await self._announce_lost(reason)
+
+    async def _announce_lost(self, reason: str) -> None:
         self.since = None
         self.detail = f"standby: {reason}"
-        log.warning("lock %s lost (%s): this instance stops writing", self.settings.key, reason)
+        log.warning("lock %s given up (%s): this instance stops writing", self.settings.key, reason)
         self._notify(Role.STANDBY, reason)
         if self._on_lost is not None:
             await self._on_lost(reason)

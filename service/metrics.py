@@ -55,6 +55,13 @@ class Metrics:
         self.reconnects = Counter(p + "event_source_reconnects_total", "Event stream reconnects", registry=r)
         self.subscription = Gauge(p + "callback_subscribed",
                                   "1 while our callback URL is subscribed in Marathon", registry=r)
+        self.leader = Gauge(p + "leader", "1 while this instance holds the Consul lock and writes", registry=r)
+        self.lock_acquired = Counter(p + "lock_acquired_total", "Times this instance took the Consul lock",
+                                     registry=r)
+        self.lock_lost = Counter(p + "lock_lost_total", "Times this instance lost or gave up the Consul lock",
+                                 registry=r)
+        self.writes_refused = Counter(p + "writes_refused_total",
+                                      "Consul writes not made because this instance is not the writer", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

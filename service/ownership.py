@@ -7,14 +7,20 @@ the other Meta keys a registration carries, the service-id and check-id formats 
 back, which a resync needs to tie an agent's entry to a task and a Marathon health check), and the
 Consul filter expressions that ask an agent for our entries only.
 
-Adding a key to the marker (a later issue adds the cluster identity, `marathon-cluster-id`) is a
-change to `OWNER_MARKER` alone: `ownership_meta` writes it, `is_ours` and `owned_filter` require it.
+Several Marathon clusters (two frameworks on the same slaves, production and staging sharing one
+Consul) each run a registrar: a registration also names the cluster it came from
+(`marathon-cluster-id`: Marathon's frameworkId, or `--cluster-id`), and `claim` sorts what an
+agent holds into ours, another cluster's (never read back, changed or removed), and *legacy*
+(written by a version before cluster ids: adopted only where its task is in our Marathon, never
+deleted otherwise). The agent-side filter asks for the marker only; the cluster is told apart
+here, since Consul's filter language cannot say "this key equals X or is absent" portably.
 This module is pure strings: `model`, `desired` and `consul_registry` import it, it imports nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 
 MANAGED_BY = "marathon-consul-registrar"
 
@@ -25,6 +31,7 @@ META_TASK_ID = "marathon-task-id"
 META_HOST = "marathon-host"
 META_PORT_INDEX = "port-index"
 META_ADDRESS_SOURCE = "address-source"
+META_CLUSTER_ID = "marathon-cluster-id"
 
 # The Meta pairs that make a registration ours. Every one must match for `is_ours`.
 OWNER_MARKER: Mapping[str, str] = {META_MANAGED_BY: MANAGED_BY}
@@ -34,7 +41,7 @@ MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than re
 
 
 def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
-                   address_source: str) -> tuple[tuple[str, str], ...]:
+                   address_source: str, cluster_id: str | None = None) -> tuple[tuple[str, str], ...]:
     """The Meta of one registration as sorted pairs (`Registration.meta`), marker included."""
     meta = {
         **OWNER_MARKER,
@@ -44,7 +51,29 @@ def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
         META_PORT_INDEX: str(port_index),
         META_ADDRESS_SOURCE: address_source,
     }
+    if cluster_id is not None:
+        meta[META_CLUSTER_ID] = cluster_id
     return tuple(sorted(meta.items()))
+
+
+class Claim(StrEnum):
+    OURS = "ours"  # our marker and our cluster
+    LEGACY = "legacy"  # our marker, no cluster id: written before cluster ids existed
+    FOREIGN = "foreign"  # our marker, another cluster's id: never touched
+    NOT_OURS = "not-ours"  # no marker: never touched
+
+
+def claim(meta: Mapping[str, str], cluster_id: str | None) -> Claim:
+    """Whose is an agent's entry with this Meta? With no cluster identity configured (a library
+    caller, the unit tests) every marked entry counts as ours, as before cluster ids."""
+    if not is_ours(meta):
+        return Claim.NOT_OURS
+    if cluster_id is None:
+        return Claim.OURS
+    theirs = meta.get(META_CLUSTER_ID)
+    if theirs is None or theirs == "":
+        return Claim.LEGACY
+    return Claim.OURS if theirs == cluster_id else Claim.FOREIGN
 
 
 def is_ours(meta: Mapping[str, str]) -> bool:

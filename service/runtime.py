@@ -1,10 +1,13 @@
 """Wiring for `serve` and `sync`: build the clients, attach the event source, run resyncs, stop cleanly.
 
 Start-up order matters to Marathon users: the HTTP server listens before we subscribe (Marathon
-posts to us immediately and backs off a subscriber that does not answer), the first resync runs
-as soon as the event source is attached (events that happened before are only visible in state),
-and a SIGTERM unsubscribes before the process goes (a dead URL left subscribed costs Marathon a
-timeout per event).
+posts to us immediately and backs off a subscriber that does not answer), the cluster identity is
+known before anything is read back from Consul (so another cluster's registrations are never taken
+for ours), the first resync runs as soon as this instance is the writer and the event source is
+attached (events that happened before are only visible in state), and a SIGTERM releases the lock
+and unsubscribes before the process goes (a dead URL left subscribed costs Marathon a timeout per
+event). With several instances only the holder of the Consul lock works the queue and resyncs;
+standbys keep their event source attached and write nothing (`service.leadership`).
 """
 
 from __future__ import annotations
@@ -12,18 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from service import version
 from service.backoff import Backoff
 from service.config import Config
+from service.consul_lock import ConsulLockClient
 from service.consul_registry import ConsulAgents
 from service.docker_lookup import ContainerLookup
 from service.intake import EventIntake
+from service.leadership import Leadership, LockSettings, Role, holder_value, lock_key
 from service.marathon.client import MarathonClient
 from service.marathon.events import EventError
 from service.marathon.sse import EventStream
@@ -86,6 +94,9 @@ class Service:
         self._stream: EventStream | None = None
         self._subscription: CallbackSubscription | None = None
         self._runner: web.AppRunner | None = None
+        self.leadership: Leadership | None = None
+        self.cluster_id: str | None = None
+        self._resync_lock = asyncio.Lock()  # the periodic resync and a new writer's never overlap
 
     async def _on_sse_event(self, obj: dict[str, Any]) -> None:
         try:
@@ -114,6 +125,9 @@ class Service:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
 
+    def _writer(self) -> bool:
+        return self.leadership is None or self.leadership.may_write()
+
     async def _resync_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
@@ -122,18 +136,82 @@ class Service:
             if self._stopping.is_set():
                 return
             self._resync_now.clear()
+            if not self._writer():
+                continue  # a standby resyncs when it becomes the writer
             try:
-                if self._subscription is not None and await self._subscription.ensure():
-                    log.warning("callback subscription was gone; re-subscribed %s", self.config.callback_url)
-                drift = await self.c.reconciler.resync()
-                self.readiness.first_resync_done = True
+                await self._resync_once()
                 failures = 0
-                counts = drift.counts()
-                if any(counts.values()) or drift.unreachable:
-                    log.info("resync repaired %s; unreachable agents: %s", counts, sorted(drift.unreachable))
             except Exception as exc:
                 failures += 1
                 log.error("resync failed (%d in a row): %s", failures, exc)
+
+    async def _resync_once(self) -> None:
+        async with self._resync_lock:
+            if self._subscription is not None and await self._subscription.ensure():
+                log.warning("callback subscription was gone; re-subscribed %s", self.config.callback_url)
+            drift = await self.c.reconciler.resync()
+            self.readiness.first_resync_done = True
+            counts = drift.counts()
+            if any(counts.values()) or drift.unreachable:
+                log.info("resync repaired %s; unreachable agents: %s", counts, sorted(drift.unreachable))
+
+    # ---------------------------------------------------------------- the lock
+    async def _became_writer(self) -> None:
+        """A new writer trusts nothing it saw as standby: full resync before (with) any event work."""
+        self.c.metrics.leader.set(1)
+        self.c.metrics.lock_acquired.inc()
+        self.readiness.role = Role.WRITER
+        self.c.reconciler.resume()
+        await self._resync_once()
+
+    async def _stopped_writing(self, reason: str) -> None:
+        self.c.metrics.leader.set(0)
+        self.c.metrics.lock_lost.inc()
+        self.readiness.role = Role.STANDBY
+        self.c.reconciler.pause()
+
+    def _start_lock(self, background: list[asyncio.Task[None]]) -> None:
+        if self.config.lock == "off":
+            self.c.metrics.leader.set(1)
+            return
+        assert self.cluster_id is not None
+        settings = LockSettings(key=lock_key(self.cluster_id), ttl_seconds=self.config.lock_ttl,
+                                lock_delay_seconds=self.config.lock_delay)
+        self._lock_client = ConsulLockClient(self.config.lock_agent, token=self.config.consul_token,
+                                             wait_seconds=settings.watch_wait_seconds)
+        value = holder_value(host=os.environ.get("HOST") or socket.gethostname(), port=self.config.listen_port,
+                             version=version())
+        self.leadership = Leadership(self._lock_client, settings, value=value, on_acquired=self._became_writer,
+                                     on_lost=self._stopped_writing, optional=self.config.lock == "auto")
+        self.c.reconciler.writer.may_write = self.leadership.may_write
+        self.c.reconciler.pause()
+        self.readiness.role = Role.STANDBY
+        background.append(asyncio.create_task(self.leadership.run(), name="lock"))
+
+    def leadership_view(self) -> dict[str, Any]:
+        """What /v1/registrations says about who writes."""
+        if self.leadership is None:
+            return {"role": Role.WRITER.value, "lock": "off", "cluster_id": self.cluster_id}
+        lead = self.leadership
+        return {"role": lead.role.value, "lock": "none (no sessions)" if lead.unlocked else lead.settings.key,
+                "since": lead.since, "holder": lead.holder, "detail": lead.detail, "cluster_id": self.cluster_id}
+
+    async def _identify(self) -> str:
+        """This cluster's identity: --cluster-id, else Marathon's frameworkId (asked until it answers)."""
+        failures = 0
+        while True:
+            try:
+                cluster_id = self.config.cluster_id or await self.c.marathon.framework_id()
+                break
+            except Exception as exc:
+                failures += 1
+                delay = STARTUP_BACKOFF.delay(failures)
+                self.readiness.source_detail = f"cannot read Marathon's frameworkId from /v2/info: {exc}"
+                log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
+                await asyncio.sleep(delay)
+        log.info("cluster identity: %s", cluster_id)
+        self.c.reconciler.identify(cluster_id)
+        return cluster_id
 
     def _next_resync_in(self, failures: int) -> float:
         """After a failed resync, try again sooner than the interval: 2 s, 4 s, ... up to it. The
@@ -148,7 +226,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         app = make_app(intake=self.intake, reconciler=self.c.reconciler, metrics=self.c.metrics,
-                       readiness=self.readiness)
+                       readiness=self.readiness, extra_state=lambda: {"leadership": self.leadership_view()})
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port).start()
@@ -156,6 +234,8 @@ class Service:
         self.c.reconciler.start()
         background: list[asyncio.Task[None]] = []
         try:
+            self.cluster_id = await self._identify()
+            self._start_lock(background)
             transport = await self._transport()
             log.info("event transport: %s", transport)
             if transport == "callback":
@@ -171,6 +251,9 @@ class Service:
         finally:
             log.info("stopping")
             self._stopping.set()
+            if self.leadership is not None:  # release first: the standby takes over while we tidy up
+                await self.leadership.stop()
+                await self._lock_client.close()
             if self._stream is not None:
                 self._stream.stop()
             if self._subscription is not None:
@@ -207,6 +290,8 @@ async def sync_once(config: Config, *, dry_run: bool) -> Drift:
     c = build(config)
     c.reconciler.start()
     try:
+        # never take another cluster's registrations for ours, in a one-off sync least of all
+        c.reconciler.identify(config.cluster_id or await c.marathon.framework_id())
         drift = await c.reconciler.resync(dry_run=dry_run)
         if not dry_run:
             async with asyncio.timeout(120):

@@ -9,7 +9,9 @@ the handler must never wait on Consul or Docker. Marathon posts JSON with `appli
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -29,12 +31,15 @@ class Readiness:
     first_resync_done: bool = False
     source_detail: str = "event source not attached yet"
     notes: list[str] = field(default_factory=list)
+    role: str | None = None  # "writer" / "standby" with a lock; None without
 
     def reasons(self) -> list[str]:
+        """A standby is ready once its event source is attached: it resyncs when it becomes the
+        writer, and Marathon's rolling upgrade must not wait for a lock another instance holds."""
         out = []
         if not self.source_attached:
             out.append(self.source_detail)
-        if not self.first_resync_done:
+        if not self.first_resync_done and self.role != "standby":
             out.append("first resync not finished yet")
         return out
 
@@ -44,7 +49,8 @@ def _error(status: int, reason: str, message: str) -> web.Response:
 
 
 def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, readiness: Readiness,
-             max_event_bytes: int = MAX_EVENT_BYTES) -> web.Application:
+             max_event_bytes: int = MAX_EVENT_BYTES,
+             extra_state: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     async def events(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > max_event_bytes:
             metrics.events_rejected.labels("too-large").inc()
@@ -73,14 +79,17 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
     async def ready(_: web.Request) -> web.Response:
         reasons = readiness.reasons()
         if reasons:
-            return web.json_response({"ready": False, "reasons": reasons}, status=503)
-        return web.json_response({"ready": True})
+            return web.json_response({"ready": False, "reasons": reasons, "role": readiness.role}, status=503)
+        return web.json_response({"ready": True, "role": readiness.role})
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def registrations(_: web.Request) -> web.Response:
-        return web.json_response(reconciler.snapshot())
+        state = reconciler.snapshot()
+        if extra_state is not None:
+            state.update(extra_state())
+        return web.json_response(state)
 
     app = web.Application(client_max_size=max_event_bytes + 1)
     app.router.add_post("/v1/events", events)

@@ -319,6 +319,14 @@ class MarathonClient:
         obj = await self._call("info", "GET", "/v2/info")
         return obj if isinstance(obj, dict) else {}
 
+    async def framework_id(self) -> str:
+        """Marathon's Mesos framework id (`/v2/info`): the identity of this Marathon cluster."""
+        value = (await self.info()).get("frameworkId")
+        if not isinstance(value, str) or not value:
+            raise MarathonError("GET", "/v2/info", 200, reason="no frameworkId in the answer (not registered with "
+                                                              "Mesos yet?)")
+        return value
+
     async def event_transport(self) -> EventTransport:
         """`callback` when Marathon runs the http_callback subscriber (≤ 1.4, docs/architecture.md §6.1), else `sse`."""
         sub = (await self.info()).get("event_subscriber")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
 from service.marathon.events import AppEvent, HealthEvent, TaskEvent
@@ -59,8 +60,9 @@ class Reconciler:
         self.metrics = metrics
         self.ledger = Ledger()
         reader = WorldReader(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=self.settings)
-        writer = ConsulWriter(agents=agents, ledger=self.ledger, metrics=metrics,
-                              concurrency=self.settings.write_concurrency)
+        self.reader = reader
+        self.writer = writer = ConsulWriter(agents=agents, ledger=self.ledger, metrics=metrics,
+                                            concurrency=self.settings.write_concurrency)
         self.step = AppStep(reader=reader, ledger=self.ledger, writer=writer, metrics=metrics)
         self._resync = Resync(reader=reader, ledger=self.ledger, writer=writer, agents=agents, metrics=metrics,
                               schedule=self._schedule_repair)
@@ -70,6 +72,31 @@ class Reconciler:
         self._workers: list[asyncio.Task[None]] = []
         self._failing: dict[str, str] = {}  # app id -> last error, while retrying
         self._touched_at: dict[str, float] = {}  # app id -> when work for it was last hinted, begun or ended
+        # A standby (not holding the Consul lock) takes no work: whatever happens meanwhile is
+        # re-derived by the full resync it runs when it becomes the writer (docs/architecture.md).
+        self.paused = False
+        # the ledger holds a resync's read plus our writes since; not after a spell as standby
+        self._ledger_fresh = False
+
+    # ---------------------------------------------------------------- who we are, whether we write
+    def identify(self, cluster_id: str | None) -> None:
+        """This Marathon cluster's identity (Meta `marathon-cluster-id`), known once Marathon answered:
+        registrations carry it, and entries of other clusters are never read back as ours."""
+        self.settings = replace(self.settings, cluster_id=cluster_id)
+        self.reader.settings = self.settings
+
+    def pause(self) -> None:
+        """Stop taking work (we are not the writer): queued and delayed work is dropped; a run in
+        progress finishes, its writes refused by the writer's gate."""
+        self.paused = True
+        self._ledger_fresh = False  # others wrote meanwhile: task work reads the agents until a resync
+        for work in self.queue.clear():
+            if work.repair is not None:
+                work.repair.finish(False)
+        self._failing.clear()
+
+    def resume(self) -> None:
+        self.paused = False
 
     # ---------------------------------------------------------------- intake
     def hint_task(self, event: TaskEvent, received_at: float | None = None) -> None:
@@ -98,11 +125,13 @@ class Reconciler:
             self.hint_app(event.app_id)
 
     def _enqueue(self, app_id: str, work: AppWork) -> None:
+        if self.paused:
+            return
         self._touched_at[app_id] = time.monotonic()
         self.queue.add(app_id, work)
 
     def _schedule_repair(self, app_id: str, repair: Repair) -> None:
-        if self.queue.is_shut_down:
+        if self.queue.is_shut_down or self.paused:
             repair.finish(False)
             return
         self.queue.add(app_id, AppWork.whole_app(repair))
@@ -170,7 +199,7 @@ class Reconciler:
         if repair is not None and repair.snapshot is not None and \
                 self._touched_at.get(app_id, 0.0) < repair.read_at:
             return FromSnapshot(repair.snapshot)
-        if work.task_ids is not None and self._resync.count:
+        if work.task_ids is not None and self._ledger_fresh:
             return FromLedger()
         hosts = set(work.hosts)
         hosts |= self.ledger.locations(app_id) if work.task_ids is None else self.ledger.hosts_of_tasks(work.task_ids)
@@ -183,7 +212,9 @@ class Reconciler:
         if not dry_run and not self._workers:
             # the repairs it schedules would wait for workers that never come
             raise RuntimeError("start() the reconciler before a repairing resync")
-        return await self._resync.run(dry_run=dry_run)
+        drift = await self._resync.run(dry_run=dry_run)
+        self._ledger_fresh = not self.paused
+        return drift
 
     @property
     def resync_count(self) -> int:

@@ -20,6 +20,8 @@ class ReconcileSettings:
     max_attempts: int = 8  # failed runs of one app before it is left to the next resync
     backoff_initial: float = 0.2
     backoff_max: float = 15.0
+    # this Marathon cluster's identity (Meta `marathon-cluster-id`); None: every marked entry is ours
+    cluster_id: str | None = None
 
     def __post_init__(self) -> None:
         # a plain string from a caller is checked here, once, not at every desired_registrations()

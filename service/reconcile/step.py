@@ -66,12 +66,14 @@ class AppStep:
             prefetched = self.reader.prefetch(work)
             found = await self.reader.marathon.app_with_tasks(app_id)
             app, tasks = found if found is not None else (None, [])
+        all_task_ids = {t.id for t in tasks}
         if work.task_ids is not None:
             tasks = [t for t in tasks if t.id in work.task_ids]
         if isinstance(source, FromLedger):
             owned = self.ledger.owned_for(work.task_ids or ())
         elif isinstance(source, FromAgents):
             owned, unreachable = await self.reader.read_agents({t.host for t in tasks} | source.hosts, app_id)
+            owned = self.reader.claimed(owned, all_task_ids)
         if work.task_ids is not None:
             owned = {k: v for k, v in owned.items() if v.registration.task_id in work.task_ids}
         desired, skips = await self.reader.desired(app, tasks, prefetched=prefetched)

@@ -16,6 +16,8 @@ serial workers). The contract, which every consumer relies on:
   drops the work and returns None (the caller hands over to a slower, complete mechanism; here: the
   resync). `forget(key)` resets the count after a success.
 - `wait_idle()` returns when nothing is pending, processing or waiting for a retry.
+- `clear()` drops pending and delayed work (returned) but keeps the queue running: keys being
+  processed finish and later adds queue as usual.
 - `shutdown()` cancels delayed work, drops (and returns) pending work, ignores later adds, makes
   every `get()` raise `ShutDown` and releases `wait_idle()`.
 
@@ -209,6 +211,22 @@ class WorkQueue(Generic[K, W]):
         while self._getters:
             self._wake_one()
         self._idle.set()
+        return dropped
+
+    def clear(self) -> list[W]:
+        """Drop pending and delayed work (returned), keep running: keys being processed finish,
+        later adds queue as usual. Used when this instance stops being the writer: what was queued
+        is re-derived by the resync the next writer runs."""
+        for timer in self._delayed.values():
+            timer.cancel()
+        dropped = list(self._pending.values())
+        self._delayed.clear()
+        self._pending.clear()
+        self._ready.clear()
+        self._queued.clear()
+        self._failures.clear()
+        self._hooks.depth(0)
+        self._check_idle()
         return dropped
 
     def _check_idle(self) -> None:

@@ -27,6 +27,7 @@ from service.docker_lookup import DockerLookupError, consume_exception
 from service.metrics import Metrics
 from service.model import AddressMode, App, Container, Registration, Skip, Task, TaskState
 from service.naming import service_identity
+from service.ownership import Claim, claim
 from service.reconcile.settings import ReconcileSettings
 from service.reconcile.work import AppWork
 
@@ -85,8 +86,22 @@ class WorldReader:
             late |= await self._catalog_hosts(task_hosts)
         _, more = await asyncio.gather(read_agents(late), self.listings(late & task_hosts))
         listings.update(more)
+        owned = self.claimed(owned, {t.id for _, tasks in apps for t in tasks})
+        owner_agent = {sid: url for sid, url in owner_agent.items() if sid in owned}
         return World(apps={app.id: (app, tuple(tasks)) for app, tasks in apps}, owned=owned,
                      owner_agent=owner_agent, listings=listings, unreachable=unreachable, read_at=read_at)
+
+    def claimed(self, owned: Mapping[str, OwnedService], marathon_tasks: set[str]) -> dict[str, OwnedService]:
+        """What of the marked entries we may read back, change or remove: our cluster's, and legacy
+        ones (no cluster id) whose task our Marathon runs (adopted: rewritten with our id). Another
+        cluster's entries, and legacy ones of tasks we do not know, are never ours to touch."""
+        cluster = self.settings.cluster_id
+        out: dict[str, OwnedService] = {}
+        for sid, svc in owned.items():
+            who = claim(svc.registration.meta_dict, cluster)
+            if who is Claim.OURS or (who is Claim.LEGACY and svc.registration.task_id in marathon_tasks):
+                out[sid] = svc
+        return out
 
     async def _catalog_hosts(self, known: set[str]) -> set[str]:
         """Agents of nodes with no task left may still hold our orphans: find them in the catalog."""
@@ -188,7 +203,7 @@ class WorldReader:
                 continue
             result = desired_registrations(
                 app, task, container, naming=s.naming, address_mode=s.address_mode, networks=s.networks,
-                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds)
+                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds, cluster_id=s.cluster_id)
             if isinstance(result, Skip):
                 skips.append(result)
                 self.metrics.skips.labels(result.reason).inc()

@@ -3,14 +3,16 @@
 Register, deregister and TTL updates all pass here, for three reasons: writes share one bound on
 concurrency (`write_concurrency`: a 5,000-task burst must not open 5,000 connections to an agent),
 each successful write is recorded in the `Ledger` at once (so the ledger never lags our own
-writes), and a later issue can put the leadership gate (only the holder of the Consul lock writes;
-stop writing the moment the lock is lost) in exactly this one place.
+writes), and the leadership gate sits in exactly this one place: only the holder of the Consul
+lock writes, and a holder that lost it stops before its next write (`service.leadership`: the gate
+also shuts when the lock's lease runs out, so a paused process that resumes writes nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory
 from service.consul_registry import ConsulError, OwnedService
@@ -20,16 +22,32 @@ from service.model import Registration, Task
 from service.reconcile.ledger import Ledger
 
 
+class NotWriter(ConsulError):
+    """This instance does not hold the Consul lock (any more): the write was not made."""
+
+
+def _always() -> bool:
+    return True
+
+
 class ConsulWriter:
-    def __init__(self, *, agents: ConsulAgentDirectory, ledger: Ledger, metrics: Metrics, concurrency: int) -> None:
+    def __init__(self, *, agents: ConsulAgentDirectory, ledger: Ledger, metrics: Metrics, concurrency: int,
+                 may_write: Callable[[], bool] = _always) -> None:
         self._agents = agents
         self._ledger = ledger
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
+        self.may_write = may_write  # asked right before every write, after waiting for a slot
+
+    def _gate(self) -> None:
+        if not self.may_write():
+            self._metrics.writes_refused.inc()
+            raise NotWriter("not the writer: this instance does not hold the Consul lock")
 
     async def register(self, reg: Registration, *, replacing: bool, received: float | None) -> None:
         """Write `reg` (replacing its checks); `received` is when the event that caused it came in."""
         async with self._slots:
+            self._gate()
             try:
                 await self._agents.agent(reg.agent_host).register(reg)
             except ConsulError:
@@ -42,6 +60,7 @@ class ConsulWriter:
 
     async def deregister(self, reg: Registration) -> None:
         async with self._slots:
+            self._gate()
             try:
                 await self._agents.agent(reg.agent_host).deregister(reg.service_id)
             except ConsulError:
@@ -54,6 +73,7 @@ class ConsulWriter:
         """Set a mirrored TTL check to Marathon's verdict (`passing` or `critical`)."""
         output = f"Marathon reports this health check {'alive' if status == 'passing' else 'failing'}"
         async with self._slots:
+            self._gate()
             await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
         self._ledger.set_ttl(check_id, status)
 

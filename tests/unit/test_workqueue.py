@@ -209,3 +209,22 @@ async def test_an_add_wakes_one_waiting_worker_and_a_cancelled_worker_loses_no_k
     assert q._getters and len([g for g in q._getters if not g.done()]) == 1, "the other worker still waits"
     q.shutdown()
     await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def test_clear_drops_pending_and_delayed_work_but_keeps_running() -> None:
+    q, clock = make()
+    q.add("a", frozenset({"1"}))
+    key, _ = await get_now(q)  # "a" is being processed
+    q.add("a", frozenset({"2"}))  # pending behind the run
+    q.add("b", frozenset({"3"}))
+    q.retry("c", frozenset({"4"}))
+    assert sorted(q.clear(), key=sorted) == [frozenset({"2"}), frozenset({"3"})]
+    assert q.depth == 0 and q.pending_keys() == [] and q.delayed == 0
+    assert all(t.cancelled for t in clock.timers), "delayed retries are cancelled"
+    assert q.processing_keys() == ["a"], "the run in progress finishes"
+    q.done(key)
+    q.add("d", frozenset({"5"}))  # still running: later adds are handed out
+    assert await get_now(q) == ("d", frozenset({"5"}))
+    q.done("d")
+    async with asyncio.timeout(1):
+        await q.wait_idle()
