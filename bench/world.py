@@ -347,7 +347,9 @@ async def start_registrar(sims: Sims, tag: str, *, events: str = "callback", doc
     argv = ["service", "serve", "--marathon", sims.marathon_url, "--events", events, "--listen", f"127.0.0.1:{port}",
             "--consul", "http://{host}:" + str(sims.consul_port),
             "--docker", docker_template or ("tcp://{host}:" + str(DOCKER_PORT)),
-            "--resync-interval", "3600", "--workers", str(CONCURRENCY), "--log-level", "WARNING"]
+            "--resync-interval", "3600", "--workers", str(CONCURRENCY), "--log-level", "WARNING",
+            # the default --lock auto, held through the first slave's agent (no agent on 127.0.0.1 here)
+            "--lock-agent", f"http://{sims.slaves[0]}:{sims.consul_port}"]
     if events == "callback":
         argv += ["--callback-url", sims.relay.url]
     proc = Proc(f"{tag}-registrar", argv)

@@ -74,7 +74,9 @@ def start_registrar() -> None:
     log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--marathon", MARATHON_URL, "--listen", "127.0.0.1:8000",
-         "--callback-url", f"{REGISTRAR}/v1/events", "--resync-interval", "30"],
+         "--callback-url", f"{REGISTRAR}/v1/events", "--resync-interval", "30",
+         # the lock is held through slave 1's agent: the test world has no agent on 127.0.0.1
+         "--lock-agent", SLAVES[0].consul_url],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(proc.pid))
     wait("the registrar to be ready", lambda: call("GET", f"{REGISTRAR}/ready")[0] == 200, 30)

@@ -112,7 +112,9 @@ def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 
     url = f"http://127.0.0.1:{port}"
     argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}",
             "--callback-url", callback_url or f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
-            "--log-level", "DEBUG", *(extra or [])]
+            "--log-level", "DEBUG",
+            # the lock (--lock auto) is held through slave 1's agent: no agent listens on 127.0.0.1 here
+            "--lock-agent", CONSUL, *(extra or [])]
     proc = Process(argv, f"registrar-{port}")
     registrar = Registrar(url, proc)
     try:
