@@ -121,8 +121,8 @@ def test_two_clusters_keep_each_others_registrations(marathon: Marathon) -> None
             (marathon.url, lock_args(0)), (other.url, lock_args(1))) as (ra, rb):
         ca, cb = framework_id(marathon), framework_id(other)
         assert ca != cb
-        marathon.deploy(APP, 2, version=marathon.version)
-        other.deploy("/web/customer2/site2", 2, version=other.version)
+        marathon.deploy(APP, 2)
+        other.deploy("/web/customer2/site2", 2)
         wait_for(lambda: registered_tasks(APP, ca) == running_ids(marathon, APP) != set(), 30, what="A registered")
         wait_for(lambda: registered_tasks("/web/customer2/site2", cb) == running_ids(other, "/web/customer2/site2")
                  != set(), 30, what="B registered")
@@ -137,7 +137,7 @@ def test_two_clusters_keep_each_others_registrations(marathon: Marathon) -> None
         assert registered_tasks("/web/customer2/site2", cb) == running_ids(other, "/web/customer2/site2")
         assert registered_tasks(APP, ca) == running_ids(marathon, APP)
         marathon.delete(APP)
-        wait_for(lambda: not registered_tasks(APP), 30, what="A's app deregistered")
+        wait_for(lambda: not registered_tasks(APP, ca), 30, what="A's app deregistered")
         rb.wait_resyncs(1)
         assert registered_tasks("/web/customer2/site2", cb) == running_ids(other, "/web/customer2/site2")
         assert ra.state()["leadership"]["role"] == rb.state()["leadership"]["role"] == "writer"  # two keys
@@ -145,7 +145,7 @@ def test_two_clusters_keep_each_others_registrations(marathon: Marathon) -> None
 
 def test_legacy_registration_of_our_task_is_adopted(marathon: Marathon) -> None:
     with registrars((marathon.url, lock_args(0))) as (r,):
-        marathon.deploy(APP, 1, version=marathon.version)
+        marathon.deploy(APP, 1)
         wait_for(lambda: registered_tasks(APP) == running_ids(marathon, APP) != set(), 30, what="registered")
         [svc] = [s for s in managed_instances() if s["Meta"]["marathon-app-id"] == APP]
         legacy_meta = {k: v for k, v in svc["Meta"].items() if k != "marathon-cluster-id"}
@@ -171,7 +171,7 @@ def test_one_register_per_new_task_and_one_deregister_per_orphan(pair: tuple[Mar
                                                                  ) -> None:
     m, a, b = pair
     reset_stats()
-    m.deploy(APP, 2, version=m.version)
+    m.deploy(APP, 2)
     wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) != set(), 30, what="registered")
     b.wait_resyncs(1) if role(b) == "writer" else a.wait_resyncs(2)
     assert consul_calls("PUT /v1/agent/service/register") == 2
@@ -186,7 +186,7 @@ def test_one_register_per_new_task_and_one_deregister_per_orphan(pair: tuple[Mar
 
 def test_sigterm_of_the_writer_hands_over_within_3s(pair: tuple[Marathon, Registrar, Registrar]) -> None:
     m, a, b = pair
-    m.deploy(APP, 1, version=m.version)
+    m.deploy(APP, 1)
     wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) != set(), 30, what="registered")
     stopped = time.monotonic()
     a.process.stop(signal.SIGTERM)
@@ -206,7 +206,7 @@ def test_sigkill_of_the_writer_hands_over_within_two_ttls_and_the_delay(pair: tu
     a.process.stop(signal.SIGKILL)
     wait_for(lambda: role(b) == "writer", 10 * 2 + 1 + 5, interval=0.1, what="the standby takes over")
     took = time.monotonic() - killed
-    m.deploy(APP, 1, version=m.version)
+    m.deploy(APP, 1)
     wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) != set(), 30, what="the new writer registers")
     assert took <= 10 * 2 + 1 + 5
 
@@ -217,8 +217,9 @@ def test_a_writer_paused_past_its_ttl_writes_nothing_after_it_resumes(pair: tupl
     a.process.proc.send_signal(signal.SIGSTOP)
     try:
         wait_for(lambda: role(b) == "writer", 10 * 2 + 1 + 5, interval=0.2, what="the standby takes over")
-        m.deploy(APP, 2, version=m.version)
-        wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) != set(), 30, what="new writer registers")
+        m.deploy(APP, 2)
+        wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) and len(running_ids(m, APP)) == 2, 30,
+                 what="the new writer registers both tasks")
     finally:
         a.process.proc.send_signal(signal.SIGCONT)
     before = (metric(a, "mcr_registrations_total", '{result="created"}'),
@@ -241,10 +242,10 @@ def test_a_writer_paused_past_its_ttl_writes_nothing_after_it_resumes(pair: tupl
 def test_the_agent_holding_the_session_going_down_brings_a_new_writer(pair: tuple[Marathon, Registrar, Registrar]
                                                                       ) -> None:
     _, a, b = pair
-    status, body, _ = http("POST", f"{SLAVES[0].consul_url}/_sim/agents/{SLAVES[0].name}/down")
+    status, body, _ = http("POST", f"{SLAVES[0].consul_url}/_sim/nodes/{SLAVES[0].name}/down")
     assert status == 200, (status, body)
     try:
         wait_for(lambda: role(b) == "writer", 10 * 2 + 1 + 5, interval=0.2, what="a writer through the other agent")
         assert role(a) == "standby"
     finally:
-        http("POST", f"{SLAVES[0].consul_url}/_sim/agents/{SLAVES[0].name}/up")
+        http("POST", f"{SLAVES[0].consul_url}/_sim/nodes/{SLAVES[0].name}/up")
