@@ -304,14 +304,15 @@ class ContainerLookup:
 
     async def _request(self, e: _Engine, call: str, path: str, *, allow_404: bool = False,
                        json_body: bool = True, method: str = "GET", payload: Any = None, expect: int = 200,
-                       allow: tuple[int, ...] = ()) -> tuple[Any, Mapping[str, str]]:
+                       allow: tuple[int, ...] = (), send_headers: Mapping[str, str] | None = None,
+                       ) -> tuple[Any, Mapping[str, str]]:
         """`method` base+path (with `payload` as a JSON body): the body (parsed as JSON unless
         `json_body` is false; None for an allowed 404 or a status in `allow`) and the headers. Every
         other answer than `expect` is one DockerLookupError naming the slave and the call."""
         t0 = time.perf_counter()
         allowed = (*allow, 404) if allow_404 else allow
         try:
-            async with e.session.request(method, e.base + path, json=payload) as resp:
+            async with e.session.request(method, e.base + path, json=payload, headers=send_headers) as resp:
                 body = await resp.read()
                 if resp.status in allowed:
                     return None, resp.headers
@@ -551,7 +552,9 @@ class ContainerLookup:
         """The Weave IPs of the container's /etc/hosts block, read with the archive endpoint (§6.1):
         a tar of one file, `hosts`. 404 (gone, or no such file) reads as "no block"."""
         body, headers = await self._request(e, "archive", f"{prefix}/containers/{cid}/archive?path=/etc/hosts",
-                                            allow_404=True, json_body=False)
+                                            allow_404=True, json_body=False,
+                                            # the daemon gzips this answer when the client accepts it (§6.1)
+                                            send_headers={"Accept-Encoding": "identity"})
         if body is None:
             return ()
         stat = path_stat(headers)

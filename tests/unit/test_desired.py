@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from service.desired import desired_registrations, task_host_ports, ttl_check_statuses
@@ -298,7 +300,8 @@ def test_fixed_requested_host_port_targets_mapping():
     ],
 )
 def test_no_host_port_checks_on_overlay(overlay, expected):
-    checks = _checks(HTTP, ports=(), mapping=PortMapping(80, None), the_container=container({"weave": overlay}))
+    checks = _checks(HTTP, ports=(), mapping=PortMapping(80, None), the_container=container({"weave": overlay}),
+                     overlay_cidrs=(ipaddress.ip_network("10.32.0.0/12"), ipaddress.ip_network("fd00::/8")))
     assert checks == (http_check(SID0, expected),)
 
 
