@@ -10,7 +10,8 @@ outside Docker's paths:
 
     POST   /_sim/containers        JSON list of {task_id, ip?, network?, host_port?, container_port?,
                                    label?, running?, name?, weave_proxy?, weave_ips?, weave_cidr?,
-                                   weave_attached?, ip_binary?} -> [{id, name, task_id}]
+                                   weave_attached?, ip_binary?, weave_rewrite_hosts?}
+                                   -> [{id, name, task_id}]
     DELETE /_sim/containers/{ref}  by container id (or unique prefix), name or task id
     POST   /_sim/containers/{ref}/weave-attach   what `weave attach` does to a proxied container
                                    (created with weave_proxy and weave_attached=false)

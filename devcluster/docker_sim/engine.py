@@ -52,6 +52,7 @@ class SimWeave:
     hosts_mtime: float
     rewritten_json: bytes  # inspect with NetworkSettings.IPAddress/IPPrefixLen/MacAddress replaced (§3)
     has_ip_binary: bool = True
+    rewrite_hosts: bool = True  # False: the proxy ran with --no-rewrite-hosts (Docker's file stays)
 
 
 @dataclass(slots=True, eq=False)
@@ -97,7 +98,8 @@ class SimEngine:
     def create(self, spec: dict[str, Any]) -> SimContainer:
         """Create one container from a control-API item:
         {task_id, ip?, network?="weave", host_port?, container_port?=80, label?=true, running?=true, name?,
-         weave_proxy?=false, weave_ips?, weave_cidr?, weave_attached?=true, ip_binary?=true}.
+         weave_proxy?=false, weave_ips?, weave_cidr?, weave_attached?=true, ip_binary?=true,
+         weave_rewrite_hosts?=true}.
         network "host" means HOST networking (no IP); "bridge" is the `--bridge=weave` layout; "weave"
         is also Weave's network plugin layout (`--net=weave`, driver weavemesh: the IP under
         `Networks.weave`, reference/weave.md §5).
@@ -208,7 +210,8 @@ class SimEngine:
         weave = SimWeave(ips=weave_ips, attached=bool(spec.get("weave_attached", True)) and running,
                          hosts_before=t.docker_hosts(docker_ip, hostname), hosts_after=t.weave_hosts(weave_ips, fqdn),
                          hosts_mtime=now, rewritten_json=_dumps(rewritten),
-                         has_ip_binary=bool(spec.get("ip_binary", True)))
+                         has_ip_binary=bool(spec.get("ip_binary", True)),
+                         rewrite_hosts=bool(spec.get("weave_rewrite_hosts", True)))
         c = SimContainer(cid, name, task_id, labels, running, _dumps(entry), _dumps(doc), weave=weave,
                          docker_ip=docker_ip)
         self.containers[cid] = c
@@ -234,7 +237,8 @@ class SimEngine:
     def hosts_file(self, c: SimContainer) -> tuple[str, float]:
         """The container's /etc/hosts and its mtime (epoch seconds)."""
         if c.weave is not None:
-            return (c.weave.hosts_after if c.weave.attached else c.weave.hosts_before), c.weave.hosts_mtime
+            weave_block = c.weave.attached and c.weave.rewrite_hosts
+            return (c.weave.hosts_after if weave_block else c.weave.hosts_before), c.weave.hosts_mtime
         return t.docker_hosts(c.docker_ip or _first_ip(c), c.id[:12]), time.time()
 
     def exec_create(self, c: SimContainer, cmd: list[str]) -> SimExec:
