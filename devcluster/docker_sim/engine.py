@@ -219,9 +219,10 @@ class SimEngine:
         return c
 
     def weave_attach(self, key: str) -> SimContainer | None:
-        """What `weave attach` does to a started proxied container (§2.3, §2.2): the /etc/hosts block,
-        then `ethwe`; from now on the archive, exec and (with rewrite_inspect) inspect show the Weave IP."""
-        c = self.lookup(key)
+        """What `weave attach` does to a started proxied container (by id, name or task id; §2.3, §2.2):
+        the /etc/hosts block, then `ethwe`; from now on the archive, exec and (with rewrite_inspect)
+        inspect show the Weave IP."""
+        c = self.lookup(key) or next((x for x in self.containers.values() if x.task_id == key), None)
         if c is None or c.weave is None:
             return None
         c.weave.attached = True
