@@ -63,7 +63,8 @@ Weave-proxied containers (issue 12; the facts are in reference/weave.md)
        the `/w` bind, `WEAVE_CIDR` -- `WEAVE_CIDR=none` means "left alone", §1.3) and `State.Running`;
     2. `GET /containers/{id}/archive?path=/etc/hosts`: the `# created by Weave - BEGIN` ... `END`
        block the proxy writes, its `# container hostname` lines (§2.3, §6.1). No process is started
-       in the container, so it works for images without a shell;
+       in the container, so it works for images without a shell. A `HEAD` first (~1.5 ms, the GET
+       ~60 ms) skips the GET while the file is still Docker's own (not newer than `StartedAt`);
     3. with `weave_exec` (`--weave-exec-lookup`) only: `ip -4 -o addr show dev ethwe` through the exec
        API, the stream demultiplexed and the exit code read from `GET /exec/{id}/json` (§6.2). It
        needs an `ip` binary in the image (exit 126/127 otherwise: not tried again for that container).
@@ -537,7 +538,7 @@ class ContainerLookup:
         rewritten = rewritten_ip(info)
         if rewritten and in_overlay(rewritten, self.overlay_cidrs):
             return _Weave(ips=(rewritten,), source="rewrite-inspect")
-        ips = await self._hosts_block_ips(e, prefix, cid)
+        ips = await self._hosts_block_ips(e, prefix, cid, (info.get("State") or {}).get("StartedAt"))
         if ips:
             return _Weave(ips=ips, source="etc-hosts")
         if self.weave_exec and cid not in e.no_exec:
@@ -548,18 +549,28 @@ class ContainerLookup:
             return _Weave(ips=(rewritten,), source="rewrite-inspect")
         return _Weave(pending=WEAVE_NOT_ATTACHED)
 
-    async def _hosts_block_ips(self, e: _Engine, prefix: str, cid: str) -> tuple[str, ...]:
+    async def _hosts_block_ips(self, e: _Engine, prefix: str, cid: str, started_at: Any) -> tuple[str, ...]:
         """The Weave IPs of the container's /etc/hosts block, read with the archive endpoint (§6.1):
-        a tar of one file, `hosts`. 404 (gone, or no such file) reads as "no block"."""
-        body, headers = await self._request(e, "archive", f"{prefix}/containers/{cid}/archive?path=/etc/hosts",
-                                            allow_404=True, json_body=False,
-                                            # the daemon gzips this answer when the client accepts it (§6.1)
-                                            send_headers={"Accept-Encoding": "identity"})
-        if body is None:
+        a tar of one file, `hosts`. 404 (gone, or no such file) reads as "no block".
+
+        `HEAD` first: it answers only the stat header, ~1.5 ms on the test world's engine, where the
+        `GET` costs ~60 ms (20.10 tars in a re-executed, chrooted dockerd). Docker writes the file
+        before the process starts and Weave rewrites it after Docker's `start` event (§1.6, §7), so a
+        file not newer than `State.StartedAt` is Docker's own: "not attached yet", without the GET.
+        The retries of a just-started proxied container then cost ~2 ms each, not ~60."""
+        path = f"{prefix}/containers/{cid}/archive?path=/etc/hosts"
+        stat_body, headers = await self._request(e, "archive-stat", path, method="HEAD", allow_404=True,
+                                                 json_body=False)
+        if stat_body is None:
             return ()
         stat = path_stat(headers)
-        if stat is not None and stat.get("size") == 0:
-            return ()  # created, never started: Docker's empty placeholder (§6.1)
+        if stat is not None and (stat.get("size") == 0 or not _newer(stat.get("mtime"), started_at)):
+            return ()  # empty (created, never started), or Docker's own file of this start
+        body, _ = await self._request(e, "archive", path, allow_404=True, json_body=False,
+                                      # the daemon gzips this answer when the client accepts it (§6.1)
+                                      send_headers={"Accept-Encoding": "identity"})
+        if body is None:
+            return ()
         try:
             text = tar_single_file(body)
         except (tarfile.TarError, ValueError) as exc:
@@ -686,6 +697,20 @@ def tar_single_file(body: bytes, limit: int = 1 << 20) -> str:
         if f is None:
             raise ValueError(f"{member.name} cannot be read")
         return f.read().decode(errors="replace")
+
+
+def _newer(mtime: Any, started_at: Any) -> bool:
+    """Is RFC 3339 `mtime` later than `started_at` (both UTC, as the engine writes them)? True when
+    either cannot be read, so that an unknown answer costs the GET, never a missed block. Go trims
+    trailing zeros of the fraction, so the fractions are padded before comparing."""
+    def key(value: Any) -> tuple[str, str] | None:
+        if not isinstance(value, str) or not value.endswith("Z") or len(value) < 20:
+            return None
+        whole, _, fraction = value[:-1].partition(".")
+        return (whole, fraction.ljust(9, "0")) if len(whole) == 19 and (fraction.isdigit() or not fraction) else None
+
+    m, s = key(mtime), key(started_at)
+    return m is None or s is None or m > s
 
 
 def path_stat(headers: Mapping[str, str]) -> dict[str, Any] | None:

@@ -49,7 +49,8 @@ class SimWeave:
     attached: bool
     hosts_before: str  # Docker's own file
     hosts_after: str  # Weave's block
-    hosts_mtime: float
+    hosts_mtime: float  # of Weave's block (once attached)
+    started: float  # State.StartedAt; Docker wrote its own file just before
     rewritten_json: bytes  # inspect with NetworkSettings.IPAddress/IPPrefixLen/MacAddress replaced (§3)
     has_ip_binary: bool = True
     rewrite_hosts: bool = True  # False: the proxy ran with --no-rewrite-hosts (Docker's file stays)
@@ -207,9 +208,11 @@ class SimEngine:
             IPAddress=first, IPPrefixLen=t.WEAVE_PREFIX_LEN,
             MacAddress="7a:" + ":".join(f"{int(o):02x}" for o in first.split(".")) + ":01")
         fqdn = f"{hostname}.{domain}" if domain else hostname
-        weave = SimWeave(ips=weave_ips, attached=bool(spec.get("weave_attached", True)) and running,
+        attached = bool(spec.get("weave_attached", True)) and running
+        weave = SimWeave(ips=weave_ips, attached=attached,
                          hosts_before=t.docker_hosts(docker_ip, hostname), hosts_after=t.weave_hosts(weave_ips, fqdn),
-                         hosts_mtime=now, rewritten_json=_dumps(rewritten),
+                         # Weave writes its block 0.3-1 s after the start (§7)
+                         hosts_mtime=now + 0.5, started=now, rewritten_json=_dumps(rewritten),
                          has_ip_binary=bool(spec.get("ip_binary", True)),
                          rewrite_hosts=bool(spec.get("weave_rewrite_hosts", True)))
         c = SimContainer(cid, name, task_id, labels, running, _dumps(entry), _dumps(doc), weave=weave,
@@ -226,7 +229,7 @@ class SimEngine:
         if c is None or c.weave is None:
             return None
         c.weave.attached = True
-        c.weave.hosts_mtime = time.time()
+        c.weave.hosts_mtime = max(time.time(), c.weave.started + 0.001)
         return c
 
     def inspect_body(self, c: SimContainer) -> bytes:
@@ -238,8 +241,9 @@ class SimEngine:
     def hosts_file(self, c: SimContainer) -> tuple[str, float]:
         """The container's /etc/hosts and its mtime (epoch seconds)."""
         if c.weave is not None:
-            weave_block = c.weave.attached and c.weave.rewrite_hosts
-            return (c.weave.hosts_after if weave_block else c.weave.hosts_before), c.weave.hosts_mtime
+            if c.weave.attached and c.weave.rewrite_hosts:
+                return c.weave.hosts_after, c.weave.hosts_mtime
+            return c.weave.hosts_before, c.weave.started - 0.005  # Docker writes it before the start
         return t.docker_hosts(c.docker_ip or _first_ip(c), c.id[:12]), time.time()
 
     def exec_create(self, c: SimContainer, cmd: list[str]) -> SimExec:

@@ -74,7 +74,7 @@ async def _docker(request: web.Request) -> web.StreamResponse:
             return _error(404, f"No such container: {parts[2]}")
         return _json(engine.inspect_body(c))
     if len(parts) == 4 and parts[1] == "containers" and parts[3] == "archive" and request.method in ("GET", "HEAD"):
-        engine.stats["/containers/{id}/archive"] += 1
+        engine.stats[("HEAD " if request.method == "HEAD" else "") + "/containers/{id}/archive"] += 1
         return await _archive(request, engine, parts[2])
     if len(parts) == 4 and parts[1] == "containers" and parts[3] == "exec" and request.method == "POST":
         engine.stats["/containers/{id}/exec"] += 1

@@ -19,8 +19,9 @@ from service.metrics import Metrics
 from service.model import AddressMode, App, Naming, PortMapping, Task
 
 NETWORKS = ("weave", "bridge")
-WEAVE_CALLS = ("/containers/{id}/json", "/containers/{id}/archive", "/containers/{id}/exec", "/exec/{id}/start",
-               "/exec/{id}/json")
+WEAVE_CALLS = ("/containers/{id}/json", "HEAD /containers/{id}/archive", "/containers/{id}/archive",
+               "/containers/{id}/exec", "/exec/{id}/start", "/exec/{id}/json")
+HEAD, GET = "HEAD /containers/{id}/archive", "/containers/{id}/archive"
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ async def test_proxied_ip_from_etc_hosts_once_per_container(sim: Running) -> Non
     assert first is not None and first.network_ips == {"bridge": "172.17.0.9"}
     assert (first.weave_proxied, first.weave_ips, first.weave_source) == (True, ("10.32.0.3",), "etc-hosts")
     assert again == first and resync["web.1"].weave_ips == ("10.32.0.3",)
-    assert calls(sim) == {"/containers/{id}/json": 1, "/containers/{id}/archive": 1}  # cached per container id
+    assert calls(sim) == {"/containers/{id}/json": 1, HEAD: 1, GET: 1}  # cached per container id
     assert sample(metrics, "mcr_weave_lookups_total", result="etc-hosts") == 1
     assert sample(metrics, "mcr_docker_request_seconds_count", call="archive") == 1
     # and desired.py registers the Weave IP, not docker0's
@@ -93,7 +94,7 @@ async def test_burst_looks_up_only_proxied_containers(sim: Running) -> None:
     assert [c.overlay_address(NETWORKS, lk.overlay_cidrs)[0] for c in found if c] == (
         [f"10.32.1.{i}" for i in range(50)] + [f"10.32.3.{i % 5}" for i in range(20)])
     assert sim.engine.stats["/containers/json"] == 1
-    assert calls(sim) == {"/containers/{id}/json": 5, "/containers/{id}/archive": 5}  # single-flight per container
+    assert calls(sim) == {"/containers/{id}/json": 5, HEAD: 5, GET: 5}  # single-flight per container
 
 
 async def test_not_attached_yet_is_retried_not_cached(sim: Running) -> None:
@@ -111,7 +112,8 @@ async def test_not_attached_yet_is_retried_not_cached(sim: Running) -> None:
     assert (before.weave_ips, before.weave_pending) == ((), "weave-ip-not-attached")
     assert before.overlay_address(NETWORKS, lk.overlay_cidrs) == (None, "weave-ip-not-attached")
     assert after is not None and after.weave_ips == ("10.32.0.3",)
-    assert calls(sim) == {"/containers/{id}/json": 2, "/containers/{id}/archive": 2}
+    # not attached: the HEAD's mtime (not after StartedAt) says Docker's own file, no GET of it
+    assert calls(sim) == {"/containers/{id}/json": 2, HEAD: 2, GET: 1}
     assert sample(metrics, "mcr_weave_lookups_total", result="weave-ip-not-attached") == 1
     assert sample(metrics, "mcr_overlay_addresses_rejected_total", reason="address-outside-overlay") == 0
 
@@ -132,7 +134,7 @@ async def test_rewrite_inspect_answers_without_the_archive() -> None:
         # the rewritten IP is WEAVE_CIDR's first, outside --overlay-cidr: the hosts block has both
         assert two is not None and (two.weave_ips, two.weave_source) == (("10.2.7.1", "10.32.0.4"), "etc-hosts")
         assert two.overlay_address(NETWORKS, lk.overlay_cidrs) == ("10.32.0.4", "")
-        assert calls(r) == {"/containers/{id}/json": 2, "/containers/{id}/archive": 1}
+        assert calls(r) == {"/containers/{id}/json": 2, HEAD: 1, GET: 1}
     finally:
         await stop(running)
 
@@ -154,7 +156,7 @@ async def test_exec_lookup_when_hosts_are_not_rewritten(sim: Running) -> None:
     finally:
         await with_exec.close()
     assert c is not None and (c.weave_ips, c.weave_source) == (("10.32.0.3",), "exec")
-    assert {k: calls(sim)[k] for k in WEAVE_CALLS[2:]} == {
+    assert {k: calls(sim)[k] for k in WEAVE_CALLS[3:]} == {
         "/containers/{id}/exec": 1, "/exec/{id}/start": 1, "/exec/{id}/json": 1}
     assert sample(metrics, "mcr_docker_request_seconds_count", call="exec-start") == 1
 
@@ -169,7 +171,7 @@ async def test_image_without_ip_is_not_exec_ed_again(sim: Running, caplog: pytes
                 assert c is not None and c.weave_pending == "weave-ip-not-attached"
     finally:
         await lk.close()
-    assert calls(sim)["/containers/{id}/exec"] == 1 and calls(sim)["/containers/{id}/archive"] == 3
+    assert calls(sim)["/containers/{id}/exec"] == 1 and calls(sim)[HEAD] == 3 and GET not in calls(sim)
     warnings = [r.getMessage() for r in caplog.records if "no `ip` binary" in r.getMessage()]
     assert len(warnings) == 1 and "exit 126" in warnings[0], warnings
 

@@ -15,6 +15,7 @@ from devcluster.docker_sim import templates as t
 from service.config import ConfigError
 from service.desired import desired_registrations
 from service.docker_lookup import (
+    _newer,
     demux_stream,
     path_stat,
     rewritten_ip,
@@ -99,6 +100,20 @@ def test_path_stat_header() -> None:
     assert path_stat({}) is None
     assert path_stat({"X-Docker-Container-Path-Stat": base64.b64encode(b"[1]").decode()}) is None
     assert path_stat({"X-Docker-Container-Path-Stat": "%%%"}) is None
+
+
+@pytest.mark.parametrize(("mtime", "started", "newer"), [
+    ("2026-12-04T16:06:05.103302266Z", "2026-12-04T16:06:05.108530409Z", False),  # Docker's file (measured)
+    ("2026-12-04T16:06:05.9Z", "2026-12-04T16:06:05.108530409Z", True),  # Go trims the fraction's zeros
+    ("2026-12-04T16:06:05.1Z", "2026-12-04T16:06:05.108530409Z", False),
+    ("2026-12-04T16:06:06Z", "2026-12-04T16:06:05.999999999Z", True),
+    ("2026-12-04T16:06:05.5Z", "2026-12-04T16:06:05.5Z", False),
+    ("2026-12-04T16:06:05.5+01:00", "2026-12-04T16:06:05.1Z", True),  # unreadable: GET it
+    (None, "2026-12-04T16:06:05.1Z", True),
+    ("2026-12-04T16:06:05.1Z", "0001-01-01T00:00:00Z", True),
+])
+def test_hosts_newer_than_start(mtime: object, started: object, newer: bool) -> None:
+    assert _newer(mtime, started) is newer
 
 
 # ---- exec stream ------------------------------------------------------------------------------
