@@ -13,6 +13,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
 
@@ -103,7 +104,7 @@ def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     for option, help_text in OPTIONS.items():
         default = env.get(env_name(option), defaults[option])
         shown = "(none)" if default is None else ("***" if option == "consul-token" and default else default)
-        flag = {"nargs": "?", "const": "true"} if option in FLAGS else {}
+        flag: dict[str, Any] = {"nargs": "?", "const": "true"} if option in FLAGS else {}
         parser.add_argument(f"--{option}", default=default, metavar=option.split("-")[-1].upper(),
                             help=f"{help_text} [env {env_name(option)}; default {shown}]", **flag)
 

@@ -87,8 +87,8 @@ async def _docker(request: web.Request) -> web.StreamResponse:
         x = engine.execs.get(parts[2])
         if x is None:
             return _error(404, f"No such exec instance: {parts[2]}")
-        body = t.exec_inspect(x.id, x.container.id, x.cmd, False, x.exit_code, x.pid)
-        return _json(json.dumps(body, separators=(",", ":")).encode())
+        info = t.exec_inspect(x.id, x.container.id, x.cmd, False, x.exit_code, x.pid)
+        return _json(json.dumps(info, separators=(",", ":")).encode())
     engine.stats["not-found"] += 1
     return _error(404, "page not found")
 

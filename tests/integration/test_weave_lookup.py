@@ -77,8 +77,10 @@ async def test_proxied_ip_from_etc_hosts_once_per_container(sim: Running) -> Non
     assert sample(metrics, "mcr_docker_request_seconds_count", call="archive") == 1
     # and desired.py registers the Weave IP, not docker0's
     app = App(id="/web", port_mappings=(PortMapping(80, 0),))
-    [reg] = desired_registrations(app, Task(id="web.1", app_id="/web", host="s", ports=(31000,)), first,
-                                  naming=Naming.DNS, address_mode=AddressMode.AUTO, networks=NETWORKS)
+    result = desired_registrations(app, Task(id="web.1", app_id="/web", host="s", ports=(31000,)), first,
+                                   naming=Naming.DNS, address_mode=AddressMode.AUTO, networks=NETWORKS)
+    assert isinstance(result, list) and len(result) == 1, result
+    reg = result[0]
     assert (reg.address, reg.port, reg.meta_get("address-source")) == ("10.32.0.3", 80, "overlay")
 
 

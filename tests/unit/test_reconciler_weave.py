@@ -7,7 +7,7 @@ import asyncio
 import ipaddress
 from dataclasses import replace
 
-from service.model import AddressMode
+from service.model import AddressMode, Container
 from tests.unit.test_reconciler import APP, World, drain
 
 
@@ -23,7 +23,7 @@ async def test_proxied_task_waits_for_its_weave_ip_then_registers_it() -> None:
     w.lookup.by_task[t.id] = docker0  # started, not attached yet (reference/weave.md §7)
     retried, find, asked = asyncio.Event(), w.lookup.find, []
 
-    async def counting_find(host: str, task_id: str) -> object:
+    async def counting_find(host: str, task_id: str) -> Container | None:
         asked.append(task_id)
         if len(asked) >= 3:
             retried.set()
