@@ -581,7 +581,9 @@ class ContainerLookup:
     async def _exec_ethwe(self, e: _Engine, prefix: str, cid: str) -> tuple[str, ...]:
         """`ip -4 -o addr show dev ethwe` in the container (§6.2): create, start (the hijacked,
         multiplexed stream, read to EOF), then the exit code. 404/409 (gone, stopped, paused) and a
-        non-zero exit ("can't find device 'ethwe'") read as "not attached"."""
+        non-zero exit ("can't find device 'ethwe'") read as "not attached". Sent to the proxy rather
+        than dockerd, the exec is wrapped in `/w/w` and waits for `ethwe` (§1.7): before the attach it
+        runs into the timeout, which is a `weave-lookup-failed` retry like any engine failure."""
         created, _ = await self._request(
             e, "exec-create", f"{prefix}/containers/{cid}/exec", method="POST", expect=201, allow=(404, 409),
             payload={"Cmd": ETHWE_CMD, "AttachStdout": True, "AttachStderr": True, "Tty": False})
