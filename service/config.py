@@ -8,13 +8,15 @@ here, once, so a bad value stops the process at start with one line naming the o
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from service.model import AddressMode, HealthCheckMode, Naming
+from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
 
 # a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -46,6 +48,8 @@ class Config:
     lock_delay: int = 15
     lock_agent: str = "http://127.0.0.1:8500"
     cluster_id: str | None = None
+    overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS
+    weave_exec_lookup: bool = False
 
 
 # option -> (default, help); defaults that depend on the environment are computed in `_defaults`
@@ -72,7 +76,14 @@ OPTIONS: dict[str, str] = {
     "lock-delay": "seconds: Consul's lock-delay after a holder's session is invalidated (0 to 60)",
     "lock-agent": "Consul agent URL the lock session is held through",
     "cluster-id": "identity of this Marathon cluster in Meta and the lock key (default: Marathon's frameworkId)",
+    "overlay-cidr": "CIDR(s) of the overlay, comma separated; an address outside them is never registered as "
+                    "an overlay address",
+    "weave-exec-lookup": "also read a Weave-proxied container's IP with `ip addr show dev ethwe` through the "
+                         "exec API when its /etc/hosts has no Weave block (true/false)",
 }
+# Options that may be given without a value (meaning "true").
+FLAGS = frozenset({"weave-exec-lookup"})
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
 def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
@@ -98,6 +109,8 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "lock-delay": "15",
         "lock-agent": _lock_agent_default(env),
         "cluster-id": None,
+        "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
+        "weave-exec-lookup": "false",
     }
 
 
@@ -120,8 +133,9 @@ def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     for option, help_text in OPTIONS.items():
         default = env.get(env_name(option), defaults[option])
         shown = "(none)" if default is None else ("***" if option == "consul-token" and default else default)
+        flag: dict[str, Any] = {"nargs": "?", "const": "true"} if option in FLAGS else {}
         parser.add_argument(f"--{option}", default=default, metavar=option.split("-")[-1].upper(),
-                            help=f"{help_text} [env {env_name(option)}; default {shown}]")
+                            help=f"{help_text} [env {env_name(option)}; default {shown}]", **flag)
 
 
 def _url(option: str, value: str, schemes: tuple[str, ...]) -> str:
@@ -145,6 +159,26 @@ def _number(option: str, value: str, kind: type[int] | type[float], minimum: flo
     if number < minimum:
         raise ConfigError(f"--{option}: {value} is below the minimum {minimum}")
     return number
+
+
+def _cidrs(option: str, value: str) -> tuple[Cidr, ...]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"--{option}: no CIDR given")
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ConfigError(f"--{option}: {item!r} is not a CIDR ({exc})") from None
+    return tuple(out)
+
+
+def _bool(option: str, value: str) -> bool:
+    v = str(value).strip().lower()
+    if v not in _TRUE + _FALSE:
+        raise ConfigError(f"--{option}: {value!r} is not one of true, false")
+    return v in _TRUE
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -200,4 +234,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay,
         lock_agent=_url("lock-agent", args.lock_agent, ("http", "https")),
         cluster_id=cluster_id,
+        overlay_cidrs=_cidrs("overlay-cidr", str(args.overlay_cidr)),
+        weave_exec_lookup=_bool("weave-exec-lookup", args.weave_exec_lookup),
     )

@@ -30,8 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.model import (
+    DEFAULT_OVERLAY_CIDRS,
+    NO_OVERLAY_IP,
+    OUTSIDE_OVERLAY,
+    WEAVE_LOOKUP_FAILED,
+    WEAVE_NOT_ATTACHED,
     AddressMode,
     App,
+    Cidr,
     ConsulCheck,
     Container,
     HealthCheck,
@@ -63,6 +69,7 @@ class _Addressing:
 
     overlay_ip: str | None
     fallback: bool = False  # host addressing chosen by --address-mode auto for lack of an IP
+    reason: str = NO_OVERLAY_IP  # why there is no overlay IP, when fallback
 
     @property
     def source(self) -> str:
@@ -80,6 +87,7 @@ def desired_registrations(
     ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
     health_checks: HealthCheckMode | str = HealthCheckMode.CONSUL,
     cluster_id: str | None = None,
+    overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS,
 ) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
     try:
@@ -100,7 +108,7 @@ def desired_registrations(
     host_ports = task_host_ports(app, task)
     if isinstance(host_ports, Skip):
         return host_ports
-    addressing = _addressing(app, task, container, address_mode, networks)
+    addressing = _addressing(app, task, container, address_mode, networks, overlay_cidrs)
     if isinstance(addressing, Skip):
         return addressing
     policy = _CheckPolicy(mode, ttl_floor_seconds)
@@ -113,7 +121,7 @@ def desired_registrations(
         return registrations
     # Host addressing, and every remaining port is a container-network port without a host port.
     if addressing.fallback:
-        return Skip(task.id, "no-overlay-ip",
+        return Skip(task.id, addressing.reason,
                     f"no IP on networks {','.join(networks)} and no port has a host port", retry=True)
     return Skip(task.id, "no-host-port", "host addressing, and no port has a host port")
 
@@ -134,7 +142,8 @@ def task_host_ports(app: App, task: Task) -> list[int | None] | Skip:
 
 
 def _addressing(
-    app: App, task: Task, container: Container | None, mode: AddressMode, networks: tuple[str, ...]
+    app: App, task: Task, container: Container | None, mode: AddressMode, networks: tuple[str, ...],
+    cidrs: tuple[Cidr, ...],
 ) -> _Addressing | Skip:
     if app.network_mode is NetworkMode.HOST or mode is AddressMode.HOST:
         return _Addressing(None)
@@ -144,13 +153,20 @@ def _addressing(
     if not container.running:
         return Skip(task.id, "container-not-running", f"container {container.id[:12]} is not running",
                     retry=True)
-    ip = container.overlay_ip(networks)
+    ip, reason = container.overlay_address(networks, cidrs)
     if ip:
         return _Addressing(ip)
+    if reason in (WEAVE_NOT_ATTACHED, WEAVE_LOOKUP_FAILED):
+        # The Weave proxy attaches the IP after the container starts (reference/weave.md §7): wait for
+        # it in every mode rather than register the address we would later have to replace.
+        return Skip(task.id, reason, f"container {container.id[:12]} is Weave-proxied and its Weave IP is not "
+                    f"{'attached yet' if reason == WEAVE_NOT_ATTACHED else 'readable now'}", retry=True)
     if mode is AddressMode.OVERLAY:
-        return Skip(task.id, "no-overlay-ip",
-                    f"container {container.id[:12]} has no IP on networks {','.join(networks)}", retry=True)
-    return _Addressing(None, fallback=True)
+        where = "Weave IP" if container.weave_proxied else f"IP on networks {','.join(networks)}"
+        if reason == OUTSIDE_OVERLAY:
+            where += f" inside --overlay-cidr {','.join(map(str, cidrs))}"
+        return Skip(task.id, reason, f"container {container.id[:12]} has no {where}", retry=True)
+    return _Addressing(None, fallback=True, reason=reason)
 
 
 def _registration(

@@ -29,6 +29,14 @@ class Metrics:
                                        ["result"], registry=r)
         self.skips = Counter(p + "tasks_skipped_total", "Tasks left unregistered, by reason", ["reason"],
                              registry=r)
+        self.overlay_rejected = Counter(
+            p + "overlay_addresses_rejected_total",
+            "Containers whose addresses are not overlay addresses (outside --overlay-cidr), counted once per "
+            "container, by reason", ["reason"], registry=r)
+        self.weave_lookups = Counter(
+            p + "weave_lookups_total",
+            "Weave-proxied container IP lookups, by result (where the IP was found, or why not)", ["result"],
+            registry=r)
         self.docker_latency = Histogram(p + "docker_request_seconds", "Docker Engine API call latency",
                                         ["call"], buckets=LATENCY_BUCKETS, registry=r)
         self.consul_latency = Histogram(p + "consul_request_seconds", "Consul agent API call latency",

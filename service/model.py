@@ -8,11 +8,31 @@ versions' worth of shapes. Everything here is hashable and comparable, which is 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from service.ownership import META_APP_ID, META_TASK_ID
+
+Cidr = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Weave's default IP allocation range (`--ipalloc-range`, reference/weave.md §2.2 routes): only an address
+# inside `--overlay-cidr` counts as an overlay address (DESIGN §2.7).
+DEFAULT_OVERLAY_CIDRS: tuple[Cidr, ...] = (ipaddress.ip_network("10.32.0.0/12"),)
+# Why a container has no overlay address (bounded metric label values, see `Container.overlay_address`)
+NO_OVERLAY_IP = "no-overlay-ip"
+OUTSIDE_OVERLAY = "address-outside-overlay"
+WEAVE_NOT_ATTACHED = "weave-ip-not-attached"
+WEAVE_LOOKUP_FAILED = "weave-lookup-failed"
+
+
+def in_overlay(ip: str, cidrs: tuple[Cidr, ...]) -> bool:
+    """Is `ip` inside one of `cidrs`? (False for anything that is not an IP address.)"""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in cidrs)
 
 
 class AddressMode(StrEnum):
@@ -129,9 +149,35 @@ class Container:
     task_id: str
     network_ips: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4, empties dropped
     running: bool = True
+    # Created through the Weave Docker API proxy (reference/weave.md §1.4): the overlay IP is on `ethwe`,
+    # which Docker never sees, so `network_ips` holds only the docker0 address and is not used.
+    weave_proxied: bool = False
+    weave_ips: tuple[str, ...] = ()  # the Weave IPs read through the Docker API, Weave's order
+    weave_source: str = ""  # where they were read: rewrite-inspect | etc-hosts | exec
+    weave_pending: str = ""  # no weave_ips: WEAVE_NOT_ATTACHED (yet) or WEAVE_LOOKUP_FAILED
 
     def __hash__(self) -> int:
         return hash((self.id, self.task_id))
+
+    def overlay_address(self, networks: tuple[str, ...], cidrs: tuple[Cidr, ...]) -> tuple[str | None, str]:
+        """`(ip, "")`, or `(None, reason)` with a bounded reason (DESIGN §2.7).
+
+        The candidates are the Weave IPs for a proxied container, else the IPs on `networks` in the
+        operator's order; the first inside `cidrs` wins. An address outside them is never an overlay
+        address: a proxied container's docker0 address, or a non-overlay bridge's, would otherwise be
+        registered as one (issue 12)."""
+        if self.weave_proxied:
+            candidates: tuple[str, ...] = self.weave_ips
+        else:
+            candidates = tuple(ip for name in networks if (ip := self.network_ips.get(name)))
+        for ip in candidates:
+            if in_overlay(ip, cidrs):
+                return ip, ""
+        if candidates:
+            return None, OUTSIDE_OVERLAY
+        if self.weave_proxied:
+            return None, self.weave_pending or WEAVE_NOT_ATTACHED
+        return None, NO_OVERLAY_IP
 
     def overlay_ip(self, networks: tuple[str, ...]) -> str | None:
         """The first non-empty IP among `networks`, in the operator's order (docs/architecture.md §6.2)."""

@@ -17,8 +17,10 @@ def _listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _serve(listens: list[tuple[str, int]], list_cost_us: float, result_cost_us: float) -> None:
-    running = await start(listens, list_cost_us=list_cost_us, result_cost_us=result_cost_us)
+async def _serve(listens: list[tuple[str, int]], list_cost_us: float, result_cost_us: float,
+                 rewrite_inspect: bool = False) -> None:
+    running = await start(listens, list_cost_us=list_cost_us, result_cost_us=result_cost_us,
+                          rewrite_inspect=rewrite_inspect)
     for r in running:
         print(f"docker_sim: slave engine on tcp://{r.host}:{r.port}", flush=True)
     done = asyncio.Event()
@@ -41,8 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--list-cost-per-result-us", type=float, default=0.0, metavar="N",
                     help="and by N microseconds per container it returns (rendering; default 0; "
                          "the test world's engine: ~150)")
+    ap.add_argument("--rewrite-inspect", action="store_true",
+                    help="answer inspects of attached Weave-proxied containers as Weave's proxy with "
+                         "--rewrite-inspect does (top-level NetworkSettings.IPAddress = the Weave IP)")
     args = ap.parse_args(argv)
-    asyncio.run(_serve(args.listen, args.list_cost_per_container_us, args.list_cost_per_result_us))
+    asyncio.run(_serve(args.listen, args.list_cost_per_container_us, args.list_cost_per_result_us,
+                       args.rewrite_inspect))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.backoff import Backoff
-from service.model import AddressMode, HealthCheckMode, Naming
+from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,7 @@ class ReconcileSettings:
     naming: Naming = Naming.DNS
     address_mode: AddressMode = AddressMode.AUTO
     networks: tuple[str, ...] = ("weave", "bridge")
+    overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS  # only addresses inside count as overlay IPs
     health_checks: HealthCheckMode = HealthCheckMode.CONSUL  # which checks Consul runs itself
     ttl_floor_seconds: int = 180  # TTL mirrors must outlive the gap between two resyncs refreshing them
     workers: int = 16

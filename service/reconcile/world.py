@@ -203,7 +203,8 @@ class WorldReader:
                 continue
             result = desired_registrations(
                 app, task, container, naming=s.naming, address_mode=s.address_mode, networks=s.networks,
-                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds, cluster_id=s.cluster_id)
+                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds, cluster_id=s.cluster_id,
+                overlay_cidrs=s.overlay_cidrs)
             if isinstance(result, Skip):
                 skips.append(result)
                 self.metrics.skips.labels(result.reason).inc()

@@ -26,6 +26,7 @@ import docker
 import pytest
 from aiohttp import web
 
+from devcluster.docker_sim.templates import weave_hosts
 from service.docker_lookup import ContainerLookup, DockerLookupError
 from service.metrics import Metrics
 
@@ -237,6 +238,8 @@ async def test_label_lookup_slave2_weave_layout(world: dict[str, Any]) -> None:
     assert c is not None and c.id == made.id
     assert c.network_ips == {"weave": made.ips["weave"]}
     assert c.overlay_ip(NETWORKS) == made.ips["weave"] and made.ips["weave"].startswith("10.32.2.")
+    # also Weave's network plugin layout (`--net=weave`, reference/weave.md §5): fine with the defaults
+    assert c.overlay_address(NETWORKS, lookup.overlay_cidrs) == (made.ips["weave"], "") and not c.weave_proxied
 
 
 async def test_unix_socket_template_serves_every_host(world: dict[str, Any]) -> None:
@@ -477,3 +480,94 @@ async def test_engine_without_api_version_on_ping_is_asked_version() -> None:
         found = await lookup.find("slave-old", "app.1")
     assert found is not None and found.overlay_ip(NETWORKS) == "10.32.0.9"
     assert paths == ["/_ping", "/version", "/v1.24/containers/json"]
+
+
+# ---- Weave-proxied containers on the real engine (issue 12, reference/weave.md §8) ------------------
+
+
+def _proxied(created: Created, wdir: Path) -> tuple[Made, Any]:
+    """A container on slave 1 made as Weave's proxy makes one (§1.4): entrypoint `/w/w` (here a
+    wrapper that only execs), the `/w` bind, `WEAVE_CIDR`; NET_ADMIN so the test can "attach" it."""
+    client = created.clients[S1[0]]
+    task_id = f"test_app.{uuid.uuid4()}"
+    c = client.containers.run(
+        IMAGE, ["/bin/sleep", "3600"], entrypoint=["/w/w"], name=f"mesos-{uuid.uuid4()}", detach=True,
+        environment={"WEAVE_CIDR": "net:default", "MESOS_TASK_ID": task_id}, labels={"MESOS_TASK_ID": task_id},
+        volumes={str(wdir): {"bind": "/w", "mode": "ro"}}, cap_add=["NET_ADMIN"])
+    created.ids.append((S1[0], c.id))
+    c.reload()
+    nets = c.attrs["NetworkSettings"]["Networks"]
+    return Made(task_id, c.id, {n: v["IPAddress"] for n, v in nets.items() if v.get("IPAddress")}), c
+
+
+def _attach(container: Any, ip: str, *, hosts: bool) -> None:
+    """What `weave attach` does inside the container (§2.2, §2.3): the /etc/hosts block, then `ethwe`."""
+    script = ("ip link add ethwe type veth peer name ethwepeer && ip addr add $IP/12 dev ethwe && "
+              "ip link set ethwe up")
+    if hosts:
+        script = 'printf "%s" "$B" > /etc/hosts && ' + script
+    block = weave_hosts([ip], f"{container.name}.weave.local")
+    code, out = container.exec_run(["sh", "-c", script], environment={"IP": ip, "B": block})
+    assert code == 0, out
+
+
+@pytest.fixture(scope="module")
+def weave_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wdir = tmp_path_factory.mktemp("weave-w")
+    (wdir / "w").write_text('#!/bin/sh\nexec "$@"\n')
+    (wdir / "w").chmod(0o755)
+    return wdir
+
+
+async def test_proxied_container_on_the_real_engine(clients: dict[str, Any], created: Created,
+                                                    weave_dir: Path) -> None:
+    made, container = _proxied(created, weave_dir)
+    docker_ip = made.ips["bridge"]
+    metrics = Metrics()
+    lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=metrics, weave_exec=True)
+    try:
+        before = await lookup.find(S1[0], made.task_id)
+        _attach(container, "10.32.9.1", hosts=True)
+        after = await lookup.find(S1[0], made.task_id)
+    finally:
+        await lookup.close()
+    assert before is not None and before.weave_proxied and before.network_ips == {"bridge": docker_ip}
+    # Docker's own /etc/hosts, and `ip` answering "can't find device 'ethwe'" (exit 1): not attached yet
+    assert (before.weave_ips, before.weave_pending) == ((), "weave-ip-not-attached")
+    assert after is not None and (after.weave_ips, after.weave_source) == (("10.32.9.1",), "etc-hosts")
+    # docker0 here is slave 1's weave bridge (10.32.1.x, inside the CIDR), and still not the answer
+    assert after.overlay_address(NETWORKS, lookup.overlay_cidrs) == ("10.32.9.1", "")
+    # Docker's own file is older than StartedAt: the HEAD answers "not attached" without the ~60 ms GET
+    assert _count(metrics, "archive-stat") == 2 and _count(metrics, "archive") == 1
+    assert _count(metrics, "exec-start") == 1
+
+
+async def test_proxied_container_without_hosts_rewrite_needs_exec(clients: dict[str, Any], created: Created,
+                                                                  weave_dir: Path) -> None:
+    made, container = _proxied(created, weave_dir)
+    _attach(container, "10.32.9.2", hosts=False)  # a proxy run with --no-rewrite-hosts
+    for weave_exec, expected in ((False, ((), "")), (True, (("10.32.9.2",), "exec"))):
+        lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics(), weave_exec=weave_exec)
+        try:
+            c = await lookup.find(S1[0], made.task_id)
+        finally:
+            await lookup.close()
+        assert c is not None and (c.weave_ips, c.weave_source) == expected
+
+
+async def test_slave2_default_bridge_is_outside_the_overlay(clients: dict[str, Any], created: Created) -> None:
+    """Slave 2's own default bridge (172.31/16) is a non-overlay bridge: its address is never registered
+    as an overlay address; the container is counted once."""
+    made = created.run(S2)
+    metrics = Metrics()
+    lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=metrics)
+    try:
+        c = await lookup.find(S2[0], made.task_id)
+        assert await lookup.find(S2[0], made.task_id) == c
+    finally:
+        await lookup.close()
+    assert c is not None and c.network_ips == {"bridge": made.ips["bridge"]}
+    assert made.ips["bridge"].startswith("172.31.")
+    assert c.overlay_address(NETWORKS, lookup.overlay_cidrs) == (None, "address-outside-overlay")
+    assert metrics.registry.get_sample_value("mcr_overlay_addresses_rejected_total",
+                                             {"reason": "address-outside-overlay"}) == 1

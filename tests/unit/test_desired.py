@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from service.desired import desired_registrations, task_host_ports, ttl_check_statuses
@@ -74,12 +76,12 @@ def run(the_app, the_task, the_container, mode=AddressMode.AUTO, networks=NETWOR
         pytest.param(app(checks=(HTTP,)), container(), AddressMode.OVERLAY, NETWORKS,
                      [Registration(HOST, SID0, "web", TAGS, OVERLAY, 80, meta("overlay"), (http_check(),))],
                      id="overlay-overlay-ip"),
-        pytest.param(app(checks=(HTTP,)), container({"bridge": "172.17.0.5"}), AddressMode.AUTO, NETWORKS,
-                     [Registration(HOST, SID0, "web", TAGS, "172.17.0.5", 80, meta("overlay"), (http_check(),))],
+        pytest.param(app(checks=(HTTP,)), container({"bridge": "10.32.1.5"}), AddressMode.AUTO, NETWORKS,
+                     [Registration(HOST, SID0, "web", TAGS, "10.32.1.5", 80, meta("overlay"), (http_check(),))],
                      id="auto-bridge-is-weave-layout"),
-        pytest.param(app(), container({"weave": OVERLAY, "bridge": "172.17.0.5"}), AddressMode.AUTO,
+        pytest.param(app(), container({"weave": OVERLAY, "bridge": "10.32.1.5"}), AddressMode.AUTO,
                      ("bridge", "weave"),
-                     [Registration(HOST, SID0, "web", TAGS, "172.17.0.5", 80, meta("overlay"))],
+                     [Registration(HOST, SID0, "web", TAGS, "10.32.1.5", 80, meta("overlay"))],
                      id="auto-networks-in-operator-order"),
         pytest.param(app(checks=(HTTP,)), container({"other": "192.168.5.5"}), AddressMode.AUTO, NETWORKS,
                      [Registration(HOST, SID0, "web", TAGS, HOST, 31000, meta("host"), (http_check(),))],
@@ -298,7 +300,8 @@ def test_fixed_requested_host_port_targets_mapping():
     ],
 )
 def test_no_host_port_checks_on_overlay(overlay, expected):
-    checks = _checks(HTTP, ports=(), mapping=PortMapping(80, None), the_container=container({"weave": overlay}))
+    checks = _checks(HTTP, ports=(), mapping=PortMapping(80, None), the_container=container({"weave": overlay}),
+                     overlay_cidrs=(ipaddress.ip_network("10.32.0.0/12"), ipaddress.ip_network("fd00::/8")))
     assert checks == (http_check(SID0, expected),)
 
 
