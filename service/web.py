@@ -4,17 +4,21 @@ The callback handler only parses, validates and queues (DESIGN §2.10): Marathon
 subscriber that answers slowly or with non-2xx into back-off and drops its events meanwhile, so
 the handler must never wait on Consul or Docker. Marathon posts JSON with `application/json`, but
 1.3.10+ sends `text/plain`; the body is parsed as JSON whatever the Content-Type says.
+
+The same back-off makes a 5xx the worst answer a hostile or broken body can get: the endpoint is
+unauthenticated, so anyone who can reach it could otherwise make Marathon drop our events. Every
+way a body can be wrong (size, Content-Encoding, UTF-8, JSON, nesting, event shape) therefore ends
+as a 4xx whose `error` is one of `events.REASONS`, counted in `events_rejected_total{reason}`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from service.intake import EventIntake
-from service.marathon.events import EventError
+from service.marathon.events import EventError, decode_event_body
 from service.metrics import Metrics
 from service.reconcile import Reconciler
 
@@ -51,19 +55,25 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
             return _error(413, "too-large", f"event body of {request.content_length} bytes exceeds "
                                             f"the limit of {max_event_bytes} bytes")
         body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > max_event_bytes:
-                metrics.events_rejected.labels("too-large").inc()
-                return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
         try:
-            obj = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            metrics.events_rejected.labels("not-json").inc()
-            return _error(400, "not-json", f"body is not JSON: {exc}")
+            # The limit counts decoded bytes: aiohttp inflates a gzip/deflate body as it arrives.
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > max_event_bytes:
+                    metrics.events_rejected.labels("too-large").inc()
+                    return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, a cut-off body
+            metrics.events_rejected.labels("bad-encoding").inc()
+            return _error(400, "bad-encoding", f"body cannot be read: {exc}")
+        try:
+            obj = decode_event_body(body)
+        except EventError as exc:
+            metrics.events_rejected.labels(exc.reason).inc()
+            return _error(400, exc.reason, str(exc))
+        del body  # a body of up to max_event_bytes need not live as long as the event it became
         try:
             outcome = intake.accept(obj)
-        except EventError as exc:
+        except EventError as exc:  # intake counted it
             return _error(400, exc.reason, str(exc))
         return web.json_response({"status": outcome}, status=202 if outcome == "queued" else 200)
 
