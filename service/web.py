@@ -13,9 +13,11 @@ as a 4xx whose `error` is one of `events.REASONS`, counted in `events_rejected_t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.intake import EventIntake
 from service.marathon.events import EventError, decode_event_body
@@ -43,6 +45,24 @@ class Readiness:
         return out
 
 
+class _MalformedRequestsAreWarnings(logging.Filter):
+    """aiohttp answers a request it cannot parse (bad headers, a Content-Encoding it has no codec
+    for, such as `br` without Brotli) with a 400 itself, before any handler, and logs it at ERROR
+    with a traceback. On an unauthenticated endpoint that is a log flood anyone can trigger, and
+    not our error: it becomes one WARNING line naming the client and the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            record.msg, record.args = "malformed HTTP request: %s (answered %d)", (exc.message, exc.code)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_QUIET = _MalformedRequestsAreWarnings()
+
+
 def _error(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"error": reason, "message": message}, status=status)
 
@@ -64,7 +84,13 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
                     return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
         except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, a cut-off body
             metrics.events_rejected.labels("bad-encoding").inc()
-            return _error(400, "bad-encoding", f"body cannot be read: {exc}")
+            # The rest of this body cannot be read either: end it here, or aiohttp's lingering read
+            # after the response re-raises the error and logs it as an unhandled exception. The
+            # connection is in an unknown state, so it is not kept alive.
+            request.content.feed_eof()
+            resp = _error(400, "bad-encoding", f"body cannot be read: {exc}")
+            resp.force_close()
+            return resp
         try:
             obj = decode_event_body(body)
         except EventError as exc:
@@ -92,6 +118,7 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
     async def registrations(_: web.Request) -> web.Response:
         return web.json_response(reconciler.snapshot())
 
+    logging.getLogger("aiohttp.server").addFilter(_QUIET)  # idempotent: the same filter object
     app = web.Application(client_max_size=max_event_bytes + 1)
     app.router.add_post("/v1/events", events)
     app.router.add_get("/health", health)
