@@ -45,7 +45,7 @@ from service.intake import EventIntake
 from service.marathon.events import REASONS
 from service.metrics import Metrics
 from service.model import Container, Task
-from service.reconciler import Reconciler, ReconcileSettings
+from service.reconcile import Reconciler, ReconcileSettings
 from service.web import Readiness, make_app
 from tests.unit.fakes import FakeAgents, FakeLookup, FakeMarathon, web_app
 
