@@ -11,6 +11,7 @@ them. Every chunking of the bytes must give exactly those pairs, and every prefi
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass
 
@@ -108,8 +109,10 @@ def feed_chunks(parser: SSEParser, stream: bytes, cuts: list[int]) -> list[tuple
     return out
 
 
-# Sized for CI (the whole module runs in about 10 s here); `python -m bench fuzz` runs far more.
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Sized for CI (the whole module runs in about 10 s here); `python -m bench fuzz` sets the variable
+# to run far more.
+FUZZ = settings(max_examples=int(os.environ.get("MCR_SSE_FUZZ_EXAMPLES", "300")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
