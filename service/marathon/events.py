@@ -133,23 +133,42 @@ Event = TaskEvent | AppEvent | HealthEvent | IgnoredEvent
 # One JSON string token; possessive, and ending at a closing quote *or the end of the text*, so it
 # matches from every quote and the scan stays linear even for unterminated strings.
 _JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.?)*+(?:"|\Z)', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # opener 2, closer 0: depth = sum - count
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")  # only the depth matters, not which bracket
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_PAREN_STEP = bytes.maketrans(b"()", b"\x02\x00")  # opener 2, closer 0: depth = running sum - count
+_SHRINK_ABOVE = 64 * 1024  # brackets; below this the exact scan is cheap enough
+_SHRINK_PASSES = 8
 
 
 def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether `text`, read as JSON, nests arrays/objects deeper than `limit`, found without recursion.
 
-    Brackets inside strings do not count. The common case (fewer than `limit` brackets at all) costs
+    Brackets inside strings do not count. The common case (at most `limit` brackets at all) costs
     two `str.count`s; otherwise strings are cut out and the running depth is computed by C-level
     iterators (no Python bytecode per bracket), stopping at the first level past the limit. For
     invalid JSON the answer is only meaningful up to the first syntax error, which is as far as the
     decoder goes too.
+
+    Megabytes of brackets would still cost about a second that way, so a long bracket string is
+    first shrunk by up to `_SHRINK_PASSES` rounds of deleting adjacent `()` pairs (bytes.replace, C
+    speed). Deleting a balanced pair leaves every other position's depth as it was, and a round
+    lowers the maximum by at most one, so the shrunk string under-counts by at most the rounds
+    run: such a body is accepted up to `limit` and rejected beyond `limit + _SHRINK_PASSES` (264,
+    still far from the interpreter's recursion limit).
     """
     if text.count("[") + text.count("{") <= limit:
         return False
-    steps = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii").translate(_BRACKET_STEP)
-    depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
+    outside_strings = _JSON_STRING.sub("", text).encode("utf-8", errors="surrogatepass")
+    parens = outside_strings.translate(_AS_PARENS, _NOT_BRACKETS)
+    if len(parens) > _SHRINK_ABOVE:
+        for _ in range(_SHRINK_PASSES):
+            shorter = parens.replace(b"()", b"")
+            if len(shorter) == len(parens):
+                break
+            parens = shorter
+        if parens.count(b"(") <= limit:
+            return False
+    depths = map(operator.sub, itertools.accumulate(parens.translate(_PAREN_STEP)), itertools.count(1))
     return any(map(limit.__lt__, depths))
 
 
