@@ -42,6 +42,9 @@ CASES = [
     (b"[" * (DEPTH + 1) + b"]" * (DEPTH + 1), {}, 400, "too-deep"),
     (b"[" * DEPTH + b"]" * DEPTH, {}, 400, "not-an-object"),  # at the limit: decoded, then not an event
     (b'{"eventType":"x","a":"' + b"[" * 10_000 + b'"}', {}, 200, None),  # brackets in strings do not nest
+    # Long bracket strings take the shrinking path of json_depth_exceeds (exact within 8 levels).
+    (b"[" * 300 + b"[]," * 40_000 + b"[]" + b"]" * 300, {}, 400, "too-deep"),
+    (b"[" * 250 + b"[]," * 40_000 + b"[]" + b"]" * 250, {}, 400, "not-an-object"),
     (b'{"eventType":"x","n":' + b"9" * 4301 + b"}", {}, 400, "bad-number"),
     (b'{"eventType":"x","n":NaN}', {}, 400, "bad-number"),
     (b'{"eventType":"x","n":-Infinity}', {}, 400, "bad-number"),
