@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import procs, scenarios
+from bench import fuzz, procs, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     "memory": scenarios.resync,  # same world: the memory figure is taken at the end of it
     "real": scenarios.real,
     "smoke": scenarios.smoke,
+    "fuzz": fuzz.run,  # issue 9: hostile callbacks, the SSE parser, forged events (in-process, fakes)
 }
 ALL = ("burst", "resync", "steady", "real")
 

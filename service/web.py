@@ -4,19 +4,25 @@ The callback handler only parses, validates and queues (DESIGN §2.10): Marathon
 subscriber that answers slowly or with non-2xx into back-off and drops its events meanwhile, so
 the handler must never wait on Consul or Docker. Marathon posts JSON with `application/json`, but
 1.3.10+ sends `text/plain`; the body is parsed as JSON whatever the Content-Type says.
+
+The same back-off makes a 5xx the worst answer a hostile or broken body can get: the endpoint is
+unauthenticated, so anyone who can reach it could otherwise make Marathon drop our events. Every
+way a body can be wrong (size, Content-Encoding, UTF-8, JSON, nesting, event shape) therefore ends
+as a 4xx whose `error` is one of `events.REASONS`, counted in `events_rejected_total{reason}`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.intake import EventIntake
-from service.marathon.events import EventError
+from service.marathon.events import EventError, decode_event_body
 from service.metrics import Metrics
 from service.reconcile import Reconciler
 
@@ -44,6 +50,24 @@ class Readiness:
         return out
 
 
+class _MalformedRequestsAreWarnings(logging.Filter):
+    """aiohttp answers a request it cannot parse (bad headers, a Content-Encoding it has no codec
+    for, such as `br` without Brotli) with a 400 itself, before any handler, and logs it at ERROR
+    with a traceback. On an unauthenticated endpoint that is a log flood anyone can trigger, and
+    not our error: it becomes one WARNING line naming the client and the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            record.msg, record.args = "malformed HTTP request: %s (answered %d)", (exc.message, exc.code)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_QUIET = _MalformedRequestsAreWarnings()
+
+
 def _error(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"error": reason, "message": message}, status=status)
 
@@ -57,19 +81,31 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
             return _error(413, "too-large", f"event body of {request.content_length} bytes exceeds "
                                             f"the limit of {max_event_bytes} bytes")
         body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > max_event_bytes:
-                metrics.events_rejected.labels("too-large").inc()
-                return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
         try:
-            obj = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            metrics.events_rejected.labels("not-json").inc()
-            return _error(400, "not-json", f"body is not JSON: {exc}")
+            # The limit counts decoded bytes: aiohttp inflates a gzip/deflate body as it arrives.
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > max_event_bytes:
+                    metrics.events_rejected.labels("too-large").inc()
+                    return _error(413, "too-large", f"event body exceeds the limit of {max_event_bytes} bytes")
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, a cut-off body
+            metrics.events_rejected.labels("bad-encoding").inc()
+            # The rest of this body cannot be read either: end it here, or aiohttp's lingering read
+            # after the response re-raises the error and logs it as an unhandled exception. The
+            # connection is in an unknown state, so it is not kept alive.
+            request.content.feed_eof()
+            resp = _error(400, "bad-encoding", f"body cannot be read: {exc}")
+            resp.force_close()
+            return resp
+        try:
+            obj = decode_event_body(body)
+        except EventError as exc:
+            metrics.events_rejected.labels(exc.reason).inc()
+            return _error(400, exc.reason, str(exc))
+        del body  # a body of up to max_event_bytes need not live as long as the event it became
         try:
             outcome = intake.accept(obj)
-        except EventError as exc:
+        except EventError as exc:  # intake counted it
             return _error(400, exc.reason, str(exc))
         return web.json_response({"status": outcome}, status=202 if outcome == "queued" else 200)
 
@@ -91,6 +127,7 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
             state.update(extra_state())
         return web.json_response(state)
 
+    logging.getLogger("aiohttp.server").addFilter(_QUIET)  # idempotent: the same filter object
     app = web.Application(client_max_size=max_event_bytes + 1)
     app.router.add_post("/v1/events", events)
     app.router.add_get("/health", health)

@@ -9,10 +9,28 @@ and tolerant of everything it does not need (unknown fields, unknown event types
 
 `EventError.reason` is one of a bounded set of labels (`REASONS`), safe as a metric label; the
 message names the event type and the field.
+
+Decoding (`decode_event_body`, `decode_event_text`) is here too, because the body is hostile until
+proven otherwise (the callback endpoint is unauthenticated by nature) and both transports need the
+same guarantees: CPython's C JSON decoder recurses once per nesting level, so `[[[…]]]` a thousand
+levels deep raises `RecursionError` (a 500 and a Marathon back-off, issue 9). Nesting is therefore
+measured *before* decoding, without recursion, and bounded by `MAX_JSON_DEPTH`; everything else
+that can go wrong (invalid UTF-8, `NaN`/`Infinity`, integers beyond Python's 4300-digit limit,
+syntax) becomes an `EventError` with its own reason, so no body can end as an internal exception.
+
+Ids are checked against Marathon's own rules (marathon.md §6.1): an event naming an app id Marathon
+could never have produced (`..`, `_`, upper case, empty segments) is forged or broken, and turning it
+into a Marathon read (`GET /v2/apps/<id>`, whose path it would otherwise shape) is the one cost a
+forged event can cause (DESIGN §2.1), so it is refused at the door.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import json
+import operator
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +38,16 @@ from typing import Any
 from service.marathon.parse import ip_addresses_from_json, ports_from_json
 from service.marathon.task_ids import app_id_from_instance_id, parse_task_id
 
-REASONS = ("not-an-object", "no-event-type", "bad-field")
+# Every label `events_rejected_total{reason}` can carry, for either transport: the body-level ones
+# (`too-large`, `bad-encoding`: Content-Encoding that does not decode) are the callback handler's.
+REASONS = ("too-large", "bad-encoding", "not-utf8", "not-json", "too-deep", "bad-number", "not-an-object",
+           "no-event-type", "bad-field", "bad-app-id")
+
+# Deep enough for any event Marathon writes (a heavy deployment plan nests two levels per app-id
+# segment plus about ten for the app itself, so 256 fits app ids over 100 segments deep), shallow
+# enough that the decoder and everything after it (repr in error messages, logging) stays far from
+# the interpreter's recursion limit of 1000, whatever the caller's stack depth.
+MAX_JSON_DEPTH = 256
 
 DEPLOYMENT_EVENTS = frozenset(
     {"deployment_info", "deployment_success", "deployment_failed", "deployment_step_success",
@@ -103,6 +130,87 @@ class IgnoredEvent:
 Event = TaskEvent | AppEvent | HealthEvent | IgnoredEvent
 
 
+# One JSON string token; possessive, and ending at a closing quote *or the end of the text*, so it
+# matches from every quote and the scan stays linear even for unterminated strings.
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.?)*+(?:"|\Z)', re.DOTALL)
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")  # only the depth matters, not which bracket
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_PAREN_STEP = bytes.maketrans(b"()", b"\x02\x00")  # opener 2, closer 0: depth = running sum - count
+_SHRINK_ABOVE = 64 * 1024  # brackets; below this the exact scan is cheap enough
+_SHRINK_PASSES = 8
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `text`, read as JSON, nests arrays/objects deeper than `limit`, found without recursion.
+
+    Brackets inside strings do not count. The common case (at most `limit` brackets at all) costs
+    two `str.count`s; otherwise strings are cut out and the running depth is computed by C-level
+    iterators (no Python bytecode per bracket), stopping at the first level past the limit. For
+    invalid JSON the answer is only meaningful up to the first syntax error, which is as far as the
+    decoder goes too.
+
+    Megabytes of brackets would still cost about a second that way, so a long bracket string is
+    first shrunk by up to `_SHRINK_PASSES` rounds of deleting adjacent `()` pairs (bytes.replace, C
+    speed). Deleting a balanced pair leaves every other position's depth as it was, and a round
+    lowers the maximum by at most one, so the shrunk string under-counts by at most the rounds
+    run: such a body is accepted up to `limit` and rejected beyond `limit + _SHRINK_PASSES` (264,
+    still far from the interpreter's recursion limit).
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    outside_strings = _JSON_STRING.sub("", text).encode("utf-8", errors="surrogatepass")
+    parens = outside_strings.translate(_AS_PARENS, _NOT_BRACKETS)
+    if len(parens) > _SHRINK_ABOVE:
+        for _ in range(_SHRINK_PASSES):
+            shorter = parens.replace(b"()", b"")
+            if len(shorter) == len(parens):
+                break
+            parens = shorter
+        if parens.count(b"(") <= limit:
+            return False
+    depths = map(operator.sub, itertools.accumulate(parens.translate(_PAREN_STEP)), itertools.count(1))
+    return any(map(limit.__lt__, depths))
+
+
+def _reject_constant(name: str) -> object:
+    raise EventError("bad-number", f"body is not JSON: {name} is not a JSON number (RFC 8259 §6)")
+
+
+def decode_event_body(raw: bytes | bytearray) -> object:
+    """A callback body -> its decoded JSON value; `EventError` with a bounded reason otherwise.
+
+    The body is read as UTF-8 whatever Content-Type and charset the poster declared: Marathon always
+    sends UTF-8 (marathon.md §1.3), JSON exchanged between systems must be UTF-8 (RFC 8259 §8.1), and a
+    declared charset is one more thing a forged request could lie about.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("not-utf8", f"body is not UTF-8: invalid byte at offset {exc.start}") from None
+    return decode_event_text(text)
+
+
+def decode_event_text(text: str) -> object:
+    """Decoded text of one event -> its JSON value, with nesting bounded by `MAX_JSON_DEPTH`.
+
+    Duplicate keys keep their last value, as Marathon's own parser does: events are hints, so a
+    duplicate can at most aim a re-read at another app, which the poster could do directly anyway.
+    """
+    text = text.removeprefix("\ufeff")  # RFC 8259 §8.1: a parser may ignore a byte order mark
+    if not text.strip():
+        raise EventError("not-json", "body is empty, expected a JSON object")
+    if json_depth_exceeds(text):
+        raise EventError("too-deep", f"body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise EventError("not-json", f"body is not JSON: {exc}") from None
+    except EventError:
+        raise
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise EventError("bad-number", f"body is not usable JSON: {exc}") from None
+
+
 def parse_event(obj: object) -> Event:
     """A decoded JSON body -> an `Event`; `EventError` if it is not a usable Marathon event."""
     if not isinstance(obj, Mapping):
@@ -156,6 +264,23 @@ class _Fields:
             raise self.error(f"field {key!r} must be an object, got {_short(value)}")
         return value
 
+    def app_id(self, value: object, path: str) -> str:
+        """`value` as a canonical Marathon app id, or `EventError("bad-app-id")` naming the field."""
+        if not isinstance(value, str) or not value:
+            raise self.error(f"field {path!r} must be an app id, got {_short(value)}")
+        if not is_app_id(value):
+            raise EventError("bad-app-id", f"{self.event_type}: field {path!r} is not a Marathon app id "
+                                           f"(marathon.md §6.1): {_short(value)}", event_type=self.event_type)
+        return "/" + value.strip("/")
+
+    def host(self, key: str) -> str:
+        """The agent host, which the reconciler puts into Docker and Consul URLs (`{host}`): only a
+        hostname or an IP literal is accepted, never something that rewrites the URL around it."""
+        value = self.text(key, required=False)
+        if value and not _is_host(value):
+            raise self.error(f"field {key!r} must be a hostname or an IP address, got {_short(value)}")
+        return value
+
     def wrap(self, exc: ValueError) -> EventError:
         """A parse/task-id ValueError, re-raised as this event's bad-field error."""
         return self.error(str(exc))
@@ -166,20 +291,49 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Marathon's PathId segment rule (marathon.md §6.1), minus the `.`/`..` navigation segments that
+# Marathon canonicalises away before it ever writes an id into an event.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_APP_ID = re.compile(rf"/?{_LABEL}(?:\.{_LABEL})*(?:/{_LABEL}(?:\.{_LABEL})*)*")
+# RFC 1123 host names (underscores tolerated: some internal DNS zones have them) and IPv4 literals.
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}"
+                       r"[A-Za-z0-9_])?)*\.?")
+
+
+def is_app_id(value: str) -> bool:
+    """Whether `value` is an app id as Marathon writes it: `/seg/seg`, segments of `[a-z0-9.-]`."""
+    return _APP_ID.fullmatch(value) is not None
+
+
+def _is_host(value: str) -> bool:
+    if len(value) <= 253 and _HOSTNAME.fullmatch(value):
+        return True
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _status_update(f: _Fields) -> TaskEvent:
+    """A task's status; its id must name the app the event names, as every id Marathon makes does
+    (the safe path of the app id is the task id's prefix, marathon.md §6.3)."""
     task_id = f.text("taskId")
     app_id = f.text("appId", required=False)
     try:
-        app_id = app_id or parse_task_id(task_id).app_id
+        owner = parse_task_id(task_id).app_id
         ports = ports_from_json(f.obj, "")
         ips = ip_addresses_from_json(f.obj, "")
     except ValueError as exc:
         raise f.wrap(exc) from None
+    app_id = f.app_id(app_id or owner, "appId" if app_id else "taskId")
+    if owner != app_id:
+        raise f.error(f"field 'taskId' is not a task of app {app_id!r}: {_short(task_id)}")
     return TaskEvent(
         task_id=task_id,
         app_id=app_id,
         state=f.text("taskStatus"),
-        host=f.text("host", required=False),
+        host=f.host("host"),
         ports=ports,
         ip_addresses=ips,
         app_version=f.text("version", required=False),
@@ -189,14 +343,11 @@ def _status_update(f: _Fields) -> TaskEvent:
 
 def _api_post(f: _Fields) -> AppEvent:
     definition = f.obj_field("appDefinition")
-    app_id = definition.get("id")
-    if not isinstance(app_id, str) or not app_id.strip("/"):
-        raise f.error(f"field 'appDefinition.id' must be an app id, got {_short(app_id)}")
-    return AppEvent(("/" + app_id.strip("/"),), f.event_type)
+    return AppEvent((f.app_id(definition.get("id"), "appDefinition.id"),), f.event_type)
 
 
 def _app_terminated(f: _Fields) -> AppEvent:
-    return AppEvent((f.text("appId"),), f.event_type)
+    return AppEvent((f.app_id(f.text("appId"), "appId"),), f.event_type)
 
 
 def _deployment(f: _Fields) -> AppEvent:
@@ -235,9 +386,7 @@ def _step_app_ids(f: _Fields, step: object, path: str) -> Iterator[str]:
             value = action.get(key)
             if value is None:
                 continue
-            if not isinstance(value, str) or not value:
-                raise f.error(f"field '{path}.actions[{j}].{key}' must be an app id, got {_short(value)}")
-            yield value
+            yield f.app_id(value, f"{path}.actions[{j}].{key}")
 
 
 def _health_status_changed(f: _Fields) -> HealthEvent:
@@ -250,7 +399,7 @@ def _health_status_changed(f: _Fields) -> HealthEvent:
     if not isinstance(alive, bool):
         raise f.error(f"field 'alive' must be a boolean, got {_short(alive)}")
     app_id = f.text("appId", required=False) or _derive_app_id(f, task_id, instance_id)
-    return HealthEvent(app_id, task_id, instance_id, alive, f.event_type)
+    return HealthEvent(f.app_id(app_id, "appId"), task_id, instance_id, alive, f.event_type)
 
 
 def _instance_health_changed(f: _Fields) -> HealthEvent:
@@ -259,7 +408,7 @@ def _instance_health_changed(f: _Fields) -> HealthEvent:
     if healthy is not None and not isinstance(healthy, bool):
         raise f.error(f"field 'healthy' must be a boolean or null, got {_short(healthy)}")
     app_id = f.text("runSpecId", required=False) or _derive_app_id(f, None, instance_id)
-    return HealthEvent(app_id, None, instance_id, healthy, f.event_type)
+    return HealthEvent(f.app_id(app_id, "runSpecId"), None, instance_id, healthy, f.event_type)
 
 
 def _derive_app_id(f: _Fields, task_id: str | None, instance_id: str | None) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import re
 import time
@@ -41,6 +40,7 @@ from yarl import URL
 
 from service.backoff import Backoff
 from service.marathon.client import MarathonClient
+from service.marathon.events import decode_event_text
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -67,31 +67,45 @@ class SSEParser:
         self.reset()
 
     def reset(self) -> None:
-        self._buf = b""
+        self._partial: list[bytes] = []  # pieces of the line not ended yet, joined once it ends
+        self._partial_len = 0
         self._skip_lf = False  # the previous chunk ended in CR: a LF starting the next one is its pair
         self._first_line = True
         self._event = ""
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        """Consume `chunk`; return the events it completed, in order."""
+        """Consume `chunk`; return the events it completed, in order.
+
+        Only `chunk` is scanned for line ends, and a line's pieces are joined once, when it ends: a
+        long line (Marathon's heavy deployment events are megabytes on one line) arriving in many
+        reads costs time linear in its length, not in its length times the number of reads.
+        """
         if not chunk:
             return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        buf = self._buf + chunk if self._buf else chunk
         events: list[tuple[str, str]] = []
         start = 0
-        for m in _LINE_END.finditer(buf):
-            self._line(buf[start:m.start()], events)
+        for m in _LINE_END.finditer(chunk):
+            piece = chunk[start:m.start()]
+            if self._partial:
+                self._partial.append(piece)
+                piece = b"".join(self._partial)
+                self._partial, self._partial_len = [], 0
+            self._line(piece, events)
             start = m.end()
-        if start and buf[start - 1:start] == b"\r":
-            self._skip_lf = True  # the match was a lone CR at the very end of the buffer
-        self._buf = buf[start:]
-        if len(self._buf) > self._max_line:
-            raise SSEError(f"SSE line longer than {self._max_line} bytes")
+        # Only a CR that is the chunk's very last byte may be the first half of a CRLF split across
+        # reads; a CR inside the chunk has already been seen with what follows it.
+        if start == len(chunk) and chunk.endswith(b"\r"):
+            self._skip_lf = True
+        elif start < len(chunk):
+            self._partial.append(chunk[start:])
+            self._partial_len += len(chunk) - start
+            if self._partial_len > self._max_line:
+                raise SSEError(f"SSE line longer than {self._max_line} bytes")
         return events
 
     def _line(self, raw: bytes, events: list[tuple[str, str]]) -> None:
@@ -306,8 +320,8 @@ class EventStream:
 
     async def _dispatch(self, name: str, data: str) -> None:
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = decode_event_text(data)  # depth-bounded: a deep `[[[…]]]` must not end the connection
+        except ValueError:  # EventError included
             self.metrics.events_rejected.labels("bad-json").inc()
             log.warning("Marathon event %r with a data line that is not JSON: %.200s", name, data)
             return
