@@ -106,8 +106,12 @@ class Reconciler:
             # the 5 status updates in a task's life).
             return
         now = received_at if received_at is not None else time.monotonic()
-        running_on = {event.task_id: event.host} if event.host and event.state == TaskState.RUNNING else {}
-        self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={event.host} if event.host else set(),
+        # The event's host is only a hint of where to look, taken only for a host Marathon named
+        # before: a forged event must not send the registrar to a host of the sender's choosing.
+        # (Marathon's answer to the step's read names the task's real host either way.)
+        host = event.host if event.host in self.reader.known_hosts else ""
+        running_on = {event.task_id: host} if host and event.state == TaskState.RUNNING else {}
+        self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={host} if host else set(),
                                             received={event.task_id: now}, running_on=running_on))
 
     def hint_app(self, app_id: str) -> None:

@@ -58,6 +58,10 @@ class WorldReader:
         self.metrics = metrics
         self.settings = settings
         self._logged_rewrites: set[str] = set()
+        # Hosts Marathon named (or whose agent held our registrations): the only hosts an event may
+        # send us to. Events are unauthenticated hints; a forged one naming some other host must
+        # not make the registrar call that host's Docker API or Consul agent.
+        self.known_hosts: set[str] = set()
 
     # ---------------------------------------------------------------- the resync's read
     async def read_world(self, known: set[str]) -> World:
@@ -81,6 +85,7 @@ class WorldReader:
         finally:
             _, listings = await early
         task_hosts = {t.host for _, tasks in apps for t in tasks}
+        self.known_hosts |= task_hosts | known
         late = task_hosts - known
         if not known:  # no earlier work to go by: the catalog, found through a task host, names the rest
             late |= await self._catalog_hosts(task_hosts)

@@ -178,6 +178,7 @@ async def test_containers_are_looked_up_while_marathon_answers_and_only_its_answ
     w.marathon.app_with_tasks = slow_read  # type: ignore[method-assign]
     w.lookup.find = recording_find  # type: ignore[method-assign]
     async with w.running() as r:
+        r.reader.known_hosts.update(HOSTS)  # the slaves are known from an earlier read of Marathon
         for e in running_events:
             r.hint(e)
         async with asyncio.timeout(5):
@@ -420,3 +421,30 @@ async def test_a_repair_and_event_work_for_one_app_never_run_at_once() -> None:
         await drain(r)
         assert not overlap, "the queue is the only lock, for repairs too"
         assert w.managed_task_ids() == {t1.id}
+
+
+async def test_a_forged_event_never_sends_the_registrar_to_a_host_marathon_did_not_name() -> None:
+    """Callback events are unauthenticated hints: the host an event names is only used where
+    Marathon named it before, so a forged event cannot make us call another host's Docker API or
+    Consul agent (the step reads Marathon and goes where Marathon's answer says)."""
+    w = World()
+    w.deploy(APP)
+    t = w.start_task(APP)
+    looked_up: list[str] = []
+    find = w.lookup.find
+
+    async def recording_find(host: str, task_id: str) -> Container | None:
+        looked_up.append(host)
+        return await find(host, task_id)
+
+    w.lookup.find = recording_find  # type: ignore[method-assign]
+    async with w.running() as r:
+        await r.resync()
+        await drain(r)
+        forged = TaskEvent(task_id=t.id, app_id=APP, state="TASK_RUNNING", host="evil.example", ports=t.ports,
+                           ip_addresses=(), app_version="v1")
+        r.hint(forged)
+        await drain(r)
+        assert "evil.example" not in looked_up
+        assert "evil.example" not in w.agents.agents, "no agent client was even made for the forged host"
+        assert w.managed_task_ids() == {t.id}
