@@ -205,6 +205,10 @@ class Leadership:
                 wait_seconds=min(self.settings.watch_wait_seconds, self.settings.ttl_seconds / 2))
             self.holder = _decode(entry)
             holder_session = (entry or {}).get("Session")
+            if holder_session and holder_session != self._session and self._is_predecessor(entry):
+                await self._take_over_from_predecessor(str(holder_session))
+                index = None
+                continue
             if holder_session and holder_session != self._session:
                 self.detail = f"standby: lock held by {self.holder}"
                 lease_from = await self._renew_or_raise(lease_from)  # our idle session must stay alive
@@ -220,6 +224,29 @@ class Leadership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), min(5.0, max(0.5, self.settings.lock_delay_seconds / 3)))
             index = None
+
+    def _is_predecessor(self, entry: dict[str, Any] | None) -> bool:
+        """Does the key name an earlier run of this very instance? Same host name, same advertised
+        host and same listen port, another pid. This process holds that port now, and a live
+        process (even a stopped one) keeps its listening socket, so that run is dead: its session
+        only lingers until its TTL runs out. A restarted single instance then need not wait up to
+        2 x TTL + lock-delay for its own dead session."""
+        mine = _holder_fields(self._value)
+        theirs = (_decode(entry) or {}).get("holder")
+        if not mine or not isinstance(theirs, dict):
+            return False
+        same = all(theirs.get(k) == mine.get(k) for k in ("hostname", "host", "port"))
+        return same and theirs.get("pid") != mine.get("pid") and bool(mine.get("port"))
+
+    async def _take_over_from_predecessor(self, session: str) -> None:
+        """Release the key in the dead run's name (a release sets no lock-delay), then destroy
+        its session."""
+        log.warning("lock %s is held by an earlier run of this instance (session %s), which is gone: "
+                    "releasing it", self.settings.key, session)
+        with contextlib.suppress(Exception):
+            await self._client.release(self.settings.key, self._value, session, LOCK_FLAG)
+        with contextlib.suppress(Exception):
+            await self._client.destroy_session(session)
 
     async def _renew_or_raise(self, last_sent: float) -> float:
         """Renew when half the TTL has passed since the last renew; returns when it was sent."""
@@ -344,6 +371,14 @@ class Leadership:
     def _notify(self, role: Role, reason: str) -> None:
         if self._on_change is not None:
             self._on_change(role, reason)
+
+
+def _holder_fields(value: bytes) -> dict[str, Any] | None:
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def _decode(entry: dict[str, Any] | None) -> dict[str, Any] | None:

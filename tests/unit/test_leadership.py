@@ -89,10 +89,10 @@ class FakeConsul:
         self._bump()
         return True
 
-    def take(self, session_id: str) -> None:
+    def take(self, session_id: str, value: bytes = b"{}") -> None:
         """Someone else's session now holds the key (e.g. an operator's `consul lock`)."""
         self.sessions.add(session_id)
-        self.entry = {"Key": "k", "Value": b"{}", "Session": session_id, "Flags": LOCK_FLAG}
+        self.entry = {"Key": "k", "Value": value, "Session": session_id, "Flags": LOCK_FLAG}
         self._bump()
 
 
@@ -204,3 +204,22 @@ async def test_stop_releases_the_key_before_destroying_the_session() -> None:
 @pytest.mark.parametrize("cluster", ["1b2c-framework-id", "prod"])
 def test_lock_key_is_per_cluster(cluster: str) -> None:
     assert lock_key(cluster) == f"marathon-consul-registrar/{cluster}/leader"
+
+
+@pytest.mark.parametrize("port,takes_over", [(1, True), (2, False)])
+async def test_a_dead_earlier_run_of_this_instance_is_released_at_once(port: int, takes_over: bool) -> None:
+    """The key names our host, host name and listen port with another pid: that run is gone (we hold
+    its port), so its lingering session is released instead of waited out; any other holder is not."""
+    consul = FakeConsul()
+    earlier = json.loads(holder_value(host="h", port=port, version="t"))
+    earlier["pid"] = -1
+    consul.take("earlier-run", json.dumps(earlier).encode())
+    lead, task = await start(consul)
+    if takes_over:
+        await until(lead.may_write, within=2.0)
+        assert "release earlier-run" in consul.calls and "destroy earlier-run" in consul.calls
+    else:
+        await asyncio.sleep(0.5)
+        assert not lead.may_write() and "release earlier-run" not in consul.calls
+    await lead.stop()
+    task.cancel()
