@@ -18,8 +18,9 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +42,7 @@ from service.reconcile import Drift, Reconciler, ReconcileSettings
 from service.web import Readiness, make_app
 
 log = logging.getLogger("service")
+T = TypeVar("T")
 
 # Start-up loops (transport pick, callback subscription) retry for as long as it takes.
 STARTUP_BACKOFF = Backoff(initial=0.5, cap=30.0)
@@ -200,20 +202,26 @@ class Service:
 
     async def _identify(self) -> str:
         """This cluster's identity: --cluster-id, else Marathon's frameworkId (asked until it answers)."""
-        failures = 0
-        while True:
-            try:
-                cluster_id = self.config.cluster_id or await self.c.marathon.framework_id()
-                break
-            except Exception as exc:
-                failures += 1
-                delay = STARTUP_BACKOFF.delay(failures)
-                self.readiness.source_detail = f"cannot read Marathon's frameworkId from /v2/info: {exc}"
-                log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
-                await asyncio.sleep(delay)
+        cluster_id = self.config.cluster_id
+        if cluster_id is None:
+            cluster_id = await self._until_marathon_answers("cannot read Marathon's frameworkId from /v2/info",
+                                                            self.c.marathon.framework_id)
         log.info("cluster identity: %s", cluster_id)
         self.c.reconciler.identify(cluster_id)
         return cluster_id
+
+    async def _until_marathon_answers(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Start-up reads of Marathon retry for as long as it takes, saying why in /ready."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                failures += 1
+                delay = STARTUP_BACKOFF.delay(failures)
+                self.readiness.source_detail = f"{what}: {exc}"
+                log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
+                await asyncio.sleep(delay)
 
     def _next_resync_in(self, failures: int) -> float:
         """After a failed resync, try again sooner than the interval: 2 s, 4 s, ... up to it. The
@@ -270,17 +278,8 @@ class Service:
     async def _transport(self) -> str:
         if self.config.events != "auto":
             return self.config.events
-        failures = 0
-        while True:
-            try:
-                transport = await self.c.marathon.event_transport()
-                break
-            except Exception as exc:
-                failures += 1
-                delay = STARTUP_BACKOFF.delay(failures)
-                self.readiness.source_detail = f"cannot reach Marathon to pick the event transport: {exc}"
-                log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
-                await asyncio.sleep(delay)
+        transport = await self._until_marathon_answers("cannot reach Marathon to pick the event transport",
+                                                       self.c.marathon.event_transport)
         if transport == "callback" and not self.config.callback_url:
             log.warning("Marathon offers callbacks but no --callback-url is set; using the SSE stream")
             return "sse"

@@ -172,11 +172,19 @@ def marathon_sim(version: str) -> Iterator[Marathon]:
         yield m
         m.delete_all()
         return
+    with private_marathon("1.4") as m:
+        yield m
+
+
+@contextlib.contextmanager
+def private_marathon(version: str) -> Iterator[Marathon]:
+    """A Marathon simulator of our own (its own framework id) on the world's slaves; its apps are
+    deleted and the process stopped on the way out."""
     port = free_port()
-    proc = Process(marathon_sim_argv("1.4", ("127.0.0.1", port)), f"marathon14-{port}")
-    m = Marathon(f"http://127.0.0.1:{port}", "1.4")
+    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port)), f"marathon{version.replace('.', '')}-{port}")
+    m = Marathon(f"http://127.0.0.1:{port}", version)
     try:
-        wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what="marathon 1.4 simulator")
+        wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what=f"marathon {version} simulator")
         yield m
         m.delete_all()
     finally:

@@ -93,7 +93,7 @@ def test_deploy_scale_kill_delete(marathon: Marathon) -> None:
 BAD_BODIES = [
     (b"", 400, "not-json"),
     (b"{not json", 400, "not-json"),
-    (b"\xff\xfe", 400, "not-json"),
+    (b"\xff\xfe", 400, "not-utf8"),  # a body that is not UTF-8 says so (issue 9)
     (b"[]", 400, None),
     (b'"status_update_event"', 400, None),
     (b"{}", 400, None),

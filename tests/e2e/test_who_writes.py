@@ -15,10 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from devcluster.__main__ import marathon_sim_argv
 from devcluster.topology import SLAVES
-from tests.helpers import Process, free_port, http, wait_for
-from tests.registrar_fixtures import Marathon, Registrar, managed_instances, start_registrar
+from tests.helpers import http, wait_for
+from tests.registrar_fixtures import Marathon, Registrar, managed_instances, private_marathon, start_registrar
 
 APP = "/web/customer1/site1"
 FAST_LOCK = ["--lock", "on", "--lock-ttl", "10", "--lock-delay", "1"]
@@ -84,20 +83,6 @@ def service_ids(agent: int = 0) -> set[str]:
     return set(body)
 
 
-@contextlib.contextmanager
-def second_marathon(version: str) -> Iterator[Marathon]:
-    """Another Marathon cluster (its own framework id) on the same slaves."""
-    port = free_port()
-    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port)), f"marathon-b-{port}")
-    m = Marathon(f"http://127.0.0.1:{port}", version)
-    try:
-        wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what="second marathon simulator")
-        yield m
-        m.delete_all()
-    finally:
-        proc.stop()
-
-
 def framework_id(m: Marathon) -> str:
     status, body, _ = http("GET", f"{m.url}/v2/info")
     assert status == 200
@@ -117,7 +102,7 @@ def registrars(*specs: tuple[str, list[str]]) -> Iterator[list[Registrar]]:
 
 
 def test_two_clusters_keep_each_others_registrations(marathon: Marathon) -> None:
-    with second_marathon(marathon.version) as other, registrars(
+    with private_marathon(marathon.version) as other, registrars(
             (marathon.url, lock_args(0)), (other.url, lock_args(1))) as (ra, rb):
         ca, cb = framework_id(marathon), framework_id(other)
         assert ca != cb
