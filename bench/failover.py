@@ -88,7 +88,8 @@ def case(ttl: str, delay: str, sig: signal.Signals) -> dict[str, float]:
     b, b_url = start(AGENTS[1], ttl, delay, "b")
     try:
         assert call("POST", f"{MARATHON}/v2/apps", {
-            "id": APP, "instances": 1, "cpus": 0.1, "mem": 32, "cmd": "exec httpd -f -p 80 -h /",
+            "id": APP, "instances": 1, "cpus": 0.1, "mem": 32,
+            "cmd": "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
             "container": {"type": "DOCKER", "docker": {"image": "local/busybox:1"},
                           "portMappings": [{"containerPort": 80, "hostPort": 0, "name": "http"}]},
             "networks": [{"mode": "container/bridge"}]})[0] == 201

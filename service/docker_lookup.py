@@ -228,15 +228,18 @@ class ContainerLookup:
         engine = self._engine(host)
         listing = await self._listing(engine, not_before=call_start - self._hit_ttl, full=False)
         found = self._get_container(listing, task_id)
-        if found is not None:
+        # A cached listing taken before the container ran says nothing about now (a new task's
+        # container is listed as "created" while it starts): only a running one is a hit.
+        if found is not None and (found.running or listing.started >= call_start):
             return await self._finish(engine, found)
         if listing.full and listing.started >= call_start:
             return None  # already a complete listing taken after we were asked: a re-list adds nothing
         if not listing.full:  # a labelled slave: ask for this one task
             entry = await self._probe(engine, task_id)
             if entry is not None:
-                if engine.current is not None and task_id not in engine.current.raw:
-                    _keep(engine.current.raw, entry, task_id)  # later events for this task hit the listing
+                if engine.current is not None:  # later events for this task hit the listing
+                    _keep(engine.current.raw, entry, task_id)
+                    engine.current.built.pop(task_id, None)
                 return await self._finish(engine, self._build(entry, task_id))
         # Unlabelled (Marathon < 1.4) or gone: a full listing newer than the one that missed.
         not_before = max(call_start, listing.started + 1e-9)

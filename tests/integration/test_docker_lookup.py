@@ -374,6 +374,28 @@ async def test_container_started_after_the_cached_listing_is_found(
     assert c is not None and c.overlay_ip(NETWORKS) == made.ips["weave"]
 
 
+async def test_a_container_listed_before_it_ran_is_found_running_once_it_does(
+    world: dict[str, Any], created: Created, clients: dict[str, Any]
+) -> None:
+    """A resync lists a new task's container while it is still "created"; the task's TASK_RUNNING
+    comes seconds later. The cached listing must not answer "not running" for its lifetime (that
+    held a new writer's registrations back by the listing's 30 s)."""
+    client = clients[S1[0]]
+    task_id = f"test_app.{uuid.uuid4()}"
+    c = client.containers.create(IMAGE, command=["/bin/httpd", "-f", "-p", "80"], name=f"mesos-{uuid.uuid4()}",
+                                 environment={"MESOS_TASK_ID": task_id}, labels={"MESOS_TASK_ID": task_id})
+    created.ids.append((S1[0], c.id))
+    lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics(), list_ttl=60.0)
+    try:
+        listed = (await lookup.containers(S1[0]))[task_id]
+        assert not listed.running  # the resync saw it before it ran
+        await asyncio.to_thread(c.start)
+        found = await lookup.find(S1[0], task_id)
+    finally:
+        await lookup.close()
+    assert found is not None and found.running and found.overlay_ip(NETWORKS)
+
+
 async def test_just_started_container_costs_one_narrowed_probe(
     world: dict[str, Any], created: Created, proxy_s1: CountingProxy
 ) -> None:
