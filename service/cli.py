@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from service.config import ConfigError, add_serve_options, config_from_args
-from service.model import App, Naming
+from service.model import App, NameOverride, Naming
 from service.naming import dns_names, service_identity
 
 DESCRIPTION = """\
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     names.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an app label")
     names.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an app env entry")
     names.add_argument("--datacenter", default="dc1")
+    names.add_argument("--allow-name-override", choices=[m.value for m in NameOverride], default="group",
+                       help="as serve's option: which consul.name / SERVICE_NAME overrides are honoured")
     sync = sub.add_parser("sync", help="one resync: print the drift (--dry-run) or repair it, then exit",
                           description="Compare Marathon with Consul once. With --dry-run print the drift "
                                       "(missing / orphan / drifted, per agent); without, repair it.")
@@ -58,11 +60,11 @@ def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
 def _names(args: argparse.Namespace) -> int:
     app_id = "/" + args.app_id.strip("/")
     app = App(id=app_id, labels=_pairs("label", args.label), env=_pairs("env", args.env))
-    identity = service_identity(app, 0, Naming(args.naming))
+    identity = service_identity(app, 0, Naming(args.naming), NameOverride(args.allow_name_override))
     if identity is None:
         print(f"{app_id}: not registered (opted out by label or env)")
         return 0
-    for message in identity.rewrites:
+    for message in (*identity.refused, *identity.rewrites):
         print(f"note: {message}", file=sys.stderr)
     print(f"name: {identity.name}")
     print(f"tags: {', '.join(identity.tags) if identity.tags else '(none)'}")

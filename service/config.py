@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
+from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
 
 # a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -50,6 +50,7 @@ class Config:
     cluster_id: str | None = None
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS
     weave_exec_lookup: bool = False
+    allow_name_override: NameOverride = NameOverride.GROUP
 
 
 # option -> (default, help); defaults that depend on the environment are computed in `_defaults`
@@ -80,6 +81,8 @@ OPTIONS: dict[str, str] = {
                     "an overlay address",
     "weave-exec-lookup": "also read a Weave-proxied container's IP with `ip addr show dev ethwe` through the "
                          "exec API when its /etc/hosts has no Weave block (true/false)",
+    "allow-name-override": "which consul.name / SERVICE_NAME overrides an app may claim: group (its top-level "
+                           "group's name or <group>-*), any, or none",
 }
 # Options that may be given without a value (meaning "true").
 FLAGS = frozenset({"weave-exec-lookup"})
@@ -111,6 +114,7 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "cluster-id": None,
         "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
         "weave-exec-lookup": "false",
+        "allow-name-override": "group",
     }
 
 
@@ -217,6 +221,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cluster_id = (args.cluster_id or "").strip() or None
     if cluster_id is not None and not _CLUSTER_ID.fullmatch(cluster_id):
         raise ConfigError(f"--cluster-id: {cluster_id!r} must be 1-128 of letters, digits, '.', '_' or '-'")
+    allow_name_override = NameOverride(_choice("allow-name-override", args.allow_name_override,
+                                               tuple(m.value for m in NameOverride)))
     level = str(args.log_level).upper()
     _choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     return Config(
@@ -236,4 +242,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cluster_id=cluster_id,
         overlay_cidrs=_cidrs("overlay-cidr", str(args.overlay_cidr)),
         weave_exec_lookup=_bool("weave-exec-lookup", args.weave_exec_lookup),
+        allow_name_override=allow_name_override,
     )

@@ -77,7 +77,8 @@ def build(config: Config) -> Components:
     lookup = ContainerLookup(config.docker, config.networks, metrics=metrics, overlay_cidrs=config.overlay_cidrs,
                              weave_exec=config.weave_exec_lookup)
     agents = ConsulAgents(config.consul, token=config.consul_token, metrics=metrics)
-    settings = ReconcileSettings(naming=config.naming, address_mode=config.address_mode, networks=config.networks,
+    settings = ReconcileSettings(naming=config.naming, name_override=config.allow_name_override,
+                                 address_mode=config.address_mode, networks=config.networks,
                                  overlay_cidrs=config.overlay_cidrs,
                                  workers=config.workers, health_checks=config.health_checks,
                                  ttl_floor_seconds=max(180, int(3 * config.resync_interval)))
