@@ -12,7 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.config import ConfigError, add_serve_options, config_from_args
+from service import redact
+from service.config import ConfigError, add_serve_options, config_from_args, secret_values
 from service.model import App, NameOverride, Naming
 from service.naming import dns_names, service_identity
 
@@ -80,11 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "names":
             return _names(args)
         config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"marathon-consul-registrar: configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # may quote a bad --marathon URL, password and all: redacted by shape
+        print(f"marathon-consul-registrar: configuration error: {redact.redact(str(exc))}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.register(secret_values(config))
+    redact.install(config.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.command == "serve":
         from service.runtime import Service
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.runtime import sync_once
 
     drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
-    print(json.dumps(drift.as_dict(), indent=2, sort_keys=True))
+    print(redact.redact(json.dumps(drift.as_dict(), indent=2, sort_keys=True)))
     return 1 if drift.unreachable else 0
 
 
