@@ -111,35 +111,37 @@ def _why(exc: OSError | ssl.SSLError) -> str:
     return f"{exc.strerror or exc}" if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) else str(exc)
 
 
-def tls_failure(exc: BaseException) -> str | None:
-    """A short, operator-facing reason when `exc` is a TLS failure, else None: what an error
-    message names besides the system ("certificate has expired", "certificate verify failed:
-    unable to get local issuer certificate", "Hostname mismatch", "the server wants a client
-    certificate", "plain HTTP answered on a TLS port")."""
+def tls_reason(exc: BaseException, *, https: bool) -> str | None:
+    """What an operator needs to hear when `exc` (from a request to an `https` or plain URL) is a
+    TLS problem, else None. Certificate failures are named by OpenSSL's verify message ("certificate
+    has expired", "unable to get local issuer certificate", "IP address mismatch, ..."). Two failures
+    reach the client only as a closed connection (TLS 1.3 sends the server's "certificate required"
+    alert after the handshake, and asyncio drops it; a TLS server given plain HTTP just hangs up),
+    so for those the likely cause is named as such."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        if isinstance(cur, aiohttp.ClientConnectorCertificateError):
+            cur = cur.certificate_error
+            continue
         if isinstance(cur, ssl.SSLCertVerificationError):
             return f"TLS: server certificate rejected: {cur.verify_message or cur.reason}"
         if isinstance(cur, ssl.SSLError):
-            reason = (cur.reason or "").upper()
+            reason = (cur.reason or str(cur)).upper()
             if any(r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")):
-                return "TLS: the server does not speak TLS on this port (plain HTTP?)"
-            if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and "ALERT" in reason):
-                return "TLS: the server requires a client certificate (none or an unaccepted one was sent)"
+                return "TLS: the server does not speak TLS on this port (an http:// URL?)"
+            if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+                return "TLS: the server requires a client certificate (none, or one it does not accept, was sent)"
             return f"TLS: {cur.reason or cur}"
-        if isinstance(cur, aiohttp.ClientConnectorCertificateError):
-            return f"TLS: server certificate rejected: {cur.certificate_error}"
         if isinstance(cur, aiohttp.ClientConnectorSSLError) and cur.os_error is not None:
-            return tls_failure(cur.os_error)
-        if isinstance(cur, aiohttp.ClientOSError) and isinstance(cur.__cause__ or cur.__context__, ssl.SSLError):
-            cur = cur.__cause__ or cur.__context__
+            cur = cur.os_error
             continue
-        if isinstance(cur, (aiohttp.ServerDisconnectedError, ConnectionResetError)) and isinstance(
-                cur.__cause__ or cur.__context__, ssl.SSLError):
-            cur = cur.__cause__ or cur.__context__
-            continue
+        if isinstance(cur, aiohttp.ServerDisconnectedError):
+            if https:
+                return ("TLS: the server closed the connection without answering: it may require a client "
+                        "certificate (none, or one it does not accept, was sent)")
+            return "the server closed the connection without answering: plain HTTP against a TLS port? (use https://)"
         cur = cur.__cause__ or cur.__context__
     return None
 

@@ -27,7 +27,7 @@ import consul.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from service.backoff import Backoff
-from service.connect import TLSOptions, consul_client
+from service.connect import TLSOptions, consul_client, tls_reason
 from service.metrics import Metrics
 from service.model import ConsulCheck, Registration
 from service.ownership import checks_filter, owned_filter
@@ -169,7 +169,8 @@ class AgentClient:
             self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
 
     def _error(self, call: str, exc: BaseException) -> ConsulError:
-        return ConsulError(f"consul agent {self.url}: {call} failed: {type(exc).__name__}: {exc}")
+        tls = tls_reason(exc, https=self.url.startswith("https://"))
+        return ConsulError(f"consul agent {self.url}: {call} failed: {tls or f'{type(exc).__name__}: {exc}'}")
 
     async def node_name(self) -> str:
         """The agent's node name: two host names can lead to one agent, the node name tells."""

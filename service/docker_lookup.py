@@ -95,7 +95,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
+from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context, tls_reason
 from service.metrics import Metrics
 from service.model import (
     DEFAULT_OVERLAY_CIDRS,
@@ -341,7 +341,8 @@ class ContainerLookup:
                 f"docker on {e.host} ({e.base}): {call} timed out after {self._timeout.total} s"
             ) from exc
         except (aiohttp.ClientError, ValueError, OSError) as exc:
-            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {exc!r}") from exc
+            why = tls_reason(exc, https=e.base.startswith("https://")) or repr(exc)
+            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {why}") from exc
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
 

@@ -43,6 +43,7 @@ from tenacity import (
 from yarl import URL
 
 from service.backoff import Backoff
+from service.connect import tls_reason
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -251,7 +252,8 @@ class MarathonClient:
                 status = resp.status
                 raw = await resp.read()
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-            raise _Transient(index, None, "", f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            why = tls_reason(e, https=url.scheme == "https") or f"{type(e).__name__}: {e}".rstrip(": ")
+            raise _Transient(index, None, "", why) from e
         finally:
             self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
         text = raw.decode("utf-8", errors="replace")
