@@ -210,3 +210,29 @@ async def test_marathon_over_https_with_basic_auth_and_a_rotating_token(pki: PKI
     assert [h["Authorization"] for h in seen] == [aiohttp.encode_basic_auth("user", "pw"), "token=first-token",
                                                   "token=second-token-longer"]
     assert json.dumps(seen)  # headers were plain strings
+
+
+async def test_consul_token_file_rotation_takes_effect_without_a_restart(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent client asks the token file at every request; py-consul's own reading of
+    CONSUL_HTTP_TOKEN (which would override whatever it is given) does not get in the way."""
+    from service.consul_lock import ConsulLockClient
+    from service.tokens import TokenFile
+
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token-ignored")
+    path = tmp_path / "consul-token"
+    path.write_text("consul-first-token\n")
+    token = TokenFile(str(path), what="consul token", min_interval=0.0)
+    seen: list[dict[str, str]] = []
+    async with serve(fake_app(seen), HOST, None) as port:
+        client = AgentClient(HOST, f"http://{HOST}:{port}", token=token, metrics=Metrics(), timeout=5.0, attempts=1)
+        lock = ConsulLockClient(f"http://{HOST}:{port}", token=token)
+        try:
+            await client.owned()
+            path.write_text("consul-second-token\n")
+            await client.owned()
+            assert lock._client.token == "consul-second-token"  # the lock's client shares the source
+        finally:
+            await client.close()
+            await lock.close()
+    assert [h.get("X-Consul-Token") for h in seen] == ["consul-first-token", "consul-second-token"]
