@@ -167,7 +167,7 @@ def test_https_listener_and_callback_secret_path(pki: PKI, marathon: FakeMaratho
         assert 'mcr_events_rejected_total{reason="wrong-path"} 4.0' in metrics
         for path in ("/metrics", "/v1/registrations", "/ready", "/health"):
             assert SECRET not in https_get(base + path, pki.ca.cert)[1], path
-        with pytest.raises(Exception, match="(?i)(remote end closed|connection reset|EOF|disconnected)"):
+        with pytest.raises(Exception, match=r"(?i)(remote end closed|connection reset|EOF|disconnected)"):
             import urllib.request
             urllib.request.urlopen(f"http://{REGISTRAR_HOST}:{port}/health", timeout=5).read()
     finally:
