@@ -320,6 +320,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
     if bool(listen_cert) != bool(listen_key):
         raise ConfigError("--listen-tls-cert: needs --listen-tls-key too (and the other way round)")
+    if listen_cert and listen_key and callback_url and callback_url.startswith("http://"):
+        # Marathon cannot post plain HTTP to a TLS listener: the $HOST/$PORT0 default (and an
+        # explicit http:// URL) is meant for this server, so it speaks the server's scheme
+        callback_url = "https://" + callback_url[len("http://"):]
     if listen_cert and listen_key:
         _file("listen-tls-cert", listen_cert)
         _file("listen-tls-key", listen_key)

@@ -159,3 +159,13 @@ def test_consul_and_docker_tls_follow_their_tools_env_conventions(tmp_path: Path
                      "MCR_CONSUL_HTTP_SSL": "1", "MCR_CONSUL_TLS_SERVER_NAME": "n"})
     assert mcr.docker_tls is not None and not mcr.docker_tls.verify and mcr.docker_tls.ca_file is None
     assert mcr.consul_tls is not None and mcr.consul_tls.verify and mcr.consul_tls.server_name == "n"
+
+
+def test_a_tls_listener_makes_the_callback_url_https(tmp_path: Path) -> None:
+    from devcluster.pki import CA
+
+    cert = CA.create(tmp_path).issue("listener", san="IP:127.0.0.1")
+    c = parse(["--listen-tls-cert", str(cert.cert), "--listen-tls-key", str(cert.key)],
+              {"HOST": "slave7", "PORT0": "31005"})
+    assert c.callback_url == "https://slave7:31005/v1/events"
+    assert (c.listen_tls_cert, c.listen_tls_key) == (str(cert.cert), str(cert.key))
