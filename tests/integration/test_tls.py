@@ -236,3 +236,31 @@ async def test_consul_token_file_rotation_takes_effect_without_a_restart(tmp_pat
             await client.close()
             await lock.close()
     assert [h.get("X-Consul-Token") for h in seen] == ["consul-first-token", "consul-second-token"]
+
+
+@pytest.fixture
+def capath(pki: PKI, tmp_path: Path) -> Path:
+    """CONSUL_CAPATH: a directory of CA files in OpenSSL's hashed layout (`openssl rehash`)."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "cas"
+    path.mkdir()
+    shutil.copy(pki.ca.cert, path / "ca.pem")
+    subprocess.run(["openssl", "rehash", str(path)], check=True, capture_output=True, timeout=30)
+    return path
+
+
+async def test_consul_ca_directory_as_consul_capath(capath: Path, certs: dict[str, Cert], tmp_path: Path) -> None:
+    async with serve(fake_app([]), HOST, server_context(certs["server"])) as port:
+        good = agent(port, TLSOptions(ca_path=str(capath)))
+        empty_dir = tmp_path / "none"
+        empty_dir.mkdir()
+        bad = agent(port, TLSOptions(ca_path=str(empty_dir)))
+        try:
+            assert await good.node_name() == "node-1"
+            with pytest.raises(ConsulError, match="unable to get local issuer certificate"):
+                await bad.node_name()
+        finally:
+            await good.close()
+            await bad.close()
