@@ -82,26 +82,64 @@ def _stop(name: str, timeout: float = 10.0) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def consul_sim_argv() -> list[str]:
+TLS_DIR = RUN_DIR / "tls"
+# the TLS world's Marathon credentials (a test world's, printed by `up --tls`: nothing to protect)
+TLS_MARATHON_CREDENTIALS = "registrar:devcluster-marathon-pw"
+
+
+def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
     argv = ["devcluster.consul_sim"]
     for s in SLAVES:
         argv += ["--agent", f"{s.host}:{CONSUL_HTTP_PORT}={s.name}"]
+    if tls_dir is not None:  # HTTPS agents that require the registrar's client certificate
+        argv += ["--tls-cert", str(tls_dir / "consul.pem"), "--tls-key", str(tls_dir / "consul.key"),
+                 "--tls-client-ca", str(tls_dir / "ca.pem")]
     return [*argv, "--dns", f"{CONSUL_DNS[0]}:{CONSUL_DNS[1]}"]
 
 
-def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN) -> list[str]:
+def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
+                      tls_dir: Path | None = None) -> list[str]:
     argv = ["devcluster.marathon_sim", "--listen", f"{listen[0]}:{listen[1]}", "--marathon-version", version]
     for s in SLAVES:
         argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}"]
+    if tls_dir is not None:  # HTTPS with basic auth
+        argv += ["--tls-cert", str(tls_dir / "marathon.pem"), "--tls-key", str(tls_dir / "marathon.key"),
+                 "--http-credentials", TLS_MARATHON_CREDENTIALS]
     return argv
 
 
-def up(marathon_version: str) -> None:
+def tls_registrar_options(tls_dir: Path) -> list[str]:
+    """The registrar's options for the TLS world (what `up --tls` prints)."""
+    return ["--marathon", f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}",
+            "--marathon-cacert", str(tls_dir / "ca.pem"),
+            "--docker", "tcp://{host}:2376", "--docker-tls", "verify",
+            "--docker-cert-path", str(tls_dir / "docker/{host}"),
+            "--consul-http-ssl", "true", "--consul-cacert", str(tls_dir / "ca.pem"),
+            "--consul-client-cert", str(tls_dir / "client.pem"), "--consul-client-key", str(tls_dir / "client.key")]
+
+
+def up(marathon_version: str, tls: bool = False) -> None:
+    """Start the world; with `tls`, slave 2's dockerd speaks TLS only (2376, --tlsverify), the
+    Consul agents HTTPS with client certificates required, Marathon HTTPS with basic auth, all
+    with certificates from a CA made now (devcluster/pki.py). Slave 1 stays plain on 2375: a
+    registrar needs --docker per slave then, or per-slave runs; the TLS tests use slave 2."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["bash", str(HERE / "slaves-up.sh")], check=True, stdout=subprocess.DEVNULL)
-    _start("consul-sim", consul_sim_argv(), (SLAVES[0].host, CONSUL_HTTP_PORT))
-    _start("marathon-sim", marathon_sim_argv(marathon_version), MARATHON_LISTEN)
-    print("test world is up")
+    tls_dir = None
+    env = dict(os.environ)
+    if tls:
+        from devcluster.pki import make_world_pki
+        tls_dir = TLS_DIR
+        if not (tls_dir / "ca.pem").exists():
+            make_world_pki(tls_dir, slaves=[s.host for s in SLAVES], agents=[s.host for s in SLAVES],
+                           marathon_host=MARATHON_LISTEN[0])
+        env["DEVCLUSTER_TLS_DIR"] = str(tls_dir)
+    subprocess.run(["bash", str(HERE / "slaves-up.sh")], check=True, stdout=subprocess.DEVNULL, env=env)
+    _start("consul-sim", consul_sim_argv(tls_dir), (SLAVES[0].host, CONSUL_HTTP_PORT))
+    _start("marathon-sim", marathon_sim_argv(marathon_version, tls_dir=tls_dir), MARATHON_LISTEN)
+    print("test world is up" + (" with TLS" if tls_dir else ""))
+    if tls_dir is not None:
+        print(f"  certificates: {tls_dir}; slave 2's Docker API: tcp://127.0.0.3:2376 (TLS, client certificate)")
+        print("  registrar: python -m service serve " + " ".join(tls_registrar_options(tls_dir)))
     for s in SLAVES:
         print(f"  {s.name}: host {s.host}, docker {s.docker_url}, consul agent {s.consul_url}, "
               f"overlay network '{s.overlay_network}'")
@@ -123,10 +161,13 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start slaves, Consul simulator and Marathon simulator")
     p_up.add_argument("--marathon-version", choices=["1.4", "1.10"], default="1.10")
+    p_up.add_argument("--tls", action="store_true",
+                      help="slave 2's dockerd with --tlsverify, Consul agents over HTTPS with client certificates, "
+                           "Marathon over HTTPS with basic auth (certificates from a throw-away CA)")
     sub.add_parser("down", help="stop everything `up` started and remove its containers")
     args = parser.parse_args()
     if args.command == "up":
-        up(args.marathon_version)
+        up(args.marathon_version, tls=args.tls)
     else:
         down()
 

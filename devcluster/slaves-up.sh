@@ -13,7 +13,14 @@ running $B/s1/pid || setsid dockerd --host unix://$B/s1.sock --host tcp://127.0.
 # slave 2: own default bridge (pre-created, never --bridge none), no iptables of its own;
 ip link show s2br0 >/dev/null 2>&1 || { ip link add s2br0 type bridge; ip addr add 172.31.0.1/16 dev s2br0; ip link set s2br0 up; }
 mkdir -p $B/s2
-running $B/s2/pid || setsid dockerd --host unix://$B/s2.sock --host tcp://127.0.0.3:2375 --data-root $B/s2/data --exec-root $B/s2/exec \
+# With DEVCLUSTER_TLS_DIR (python -m devcluster up --tls) slave 2's API is TLS-only on Docker's TLS port
+# 2376, client certificates required (--tlsverify), with certificates from devcluster/pki.py.
+S2_TCP="--host tcp://127.0.0.3:2375"
+if [ -n "${DEVCLUSTER_TLS_DIR:-}" ]; then
+  T=$DEVCLUSTER_TLS_DIR
+  S2_TCP="--host tcp://127.0.0.3:2376 --tlsverify --tlscacert $T/ca.pem --tlscert $T/dockerd-127.0.0.3.pem --tlskey $T/dockerd-127.0.0.3.key"
+fi
+running $B/s2/pid || setsid dockerd --host unix://$B/s2.sock $S2_TCP --data-root $B/s2/data --exec-root $B/s2/exec \
   --pidfile $B/s2/pid --bridge s2br0 --ip 127.0.0.3 --iptables=false --ip-masq=false > $B/s2.log 2>&1 < /dev/null &
 for s in s1 s2; do
   for _ in $(seq 300); do docker -H unix://$B/$s.sock version >/dev/null 2>&1 && continue 2; sleep 0.1; done

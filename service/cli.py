@@ -12,8 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.config import ConfigError, add_serve_options, config_from_args
-from service.model import App, Naming
+from service import redact
+from service.config import ConfigError, add_serve_options, config_from_args, secret_values
+from service.model import App, NameOverride, Naming
 from service.naming import dns_names, service_identity
 
 DESCRIPTION = """\
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     names.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an app label")
     names.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an app env entry")
     names.add_argument("--datacenter", default="dc1")
+    names.add_argument("--allow-name-override", choices=[m.value for m in NameOverride], default="group",
+                       help="as serve's option: which consul.name / SERVICE_NAME overrides are honoured")
     sync = sub.add_parser("sync", help="one resync: print the drift (--dry-run) or repair it, then exit",
                           description="Compare Marathon with Consul once. With --dry-run print the drift "
                                       "(missing / orphan / drifted, per agent); without, repair it.")
@@ -58,11 +61,11 @@ def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
 def _names(args: argparse.Namespace) -> int:
     app_id = "/" + args.app_id.strip("/")
     app = App(id=app_id, labels=_pairs("label", args.label), env=_pairs("env", args.env))
-    identity = service_identity(app, 0, Naming(args.naming))
+    identity = service_identity(app, 0, Naming(args.naming), NameOverride(args.allow_name_override))
     if identity is None:
         print(f"{app_id}: not registered (opted out by label or env)")
         return 0
-    for message in identity.rewrites:
+    for message in (*identity.refused, *identity.rewrites):
         print(f"note: {message}", file=sys.stderr)
     print(f"name: {identity.name}")
     print(f"tags: {', '.join(identity.tags) if identity.tags else '(none)'}")
@@ -78,11 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "names":
             return _names(args)
         config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"marathon-consul-registrar: configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # may quote a bad --marathon URL, password and all: redacted by shape
+        print(f"marathon-consul-registrar: configuration error: {redact.redact(str(exc))}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.register(secret_values(config))
+    redact.install(config.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.command == "serve":
         from service.runtime import Service
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.runtime import sync_once
 
     drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
-    print(json.dumps(drift.as_dict(), indent=2, sort_keys=True))
+    print(redact.redact(json.dumps(drift.as_dict(), indent=2, sort_keys=True)))
     return 1 if drift.unreachable else 0
 
 

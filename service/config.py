@@ -8,15 +8,20 @@ here, once, so a bad value stops the process at start with one line naming the o
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
+from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
+from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
+from service.redact import redact
+from service.tokens import TokenFileError, read_token
 
 # a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -50,6 +55,15 @@ class Config:
     cluster_id: str | None = None
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS
     weave_exec_lookup: bool = False
+    allow_name_override: NameOverride = NameOverride.GROUP
+    consul_token_file: str | None = None  # wins over consul_token (as in Consul's own API client)
+    marathon_token_file: str | None = None
+    docker_tls: TLSOptions | None = None  # None: plain TCP; paths may hold {host} (per-slave certificates)
+    consul_tls: TLSOptions | None = None  # for https:// agent URLs (and the lock agent)
+    marathon_tls: TLSOptions | None = None  # for https:// Marathon URLs
+    listen_tls_cert: str | None = None
+    listen_tls_key: str | None = None
+    callback_secret_file: str | None = None
 
 
 # option -> (default, help); defaults that depend on the environment are computed in `_defaults`
@@ -80,10 +94,52 @@ OPTIONS: dict[str, str] = {
                     "an overlay address",
     "weave-exec-lookup": "also read a Weave-proxied container's IP with `ip addr show dev ethwe` through the "
                          "exec API when its /etc/hosts has no Weave block (true/false)",
+    "allow-name-override": "which consul.name / SERVICE_NAME overrides an app may claim: group (its top-level "
+                           "group's name or <group>-*), any, or none",
+    "consul-token-file": "file holding the Consul ACL token, re-read when it changes; wins over --consul-token",
+    "marathon-token-file": "file holding a DC/OS-style Marathon token (Authorization: token=...), re-read when "
+                           "it changes; wins over user:password@",
+    "marathon-cacert": "CA file for https:// Marathon URLs (default: the system store)",
+    "docker-tls": "TLS to the Docker Engine API: off, verify (server certificate checked against ca.pem) or "
+                  "no-verify; an https:// --docker URL means verify",
+    "docker-cert-path": "directory with ca.pem, cert.pem, key.pem (client certificate optional); {host} = the "
+                        "task's host for per-slave certificates",
+    "docker-tls-server-name": "name the Docker engines' certificates are checked against (default: the host)",
+    "consul-http-ssl": "true: talk HTTPS to the Consul agents (http:// URLs become https://)",
+    "consul-http-ssl-verify": "false: do not check the agents' certificates",
+    "consul-cacert": "CA file for the agents' certificates",
+    "consul-capath": "directory of CA files for the agents' certificates",
+    "consul-client-cert": "client certificate presented to the agents (with --consul-client-key)",
+    "consul-client-key": "key of --consul-client-cert",
+    "consul-tls-server-name": "name the agents' certificates are checked against (default: the host)",
+    "listen-tls-cert": "certificate (chain) of the registrar's own HTTP server; with --listen-tls-key it serves HTTPS",
+    "listen-tls-key": "key of --listen-tls-cert",
+    "callback-secret-file": "file holding a secret: Marathon posts to /v1/events/<secret>, any other "
+                            "/v1/events path is answered 404 and counted",
 }
 # Options that may be given without a value (meaning "true").
-FLAGS = frozenset({"weave-exec-lookup"})
+FLAGS = frozenset({"weave-exec-lookup", "consul-http-ssl", "consul-http-ssl-verify"})
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+# a callback secret becomes a URL path segment: unreserved characters only, long enough to guess at
+_URL_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+
+# options whose value is itself a secret: never shown, not even as a default in --help
+SECRET_OPTIONS = frozenset({"consul-token"})
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret the configuration holds, as it may appear in text: the Consul token, each
+    Marathon password and the `Authorization: Basic` value built from it (see service.redact)."""
+    values: list[str | None] = [config.consul_token]
+    for url in config.marathon:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password)
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            values += [parts.password, password, basic]
+    return [v for v in values if v]
 
 
 def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
@@ -111,6 +167,23 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "cluster-id": None,
         "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
         "weave-exec-lookup": "false",
+        "allow-name-override": "group",
+        "consul-token-file": env.get("CONSUL_HTTP_TOKEN_FILE"),
+        "marathon-token-file": None,
+        "marathon-cacert": None,
+        "docker-tls": "verify" if env.get("DOCKER_TLS_VERIFY") else "off",  # Docker: any non-empty value
+        "docker-cert-path": env.get("DOCKER_CERT_PATH") or os.path.join(env.get("HOME") or "~", ".docker"),
+        "docker-tls-server-name": None,
+        "consul-http-ssl": env.get("CONSUL_HTTP_SSL") or "false",
+        "consul-http-ssl-verify": env.get("CONSUL_HTTP_SSL_VERIFY") or "true",
+        "consul-cacert": env.get("CONSUL_CACERT"),
+        "consul-capath": env.get("CONSUL_CAPATH"),
+        "consul-client-cert": env.get("CONSUL_CLIENT_CERT"),
+        "consul-client-key": env.get("CONSUL_CLIENT_KEY"),
+        "consul-tls-server-name": env.get("CONSUL_TLS_SERVER_NAME"),
+        "listen-tls-cert": None,
+        "listen-tls-key": None,
+        "callback-secret-file": None,
     }
 
 
@@ -132,7 +205,7 @@ def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     defaults = _defaults(env)
     for option, help_text in OPTIONS.items():
         default = env.get(env_name(option), defaults[option])
-        shown = "(none)" if default is None else ("***" if option == "consul-token" and default else default)
+        shown = "(none)" if default is None else ("***" if option in SECRET_OPTIONS and default else redact(default))
         flag: dict[str, Any] = {"nargs": "?", "const": "true"} if option in FLAGS else {}
         parser.add_argument(f"--{option}", default=default, metavar=option.split("-")[-1].upper(),
                             help=f"{help_text} [env {env_name(option)}; default {shown}]", **flag)
@@ -217,14 +290,62 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cluster_id = (args.cluster_id or "").strip() or None
     if cluster_id is not None and not _CLUSTER_ID.fullmatch(cluster_id):
         raise ConfigError(f"--cluster-id: {cluster_id!r} must be 1-128 of letters, digits, '.', '_' or '-'")
+    allow_name_override = NameOverride(_choice("allow-name-override", args.allow_name_override,
+                                               tuple(m.value for m in NameOverride)))
+    consul_token_file = _token_file("consul-token-file", args.consul_token_file)
+    marathon_token_file = _token_file("marathon-token-file", args.marathon_token_file)
+    consul_url, lock_agent = args.consul, args.lock_agent
+    consul_tls = None
+    if _bool("consul-http-ssl", args.consul_http_ssl):
+        consul_url, lock_agent = _https(consul_url), _https(lock_agent)
+    if consul_url.startswith("https://") or lock_agent.startswith("https://"):
+        consul_tls = _tls("consul", TLSOptions(
+            verify=_bool("consul-http-ssl-verify", args.consul_http_ssl_verify),
+            ca_file=_file("consul-cacert", args.consul_cacert), ca_path=_dir("consul-capath", args.consul_capath),
+            cert_file=_file("consul-client-cert", args.consul_client_cert),
+            key_file=_file("consul-client-key", args.consul_client_key),
+            server_name=args.consul_tls_server_name or None))
+    docker = _url("docker", args.docker, ("tcp", "http", "https", "unix"))
+    docker_mode = _choice("docker-tls", args.docker_tls, ("off", "verify", "no-verify"))
+    if docker_mode == "off" and docker.startswith("https://"):
+        docker_mode = "verify"
+    docker_tls = None
+    if docker_mode != "off":
+        if docker.startswith(("unix://", "http://")):
+            raise ConfigError(f"--docker-tls: {docker_mode} needs a tcp:// or https:// --docker URL, not {docker!r}")
+        docker_tls = _docker_tls(args.docker_cert_path, docker_mode == "verify", args.docker_tls_server_name or None)
+    marathon_tls = None
+    if any(u.startswith("https://") for u in marathon) or args.marathon_cacert:
+        marathon_tls = _tls("marathon", TLSOptions(ca_file=_file("marathon-cacert", args.marathon_cacert)))
+    listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
+    if bool(listen_cert) != bool(listen_key):
+        raise ConfigError("--listen-tls-cert: needs --listen-tls-key too (and the other way round)")
+    if listen_cert and listen_key and callback_url and callback_url.startswith("http://"):
+        # Marathon cannot post plain HTTP to a TLS listener: the $HOST/$PORT0 default (and an
+        # explicit http:// URL) is meant for this server, so it speaks the server's scheme
+        callback_url = "https://" + callback_url[len("http://"):]
+    if listen_cert and listen_key:
+        _file("listen-tls-cert", listen_cert)
+        _file("listen-tls-key", listen_key)
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(listen_cert, listen_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--listen-tls-cert: cannot load {listen_cert!r} with key {listen_key!r}: "
+                              f"{exc}") from None
+    callback_secret_file = _token_file("callback-secret-file", args.callback_secret_file)
+    if callback_secret_file is not None:
+        secret = read_token(callback_secret_file)
+        if not _URL_SECRET.fullmatch(secret):
+            raise ConfigError("--callback-secret-file: the secret must be 16-256 of letters, digits, '-', '_', '.' "
+                              "or '~' (it becomes a URL path segment)")
     level = str(args.log_level).upper()
     _choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     return Config(
         marathon=marathon, events=events, listen_host=host or "0.0.0.0", listen_port=int(port),
         callback_url=callback_url,
-        consul=_url("consul", args.consul, ("http", "https")),
+        consul=_url("consul", consul_url, ("http", "https")),
         consul_token=args.consul_token or None,
-        docker=_url("docker", args.docker, ("tcp", "http", "unix")),
+        docker=docker,
         networks=networks, address_mode=address_mode, naming=naming,
         resync_interval=float(_number("resync-interval", args.resync_interval, float, 1.0)),
         health_checks=HealthCheckMode(_choice("health-checks", args.health_checks,
@@ -232,8 +353,73 @@ def config_from_args(args: argparse.Namespace) -> Config:
         workers=int(_number("workers", args.workers, int, 1)),
         log_level=level,
         lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay,
-        lock_agent=_url("lock-agent", args.lock_agent, ("http", "https")),
+        lock_agent=_url("lock-agent", lock_agent, ("http", "https")),
         cluster_id=cluster_id,
         overlay_cidrs=_cidrs("overlay-cidr", str(args.overlay_cidr)),
         weave_exec_lookup=_bool("weave-exec-lookup", args.weave_exec_lookup),
+        allow_name_override=allow_name_override,
+        consul_token_file=consul_token_file, marathon_token_file=marathon_token_file,
+        docker_tls=docker_tls, consul_tls=consul_tls, marathon_tls=marathon_tls,
+        listen_tls_cert=listen_cert, listen_tls_key=listen_key, callback_secret_file=callback_secret_file,
     )
+
+
+def _https(url: str) -> str:
+    """CONSUL_HTTP_SSL=true: Consul's tools switch the scheme and keep the address."""
+    return "https://" + url[len("http://"):] if url.startswith("http://") else url
+
+
+def _file(option: str, path: str | None) -> str | None:
+    if not path:
+        return None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"--{option}: {path!r} is not a readable file")
+    return path
+
+
+def _dir(option: str, path: str | None) -> str | None:
+    if not path:
+        return None
+    if not os.path.isdir(path):
+        raise ConfigError(f"--{option}: {path!r} is not a directory")
+    return path
+
+
+def _token_file(option: str, path: str | None) -> str | None:
+    """A token file must be readable and hold a token at start; later it may change (service.tokens)."""
+    if not path:
+        return None
+    try:
+        read_token(path)
+    except TokenFileError as exc:
+        raise ConfigError(f"--{option}: {exc}") from None
+    return path
+
+
+def _tls(system: str, opts: TLSOptions) -> TLSOptions:
+    """Load the files once now, so a bad one stops the start with one line, not every call later."""
+    try:
+        ssl_context(opts, system)
+    except TLSConfigError as exc:
+        option = {"consul": "consul-cacert", "marathon": "marathon-cacert"}[system]
+        if "client certificate" in str(exc):
+            option = "consul-client-cert"
+        raise ConfigError(f"--{option}: {exc}") from None
+    return opts
+
+
+def _docker_tls(cert_path: str, verify: bool, server_name: str | None) -> TLSOptions:
+    """Docker's conventions: ca.pem, cert.pem, key.pem in DOCKER_CERT_PATH; the client certificate is
+    optional (an engine without --tlsverify does not ask for one). With `{host}` in the path each
+    slave has its own files, checked when the slave is first used; without it they are checked now."""
+    path = os.path.expanduser(cert_path)
+    opts = TLSOptions(verify=verify, ca_file=os.path.join(path, "ca.pem"), cert_file=os.path.join(path, "cert.pem"),
+                      key_file=os.path.join(path, "key.pem"), server_name=server_name)
+    if "{host}" in path:
+        return opts
+    opts = docker_files(opts)
+    try:
+        ssl_context(opts, "docker")
+    except TLSConfigError as exc:
+        raise ConfigError(f"--docker-cert-path: {exc}") from None
+    return opts

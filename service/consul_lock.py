@@ -9,30 +9,26 @@ asks Consul for, since py-consul's aio client does not stretch its timeout for b
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
 import consul
-import consul.aio
 import consul.exceptions
 
+from service.connect import TLSOptions, consul_client
 from service.leadership import SessionsUnavailable
+from service.tokens import TokenSource, static
 
 
 class ConsulLockClient:
     """`leadership.SessionKV` for one agent, given by URL."""
 
-    def __init__(self, url: str, *, token: str | None, timeout: float = 5.0, wait_seconds: float = 10.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
+    def __init__(self, url: str, *, token: str | TokenSource | None, timeout: float = 5.0, wait_seconds: float = 10.0,
+                 tls: TLSOptions | None = None) -> None:
         self.url = url
         self._timeout = timeout
-        self._client = consul.aio.Consul(
-            host=parsed.hostname or "127.0.0.1", port=parsed.port or (443 if parsed.scheme == "https" else 8500),
-            scheme=parsed.scheme or "http", token=token or None,
-            # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
-            connections_timeout=wait_seconds * 17 / 16 + timeout,
-            verify=parsed.scheme == "https",
-        )
+        # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
+        self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
+                                     timeout=wait_seconds * 17 / 16 + timeout, limit=8)
 
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
         # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)

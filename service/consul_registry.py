@@ -27,9 +27,11 @@ import consul.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from service.backoff import Backoff
+from service.connect import TLSOptions, consul_client, tls_reason
 from service.metrics import Metrics
 from service.model import ConsulCheck, Registration
 from service.ownership import checks_filter, owned_filter
+from service.tokens import TokenSource, static
 
 T = TypeVar("T")
 # Between attempts of one agent call: short, since the whole key is retried later anyway.
@@ -126,22 +128,14 @@ class OwnedService:
 class AgentClient:
     """One Consul agent (the one on `host`)."""
 
-    def __init__(self, host: str, url: str, *, token: str | None, metrics: Metrics, timeout: float,
-                 attempts: int) -> None:
-        parsed = urllib.parse.urlsplit(url)
+    def __init__(self, host: str, url: str, *, token: str | TokenSource | None, metrics: Metrics, timeout: float,
+                 attempts: int, tls: TLSOptions | None = None) -> None:
         self.host = host
         self.url = url
         self._metrics = metrics
         self._attempts = attempts
-        self._client = consul.aio.Consul(
-            host=parsed.hostname or "127.0.0.1", port=parsed.port or (443 if parsed.scheme == "https" else 8500),
-            scheme=parsed.scheme or "http", token=token or None, connections_timeout=timeout,
-            connections_limit=64,
-            # py-consul builds a verifying SSL context (loading the CA store) whenever verify is true,
-            # also for http://: profiled at ~5% of a 5,000-task burst's CPU over 20 agents. TLS
-            # verification is unchanged for https://.
-            verify=parsed.scheme == "https",
-        )
+        self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
+                                     timeout=timeout, limit=64)
         self._node_name: str | None = None
 
     async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -175,7 +169,8 @@ class AgentClient:
             self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
 
     def _error(self, call: str, exc: BaseException) -> ConsulError:
-        return ConsulError(f"consul agent {self.url}: {call} failed: {type(exc).__name__}: {exc}")
+        tls = tls_reason(exc, https=self.url.startswith("https://"))
+        return ConsulError(f"consul agent {self.url}: {call} failed: {tls or f'{type(exc).__name__}: {exc}'}")
 
     async def node_name(self) -> str:
         """The agent's node name: two host names can lead to one agent, the node name tells."""
@@ -240,13 +235,14 @@ class AgentClient:
 class ConsulAgents:
     """Agents by task host, from the `--consul` URL template (`{host}` = the task's host)."""
 
-    def __init__(self, url_template: str, *, token: str | None, metrics: Metrics, timeout: float = 5.0,
-                 attempts: int = 3) -> None:
+    def __init__(self, url_template: str, *, token: str | TokenSource | None, metrics: Metrics,
+                 timeout: float = 5.0, attempts: int = 3, tls: TLSOptions | None = None) -> None:
         if "://" not in url_template:
             raise ValueError(f"--consul: {url_template!r} is not a URL (expected e.g. http://{{host}}:8500)")
         self.url_template = url_template
         self.per_host = "{host}" in url_template
         self._token = token
+        self._tls = tls
         self._metrics = metrics
         self._timeout = timeout
         self._attempts = attempts
@@ -262,7 +258,7 @@ class ConsulAgents:
         if client is None:
             client = AgentClient(host if self.per_host else urllib.parse.urlsplit(self.url_template).hostname or "",
                                  self.url_for(host), token=self._token, metrics=self._metrics,
-                                 timeout=self._timeout, attempts=self._attempts)
+                                 timeout=self._timeout, attempts=self._attempts, tls=self._tls)
             self._agents[key] = client
         return client
 

@@ -42,6 +42,7 @@ from service.model import (
     Container,
     HealthCheck,
     HealthCheckMode,
+    NameOverride,
     Naming,
     NetworkMode,
     PortMapping,
@@ -88,6 +89,7 @@ def desired_registrations(
     health_checks: HealthCheckMode | str = HealthCheckMode.CONSUL,
     cluster_id: str | None = None,
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS,
+    name_override: NameOverride = NameOverride.ANY,
 ) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
     try:
@@ -99,7 +101,7 @@ def desired_registrations(
         return []
     if not app.port_mappings:
         return Skip(task.id, "no-ports", f"app {app.id} defines no ports")
-    identities = [service_identity(app, i, naming) for i in range(len(app.port_mappings))]
+    identities = [service_identity(app, i, naming, name_override) for i in range(len(app.port_mappings))]
     if all(identity is None for identity in identities):
         return Skip(task.id, "register-false",
                     "every port opted out (consul.register=false, SERVICE_IGNORE or SERVICE_<port>_IGNORE)")

@@ -85,6 +85,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import tarfile
 import time
 from collections.abc import Iterable, Mapping
@@ -94,6 +95,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context, tls_reason
 from service.metrics import Metrics
 from service.model import (
     DEFAULT_OVERLAY_CIDRS,
@@ -204,8 +206,10 @@ class ContainerLookup:
         hit_ttl: float = 30.0,
         overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS,
         weave_exec: bool = False,
+        tls: TLSOptions | None = None,
     ) -> None:
         self.url_template = url_template
+        self._tls = tls  # Docker's TLS conventions (service.config): paths may hold {host}
         self.networks = tuple(networks)
         self.overlay_cidrs = tuple(overlay_cidrs)
         self.weave_exec = weave_exec
@@ -293,8 +297,14 @@ class ContainerLookup:
             connector = aiohttp.UnixConnector(path=parts.path, limit=32)
             base = "http://docker"
         elif parts.scheme in ("tcp", "http", "https"):
-            connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
-            scheme = "https" if parts.scheme == "https" else "http"
+            ctx: ssl.SSLContext | bool = True
+            if self._tls is not None or parts.scheme == "https":
+                try:
+                    ctx = ssl_context(docker_files((self._tls or TLSOptions()).for_host(host)), f"docker on {host}")
+                except TLSConfigError as exc:
+                    raise DockerLookupError(str(exc)) from None
+            connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=ctx)
+            scheme = "https" if parts.scheme == "https" or self._tls is not None else "http"
             base = f"{scheme}://{parts.netloc}"
         else:
             raise DockerLookupError(f"docker on {host}: unsupported URL {url!r} (tcp://, http://, unix://)")
@@ -334,7 +344,8 @@ class ContainerLookup:
                 f"docker on {e.host} ({e.base}): {call} timed out after {self._timeout.total} s"
             ) from exc
         except (aiohttp.ClientError, ValueError, OSError) as exc:
-            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {exc!r}") from exc
+            why = tls_reason(exc, https=e.base.startswith("https://")) or repr(exc)
+            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {why}") from exc
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
 

@@ -43,6 +43,10 @@ class Metrics:
                                         ["call"], buckets=LATENCY_BUCKETS, registry=r)
         self.marathon_latency = Histogram(p + "marathon_request_seconds", "Marathon REST call latency",
                                           ["call"], buckets=LATENCY_BUCKETS, registry=r)
+        self.name_overrides_refused = Counter(
+            p + "name_overrides_refused_total",
+            "Service name overrides (consul.name, SERVICE_NAME) refused by --allow-name-override, once per "
+            "app and name", registry=r)
         self.event_to_registration = Histogram(
             p + "event_to_registration_seconds",
             "From receiving a task event to the Consul write it caused", buckets=LATENCY_BUCKETS, registry=r)

@@ -46,6 +46,15 @@ class Naming(StrEnum):
     FLAT = "flat"
 
 
+class NameOverride(StrEnum):
+    """Which `consul.name` / `SERVICE_NAME` / `SERVICE_<port>_NAME` values an app may claim
+    (`--allow-name-override`): on a shared cluster one team's app must not take another's name."""
+
+    GROUP = "group"  # only names inside the app's own top-level group (service.naming.within_group)
+    ANY = "any"  # every override is honoured (registrator's behaviour)
+    NONE = "none"  # overrides are ignored: every app registers under its derived name
+
+
 class HealthCheckMode(StrEnum):
     """Who runs HTTP/TCP checks: Consul itself (docs/architecture.md §2), a TTL check mirroring Marathon's
     verdict (for agents that cannot reach the host ports), or both. Validated once, in config."""

@@ -29,6 +29,17 @@ Overrides, strongest first:
 Several port mappings: port 0 keeps the base name, port i > 0 gets `<base>-<mapping name, else
 container port, else "port<i>">`, unless `SERVICE_<containerPort>_NAME` names it.
 
+Who may claim which name (`--allow-name-override`, `NameOverride`): on a shared cluster an override
+is a claim on a name other teams' apps may own, so by default (`group`) an override is honoured
+only inside the app's own top-level group: for `/web/...` the name `web` itself, any `web-*` name,
+or the app's own derived name (what `flat` gives it). `/web/shop` may say `consul.name=web-frontend`
+but not `payments`. The test is on the final, DNS-cleaned name (what would be registered), so
+`Web_Frontend` passes as `web-frontend` and `payments` cannot sneak in as `Payments`. Names are
+hyphen-joined, so a top-level group called `web-frontend` lies inside `/web`'s reach: give groups
+names that are not another group's name plus `-`. `any` honours every override (registrator's
+behaviour), `none` ignores them all. A refused override is reported in `Identity.refused` and the
+port registers under its derived name (multi-port suffix included); the caller logs and counts it.
+
 Names are forced into valid DNS labels (lower case, `[a-z0-9-]`, no leading/trailing `-`,
 at most 63 characters). A name longer than 63 is cut to 54 characters plus `-` and 8 hex digits
 of its hash, so two long names that share a prefix cannot collapse into one service. Each rewrite
@@ -42,7 +53,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from service.model import App, Naming
+from service.model import App, NameOverride, Naming
 
 MAX_LABEL = 63
 _INVALID = re.compile(r"[^a-z0-9-]+")
@@ -58,14 +69,17 @@ class Identity:
     name: str
     tags: tuple[str, ...]
     rewrites: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()  # overrides --allow-name-override did not allow, as messages
 
 
 @functools.lru_cache(maxsize=8192)  # every task of an app asks the same question; App hashes by id+version
-def service_identity(app: App, port_index: int, naming: Naming) -> Identity | None:
+def service_identity(app: App, port_index: int, naming: Naming,
+                     override: NameOverride = NameOverride.ANY) -> Identity | None:
     """The Consul name and tags of port `port_index` of `app`, or None if it opts out.
 
     An app without port mappings still has a name for index 0 (what `names APP_ID` prints); the
-    per-port env keys then do not apply.
+    per-port env keys then do not apply. `override` is the operator's `--allow-name-override`
+    (the pure default `any` keeps this function registrator-compatible; the option defaults to `group`).
     """
     if port_index == 0 and not app.port_mappings:
         port_key = "SERVICE__NO_PORT_"  # matches no registrator key
@@ -77,11 +91,39 @@ def service_identity(app: App, port_index: int, naming: Naming) -> Identity | No
         return None
     segments = app_segments(app.id)
     rewrites: list[str] = []
-    name = _dns_name(_raw_name(app, port_index, port_key, segments, naming), rewrites)
+    refused: list[str] = []
+    raw, source = _raw_name(app, port_index, port_key, segments, naming)
+    if source is None:
+        name = _dns_name(raw, rewrites)
+    else:
+        claimed_rewrites: list[str] = []
+        claimed = _dns_name(raw, claimed_rewrites)
+        derived = dns_label(_suffixed(app, port_index, _default_name(segments, naming)))[0]
+        if override is NameOverride.ANY or (
+            override is NameOverride.GROUP and (not claimed or within_group(claimed, segments, derived))
+        ):
+            name = claimed
+            rewrites += claimed_rewrites
+        else:
+            why = ("--allow-name-override none" if override is NameOverride.NONE else
+                   f"outside its group /{segments[0] if segments else ''} (--allow-name-override group)")
+            refused.append(f"service name {raw!r} from {source} refused: {why}; registered as {derived!r}")
+            name = _dns_name(_suffixed(app, port_index, _default_name(segments, naming)), rewrites)
     if not name:  # an override that was nothing but invalid characters: fall back to the app id
         name = _dns_name(_suffixed(app, port_index, _default_name(segments, naming)), rewrites) or "app"
     tags = [*_path_tags(segments, naming), *_env_tags(app, port_key), *split_tags(app.labels.get("consul.tags"))]
-    return Identity(name=name, tags=tuple(dict.fromkeys(tags)), rewrites=tuple(rewrites))
+    return Identity(name=name, tags=tuple(dict.fromkeys(tags)), rewrites=tuple(rewrites), refused=tuple(refused))
+
+
+def within_group(name: str, segments: list[str], derived: str) -> bool:
+    """May an app with id `segments` claim the (DNS-clean) `name`? Yes for its group's own label,
+    `<group>-*`, and the name it would get anyway (`derived`, e.g. flat's `site1-customer1-web`)."""
+    if name == derived:
+        return True
+    if not segments:
+        return False
+    group = dns_label(segments[0])[0]
+    return bool(group) and (name == group or name.startswith(group + "-"))
 
 
 def app_segments(app_id: str) -> list[str]:
@@ -100,16 +142,20 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip() != "" and value.strip().lower() not in _FALSE_WORDS
 
 
-def _raw_name(app: App, port_index: int, port_key: str, segments: list[str], naming: Naming) -> str:
-    """The name before DNS-label cleaning, following the override order."""
+def _raw_name(app: App, port_index: int, port_key: str, segments: list[str],
+              naming: Naming) -> tuple[str, str | None]:
+    """The name before DNS-label cleaning, following the override order, and which override gave
+    it (None: derived from the app id)."""
     label_name = (app.labels.get("consul.name") or "").strip()
     if label_name:
-        return _suffixed(app, port_index, label_name)
+        return _suffixed(app, port_index, label_name), "label consul.name"
     port_name = (app.env.get(port_key + "NAME") or "").strip()
     if port_name:
-        return port_name  # names this port exactly: no multi-port suffix
+        return port_name, f"env {port_key}NAME"  # names this port exactly: no multi-port suffix
     env_name = (app.env.get("SERVICE_NAME") or "").strip()
-    return _suffixed(app, port_index, env_name or _default_name(segments, naming))
+    if env_name:
+        return _suffixed(app, port_index, env_name), "env SERVICE_NAME"
+    return _suffixed(app, port_index, _default_name(segments, naming)), None
 
 
 def _default_name(segments: list[str], naming: Naming) -> str:

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from service import version
 from service.backoff import Backoff
 from service.config import Config
+from service.connect import ssl_context
 from service.consul_lock import ConsulLockClient
 from service.consul_registry import ConsulAgents
 from service.docker_lookup import ContainerLookup
@@ -39,6 +43,8 @@ from service.marathon.sse import EventStream
 from service.marathon.subscription import CallbackSubscription
 from service.metrics import Metrics
 from service.reconcile import Drift, Reconciler, ReconcileSettings
+from service.redact import redact, register
+from service.tokens import TokenFile, TokenSource, read_token, static
 from service.web import Readiness, make_app
 
 log = logging.getLogger("service")
@@ -70,14 +76,28 @@ class Components:
         await self.session.close()
 
 
-def build(config: Config) -> Components:
+def consul_token(config: Config) -> TokenSource:
+    """The Consul token as of now: from --consul-token-file (re-read when it changes) if given, as
+    Consul's own API client prefers the file, else the fixed --consul-token."""
+    if config.consul_token_file:
+        return TokenFile(config.consul_token_file, what="consul token")
+    return static(config.consul_token)
+
+
+def build(config: Config, consul_token_source: TokenSource | None = None) -> Components:
     metrics = Metrics()
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-    marathon = MarathonClient(list(config.marathon), session=session, metrics=metrics)
+    connector = aiohttp.TCPConnector(ssl=ssl_context(config.marathon_tls, "marathon")) if config.marathon_tls else None
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), connector=connector)
+    marathon_token = None
+    if config.marathon_token_file:
+        marathon_token = TokenFile(config.marathon_token_file, what="marathon token")
+    marathon = MarathonClient(list(config.marathon), session=session, metrics=metrics, token=marathon_token)
     lookup = ContainerLookup(config.docker, config.networks, metrics=metrics, overlay_cidrs=config.overlay_cidrs,
-                             weave_exec=config.weave_exec_lookup)
-    agents = ConsulAgents(config.consul, token=config.consul_token, metrics=metrics)
-    settings = ReconcileSettings(naming=config.naming, address_mode=config.address_mode, networks=config.networks,
+                             weave_exec=config.weave_exec_lookup, tls=config.docker_tls)
+    agents = ConsulAgents(config.consul, token=consul_token_source or consul_token(config), metrics=metrics,
+                          tls=config.consul_tls)
+    settings = ReconcileSettings(naming=config.naming, name_override=config.allow_name_override,
+                                 address_mode=config.address_mode, networks=config.networks,
                                  overlay_cidrs=config.overlay_cidrs,
                                  workers=config.workers, health_checks=config.health_checks,
                                  ttl_floor_seconds=max(180, int(3 * config.resync_interval)))
@@ -90,7 +110,10 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.c = build(config)
+        self._consul_token = consul_token(config)  # one source: the lock and the agents rotate together
+        self.c = build(config, self._consul_token)
+        self._callback_secret = read_token(config.callback_secret_file) if config.callback_secret_file else None
+        register([self._callback_secret])
         self.readiness = Readiness()
         self.intake = EventIntake(self.c.reconciler, self.c.metrics)
         self._resync_now = asyncio.Event()
@@ -114,7 +137,7 @@ class Service:
 
     async def _attach_callbacks(self) -> None:
         assert self.config.callback_url is not None
-        self._subscription = CallbackSubscription(self.c.marathon, self.config.callback_url, self.c.metrics)
+        self._subscription = CallbackSubscription(self.c.marathon, self._callback_url(), self.c.metrics)
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -128,6 +151,13 @@ class Service:
                 log.warning("%s; retrying in %.1fs", self.readiness.source_detail, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _callback_url(self) -> str:
+        """The URL Marathon posts to: --callback-url, plus /<secret> with --callback-secret-file."""
+        assert self.config.callback_url is not None
+        if self._callback_secret is None:
+            return self.config.callback_url
+        return f"{self.config.callback_url.rstrip('/')}/{self._callback_secret}"
 
     def _writer(self) -> bool:
         return self.leadership is None or self.leadership.may_write()
@@ -181,8 +211,8 @@ class Service:
         assert self.cluster_id is not None
         settings = LockSettings(key=lock_key(self.cluster_id), ttl_seconds=self.config.lock_ttl,
                                 lock_delay_seconds=self.config.lock_delay)
-        self._lock_client = ConsulLockClient(self.config.lock_agent, token=self.config.consul_token,
-                                             wait_seconds=settings.watch_wait_seconds)
+        self._lock_client = ConsulLockClient(self.config.lock_agent, token=self._consul_token,
+                                             wait_seconds=settings.watch_wait_seconds, tls=self.config.consul_tls)
         value = holder_value(host=os.environ.get("HOST") or socket.gethostname(), port=self.config.listen_port,
                              version=version())
         self.leadership = Leadership(self._lock_client, settings, value=value, on_acquired=self._became_writer,
@@ -235,12 +265,23 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        events_path = "/v1/events" if self._callback_secret is None else f"/v1/events/{self._callback_secret}"
         app = make_app(intake=self.intake, reconciler=self.c.reconciler, metrics=self.c.metrics,
-                       readiness=self.readiness, extra_state=lambda: {"leadership": self.leadership_view()})
+                       readiness=self.readiness, extra_state=lambda: {"leadership": self.leadership_view()},
+                       events_path=events_path)
+        if self._callback_secret is not None:
+            app.middlewares.append(_wrong_events_path(events_path, self.c.metrics))
+        app.middlewares.append(_redacting)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port).start()
-        log.info("listening on %s:%d", self.config.listen_host, self.config.listen_port)
+        server_tls = None
+        if self.config.listen_tls_cert and self.config.listen_tls_key:
+            server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_tls.load_cert_chain(self.config.listen_tls_cert, self.config.listen_tls_key)
+        await web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port,
+                          ssl_context=server_tls).start()
+        log.info("listening on %s:%d%s", self.config.listen_host, self.config.listen_port,
+                 " (HTTPS)" if server_tls else "")
         self.c.reconciler.start()
         background: list[asyncio.Task[None]] = []
         try:
@@ -284,6 +325,37 @@ class Service:
             log.warning("Marathon offers callbacks but no --callback-url is set; using the SSE stream")
             return "sse"
         return transport
+
+
+def _wrong_events_path(events_path: str, metrics: Metrics) -> Middleware:
+    """With --callback-secret-file, a POST to any /v1/events path but ours is someone without the
+    secret (or a stale subscription): 404, counted as events_rejected_total{reason="wrong-path"}.
+    The path is compared in constant time, so the secret cannot be guessed byte by byte."""
+    expected = events_path.encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path == "/v1/events" or path.startswith("/v1/events/"):
+            if not hmac.compare_digest(path.encode(), expected):
+                metrics.events_rejected.labels("wrong-path").inc()
+                return web.json_response({"error": "wrong-path", "message": "no such event endpoint"}, status=404)
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def _redacting(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of the HTTP server passes `service.redact`: /ready reasons and /v1/registrations
+    carry error texts from Marathon, Docker and Consul, which may quote what we sent them."""
+    resp = await handler(request)
+    if isinstance(resp, web.Response) and isinstance(resp.body, bytes) and resp.body:
+        text = resp.body.decode("utf-8", errors="replace")
+        clean = redact(text)
+        if clean != text:
+            resp.body = clean.encode()
+    return resp
 
 
 async def sync_once(config: Config, *, dry_run: bool) -> Drift:

@@ -74,7 +74,8 @@ def _error(status: int, reason: str, message: str) -> web.Response:
 
 def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, readiness: Readiness,
              max_event_bytes: int = MAX_EVENT_BYTES,
-             extra_state: Callable[[], dict[str, Any]] | None = None) -> web.Application:
+             extra_state: Callable[[], dict[str, Any]] | None = None,
+             events_path: str = "/v1/events") -> web.Application:
     async def events(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > max_event_bytes:
             metrics.events_rejected.labels("too-large").inc()
@@ -129,7 +130,7 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
 
     logging.getLogger("aiohttp.server").addFilter(_QUIET)  # idempotent: the same filter object
     app = web.Application(client_max_size=max_event_bytes + 1)
-    app.router.add_post("/v1/events", events)
+    app.router.add_post(events_path, events)  # /v1/events/<secret> with --callback-secret-file
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_view)

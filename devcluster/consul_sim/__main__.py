@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -80,8 +81,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check-deregister-min", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument("--session-ttl-min", type=_duration, default=10 * 10**9, metavar="DURATION",
                    help="Consul's session_ttl_min (default 10s): the shortest session TTL accepted")
+    p.add_argument("--tls-cert", help="agents serve HTTPS with this certificate (with --tls-key)")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-client-ca", metavar="CA_FILE",
+                   help="require client certificates signed by this CA (Consul's verify_incoming)")
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        p.error("--tls-cert and --tls-key go together; --tls-client-ca needs them")
+    return args
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The agents' server context: HTTPS, and client certificates required when asked (on request,
+    as Consul's verify_incoming, so one world can test both a plain-TLS and an mTLS agent)."""
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(args.tls_client_ca)
+    return ctx
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -97,12 +118,14 @@ async def run(args: argparse.Namespace) -> None:
         await runner.start()
         sim.ttl_reset = runner.ttl_reset
     runners: list[web.AppRunner] = []
+    tls = _tls(args)
     for agent in state.agents.values():
         r = web.AppRunner(make_app(sim, agent), access_log=None, shutdown_timeout=0.5)
         await r.setup()
-        await web.TCPSite(r, agent.host, agent.port, reuse_address=True).start()
+        await web.TCPSite(r, agent.host, agent.port, reuse_address=True, ssl_context=tls).start()
         runners.append(r)
-        log.info("agent %s (node %s) listening on http://%s", agent.node, agent.node, agent.addr)
+        log.info("agent %s (node %s) listening on %s://%s%s", agent.node, agent.node, "https" if tls else "http",
+                 agent.addr, " (client certificates required)" if args.tls_client_ca else "")
     closers: list[object] = []
     if args.dns:
         closers = await serve_dns(state, *args.dns)

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from devcluster.marathon_sim.bus import EventBus
 from devcluster.marathon_sim.callbacks import CallbackDispatcher
@@ -55,8 +59,16 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--strict-deployment-lock", action="store_true",
                    help="409 for a change to an app under deployment unless ?force=true (real Marathon); "
                         "default: every change supersedes the running deployment")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (with --tls-key)")
+    p.add_argument("--tls-key")
+    p.add_argument("--http-credentials", metavar="USER:PASSWORD",
+                   help="require HTTP basic auth, as Marathon's --http_credentials (not on /_sim/)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if a.http_credentials is not None and ":" not in a.http_credentials:
+        p.error("--http-credentials: want USER:PASSWORD")
     try:
         version = parse_version(a.marathon_version)
         slaves = tuple(SlaveConfig.parse(s) for s in a.slave)
@@ -75,7 +87,25 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
                      http_event_request_timeout=a.http_event_request_timeout,
                      http_event_callback_slow_consumer_timeout=a.http_event_callback_slow_consumer_timeout,
                      default_network_name=a.default_network_name or None,
-                     strict_deployment_lock=a.strict_deployment_lock)
+                     strict_deployment_lock=a.strict_deployment_lock, tls_cert=a.tls_cert, tls_key=a.tls_key,
+                     http_credentials=a.http_credentials)
+
+
+def basic_auth(credentials: str) -> Middleware:
+    """Marathon's --http_credentials: 401 with a Basic challenge unless the request carries them.
+    The simulator's own /_sim/ control paths stay open, so a test can still inject faults."""
+    user, _, password = credentials.partition(":")
+    expected = aiohttp.encode_basic_auth(user, password).encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/_sim/") and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), expected):
+            return web.json_response({"message": "Invalid username or password."}, status=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="Mesosphere Marathon"'})
+        return await handler(request)
+
+    return middleware
 
 
 async def serve(cfg: SimConfig) -> None:
@@ -110,11 +140,19 @@ async def serve(cfg: SimConfig) -> None:
         watchers.append(t)
 
     api = Api(cfg, registry, scheduler, streams, callbacks)
-    runner = web.AppRunner(api.build(), access_log=None, handler_cancellation=True)
+    app = api.build()
+    if cfg.http_credentials:
+        app.middlewares.insert(0, basic_auth(cfg.http_credentials))
+    tls = None
+    if cfg.tls_cert and cfg.tls_key:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)
+    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True, ssl_context=tls)
     await site.start()
-    log.info("Marathon %s simulator on http://%s (%s), slaves: %s", cfg.version_string, cfg.listen,
+    log.info("Marathon %s simulator on %s://%s (%s), slaves: %s", cfg.version_string, "https" if tls else "http",
+             cfg.listen,
              "standby of " + cfg.standby_of if cfg.standby_of else "leader",
              ", ".join(f"{s.host}={s.docker_url}:{s.overlay_network}" for s in cfg.slaves) or "none")
 

@@ -41,6 +41,11 @@ class SimConfig:
     http_event_callback_slow_consumer_timeout: float = 10.0
     default_network_name: str | None = "weave"
     strict_deployment_lock: bool = False
+    # the TLS world (`devcluster up --tls`): HTTPS with this certificate, and HTTP basic auth as
+    # Marathon's --http_credentials gives it (every path but the simulator's own /_sim/ control)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    http_credentials: str | None = None  # "user:password"
 
     @property
     def version_string(self) -> str:

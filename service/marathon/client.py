@@ -29,8 +29,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -43,6 +43,7 @@ from tenacity import (
 from yarl import URL
 
 from service.backoff import Backoff
+from service.connect import tls_reason
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -97,6 +98,9 @@ class Endpoint:
 
     base: URL
     authorization: str | None = field(default=None, repr=False)
+    # DC/OS-style `Authorization: token=<t>` (--marathon-token-file), asked at every request so a
+    # rotated file takes effect without a restart; it replaces basic auth when both are given
+    token: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -111,6 +115,9 @@ class Endpoint:
     @property
     def headers(self) -> dict[str, str]:
         """Headers every request to this master carries (only credentials, today)."""
+        token = self.token() if self.token is not None else None
+        if token:
+            return {"Authorization": f"token={token}"}
         return {"Authorization": self.authorization} if self.authorization else {}
 
     @property
@@ -145,12 +152,13 @@ class MarathonClient:
         attempts: int = 4,
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
         if isinstance(urls, str):  # a comma list straight from --marathon
             urls = [u for u in urls.split(",") if u.strip()]
         if not urls:
             raise ValueError("at least one Marathon URL is needed")
-        self.endpoints: tuple[Endpoint, ...] = tuple(Endpoint.parse(u) for u in urls)
+        self.endpoints: tuple[Endpoint, ...] = tuple(replace(Endpoint.parse(u), token=token) for u in urls)
         self.session = session
         self.metrics = metrics
         self.timeout = timeout
@@ -244,7 +252,8 @@ class MarathonClient:
                 status = resp.status
                 raw = await resp.read()
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-            raise _Transient(index, None, "", f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            why = tls_reason(e, https=url.scheme == "https") or f"{type(e).__name__}: {e}".rstrip(": ")
+            raise _Transient(index, None, "", why) from e
         finally:
             self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
         text = raw.decode("utf-8", errors="replace")

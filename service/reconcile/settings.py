@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.backoff import Backoff
-from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, Naming
+from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
 
 
 @dataclass(frozen=True)
 class ReconcileSettings:
     naming: Naming = Naming.DNS
+    name_override: NameOverride = NameOverride.GROUP  # --allow-name-override (service.naming)
     address_mode: AddressMode = AddressMode.AUTO
     networks: tuple[str, ...] = ("weave", "bridge")
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS  # only addresses inside count as overlay IPs

@@ -209,7 +209,7 @@ class WorldReader:
             result = desired_registrations(
                 app, task, container, naming=s.naming, address_mode=s.address_mode, networks=s.networks,
                 health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds, cluster_id=s.cluster_id,
-                overlay_cidrs=s.overlay_cidrs)
+                overlay_cidrs=s.overlay_cidrs, name_override=s.name_override)
             if isinstance(result, Skip):
                 skips.append(result)
                 self.metrics.skips.labels(result.reason).inc()
@@ -219,10 +219,20 @@ class WorldReader:
         return desired, skips
 
     def _log_rewrites(self, app: App) -> None:
-        """Names that are not valid DNS labels are registered rewritten; say so once per rewrite."""
+        """Names that are not valid DNS labels are registered rewritten, and overrides that
+        --allow-name-override refuses are replaced by the derived name: say so once per app and
+        message (every resync and event asks again), and count each refusal once with it."""
         for port_index in range(max(1, len(app.port_mappings))):
-            identity = service_identity(app, port_index, self.settings.naming)
-            for message in identity.rewrites if identity is not None else ():
+            identity = service_identity(app, port_index, self.settings.naming, self.settings.name_override)
+            if identity is None:
+                continue
+            for message in identity.rewrites:
                 if message not in self._logged_rewrites:
                     self._logged_rewrites.add(message)
+                    log.warning("app %s: %s", app.id, message)
+            for message in identity.refused:
+                key = f"{app.id}\0{message}"
+                if key not in self._logged_rewrites:
+                    self._logged_rewrites.add(key)
+                    self.metrics.name_overrides_refused.inc()
                     log.warning("app %s: %s", app.id, message)

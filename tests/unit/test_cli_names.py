@@ -21,8 +21,8 @@ def test_names_prints_name_tags_and_dns_names() -> None:
 def test_names_honours_flat_strategy_labels_and_opt_out() -> None:
     flat = run_cli("names", "/web/customer1/site1", "--naming", "flat")
     assert flat.stdout.splitlines()[:2] == ["name: site1-customer1-web", "tags: (none)"]
-    renamed = run_cli("names", "/web/customer1/site1", "--label", "consul.name=shop")
-    assert renamed.stdout.splitlines()[0] == "name: shop"
+    renamed = run_cli("names", "/web/customer1/site1", "--label", "consul.name=web-shop")
+    assert renamed.stdout.splitlines()[0] == "name: web-shop"
     out = run_cli("names", "/web/x", "--label", "consul.register=false")
     assert out.returncode == 0 and "not registered" in out.stdout
     bad = run_cli("names", "/web/x", "--label", "novalue")
