@@ -64,6 +64,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from service.errors import CONFIG, GARBAGE, GONE, CallError, Classified, classify_status, classify_transport, record
 from service.metrics import Metrics
 from service.model import Container
 
@@ -75,8 +76,9 @@ _LABEL_QUERY = "all=1&filters=" + quote(json.dumps({"label": [TASK_ID_KEY]}, sep
 _NAME_QUERY = "all=1&filters=" + quote(json.dumps({"name": [NAME_PREFIX]}, separators=(",", ":")))
 
 
-class DockerLookupError(Exception):
-    """A Docker Engine API call failed (unreachable, timed out, non-2xx, unparsable)."""
+class DockerLookupError(CallError):
+    """A Docker Engine API call failed (unreachable, timed out, non-2xx, unparsable); `verdict` and
+    `cause` say what the answer meant (RETRY unless classified otherwise)."""
 
 
 @dataclass(slots=True)
@@ -211,7 +213,7 @@ class ContainerLookup:
             scheme = "https" if parts.scheme == "https" else "http"
             base = f"{scheme}://{parts.netloc}"
         else:
-            raise DockerLookupError(f"docker on {host}: unsupported URL {url!r} (tcp://, http://, unix://)")
+            raise DockerLookupError(f"docker on {host}: unsupported URL {url!r} (tcp://, http://, unix://)", CONFIG)
         session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
         return _Engine(host=host, base=base, session=session)
 
@@ -229,24 +231,34 @@ class ContainerLookup:
             async with e.session.get(e.base + path) as resp:
                 body = await resp.read()
                 if resp.status == 404 and allow_404:
+                    record(self._metrics, system="docker", call=call, target=e.base, classified=GONE,
+                           message=f"docker on {e.host}: {call} {path}: gone")
                     return None, resp.headers
                 if resp.status != 200:
-                    raise DockerLookupError(
-                        f"docker on {e.host} ({e.base}): {call} answered {resp.status}: "
-                        f"{body[:200].decode(errors='replace').strip()}"
-                    )
+                    text = body[:200].decode(errors="replace").strip()
+                    raise self._fail(e, call, classify_status(resp.status, text),
+                                     f"{call} answered {resp.status}: {text}")
                 headers = resp.headers
             return (json.loads(body) if json_body else body), headers
         except DockerLookupError:
             raise
-        except TimeoutError as exc:
-            raise DockerLookupError(
-                f"docker on {e.host} ({e.base}): {call} timed out after {self._timeout.total} s"
-            ) from exc
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {exc!r}") from exc
+        except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError: not the engine's JSON
+            raise self._fail(e, call, GARBAGE, f"{call} answered 200 with a body that is not JSON: {exc}") from exc
+        except Exception as exc:
+            classified = classify_transport(exc)
+            if classified is None:
+                raise  # not the engine's answer: a bug of ours, which must stay loud
+            detail = (f"{call} timed out after {self._timeout.total} s" if isinstance(exc, TimeoutError)
+                      else f"{call} failed: {exc!r}")
+            raise self._fail(e, call, classified, detail) from exc
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
+
+    def _fail(self, e: _Engine, call: str, classified: Classified, detail: str) -> DockerLookupError:
+        """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
+        message = f"docker on {e.host} ({e.base}): {detail}"
+        record(self._metrics, system="docker", call=call, target=e.base, classified=classified, message=message)
+        return DockerLookupError(message, classified)
 
     async def _prefix(self, e: _Engine) -> str:
         """`/v<ApiVersion>` as the engine reports it; asked once per engine.
@@ -264,7 +276,7 @@ class ContainerLookup:
                         info = await self._get(e, "version", "/version")
                         api = info.get("ApiVersion") if isinstance(info, dict) else None
                     if not isinstance(api, str) or not api:
-                        raise DockerLookupError(f"docker on {e.host} ({e.base}): /version has no ApiVersion")
+                        raise self._fail(e, "version", GARBAGE, "/version has no ApiVersion")
                     e.prefix = f"/v{api}"
         return e.prefix
 
@@ -414,7 +426,7 @@ def _keep(raw: dict[str, Mapping[str, Any]], entry: Mapping[str, Any], task_id: 
 
 def _entries(e: _Engine, payload: Any) -> list[dict[str, Any]]:
     if not isinstance(payload, list):
-        raise DockerLookupError(f"docker on {e.host} ({e.base}): container listing is not a JSON list")
+        raise DockerLookupError(f"docker on {e.host} ({e.base}): container listing is not a JSON list", GARBAGE)
     return [x for x in payload if isinstance(x, dict) and x.get("Id")]
 
 
