@@ -48,7 +48,7 @@ from tenacity import (
 from yarl import URL
 
 from service.backoff import Backoff
-from service.errors import GARBAGE, RETRY, CallError, Classified, classify_status, classify_transport, record
+from service.errors import GARBAGE, GONE, RETRY, CallError, Classified, classify_status, classify_transport, record
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -284,7 +284,8 @@ class MarathonClient:
             raise error
         text = raw.decode("utf-8", errors="replace")
         if 200 <= status < 300 or status in ok_statuses:
-            if status >= 300:
+            if status >= 300:  # a 404 the call expects: the app (or the leader) is gone
+                self._record(call, ep, GONE, f"Marathon {method} {url} -> HTTP {status}")
                 return None
             if not raw.strip():
                 return None
@@ -350,14 +351,16 @@ class MarathonClient:
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     @contextlib.contextmanager
-    def _shape(self, method: str, path: str) -> Iterator[None]:
+    def _shape(self, call: str, method: str, path: str) -> Iterator[None]:
         """Turn a parser's ValueError into a MarathonError: to callers, a response they cannot
-        use is a failed call like any other (it is not retried: the same answer would come back)."""
+        use is a failed call like any other (a REPORT: the same answer would come back)."""
         try:
             yield
         except ValueError as e:
-            raise MarathonError(method, str(self.current.url(path)), 200,
-                                reason=f"unexpected response: {e}", classified=GARBAGE) from e
+            error = MarathonError(method, str(self.current.url(path)), 200,
+                                  reason=f"unexpected response: {e}", classified=GARBAGE)
+            self._record(call, self.current, GARBAGE, str(error))
+            raise error from e
 
     # -- the calls ------------------------------------------------------------------------------
 
@@ -382,7 +385,7 @@ class MarathonClient:
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         """Every app with its tasks in one call: the resync's view of Marathon."""
         obj = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")])
-        with self._shape("GET", "/v2/apps"):
+        with self._shape("apps", "GET", "/v2/apps"):
             return apps_from_json(obj)
 
     async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
@@ -391,7 +394,7 @@ class MarathonClient:
         obj = await self._call("app", "GET", "/v2/apps" + app_path(app_id), ok_statuses=(404,))
         if obj is None:
             return None
-        with self._shape("GET", "/v2/apps" + app_path(app_id)):
+        with self._shape("app", "GET", "/v2/apps" + app_path(app_id)):
             return app_with_tasks_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
 
     async def subscriptions(self) -> list[str]:

@@ -401,7 +401,9 @@ async def test_marathon_404_for_an_unknown_app_is_done() -> None:
         metrics = Metrics()
         client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
         assert await client.app_with_tasks("/gone") is None
-        assert not [s for s in metrics.call_errors.collect()[0].samples if s.value]
+        assert errors(metrics, "marathon", "app", "done", "gone") == 1
+        assert [s.labels["verdict"] for s in metrics.call_errors.collect()[0].samples
+                if s.name.endswith("_total") and s.value] == ["done"]
 
 
 async def test_marathon_redirect_to_the_leader_is_followed_with_credentials_and_bounded() -> None:
