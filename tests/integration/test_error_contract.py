@@ -37,6 +37,7 @@ from service.docker_lookup import ContainerLookup, DockerLookupError
 from service.errors import CallError
 from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
+from service.marathon.sse import EventStream
 from service.metrics import Metrics
 from service.model import Container, Registration, Task, TaskState
 from service.reconcile import Reconciler, ReconcileSettings
@@ -556,3 +557,28 @@ async def test_deregistering_what_someone_already_removed_is_done() -> None:
         assert reconciler.snapshot()["retrying_apps"] == {}
         assert metrics.registry.get_sample_value("mcr_retries_total", {"system": "reconcile"}) is None
         assert "mcr-web.t1-0" not in {r["service_id"] for r in reconciler.snapshot()["registrations"]}  # type: ignore[attr-defined]
+
+
+async def test_marathon_event_stream_refused_is_counted_and_logged_once_while_it_keeps_reconnecting(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The event source has nothing to hand over to, so it reconnects for ever (backing off), but
+    a refusal of `/v2/events` is a report: counted per answer, logged once."""
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        rule = await fault(url, {"path": "^/v2/events$", "status": 403, "body": "Not Authorized"})
+        stream = EventStream(client, metrics=metrics, on_event=lambda _: None, on_connect=lambda: None,
+                             backoff_initial=0.01, backoff_cap=0.02)
+        with caplog.at_level(logging.INFO):
+            task = asyncio.create_task(stream.run())
+            try:
+                for _ in range(250):  # up to 5 s for three refused connects
+                    if await hits(url, rule) >= 3:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                stream.stop()
+                await task
+        assert errors(metrics, "marathon", "events", "report", "acl-denied") >= 3
+        assert len(refusals_logged(caplog, url)) == 1
+        assert not stream.connected
