@@ -9,7 +9,8 @@ Every outside call ends in one of three verdicts, decided here and nowhere else:
 - `DONE`: the answer *is* the state we want (a 404 deregistering an id that is gone, a 404
   inspecting a container that is gone). Not an error at all for the caller.
 - `REPORT`: our bug or the operator's (400, 401, 403, 405, 409, 422, an answer that is not JSON,
-  a Consul read without its index header, a 404 from an endpoint that must exist). Asking again
+  a Consul read without its index header, a 404 from an endpoint that must exist, a TLS
+  certificate not trusted). Asking again
   gives the same answer, so it is never retried in a loop: it is counted in
   `mcr_call_errors_total{system, call, verdict, reason}`, logged once per distinct
   (system, agent or URL, call, reason), and the work it stopped is left to the next resync.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,7 +55,7 @@ REPORT = Verdict.REPORT
 REASONS = frozenset({
     "connection", "timeout", "rate-limited", "server-error", "unavailable", "no-leader",
     "bad-request", "unauthorized", "acl-denied", "not-found", "method-not-allowed", "conflict",
-    "invalid", "client-error", "redirect", "garbage", "no-index-header", "gone", "config",
+    "invalid", "client-error", "redirect", "garbage", "no-index-header", "gone", "config", "tls",
 })
 
 
@@ -91,6 +93,8 @@ NO_INDEX = Classified(REPORT, "no-index-header")
 NOT_FOUND = _STATUS[404]
 GONE = Classified(DONE, "gone")
 CONFIG = Classified(REPORT, "config")
+# A certificate the client does not trust, or no TLS where it is expected: the operator's to fix.
+TLS = Classified(REPORT, "tls")
 
 # The texts by which Consul and Marathon say "no leader right now" (reference/consul.md §3,
 # devcluster/faults.py): a retry, whatever status carries them.
@@ -115,6 +119,9 @@ def classify_transport(exc: BaseException) -> Classified | None:
     # aiohttp's timeouts are both TimeoutError and ClientError: test for the timeout first
     if isinstance(exc, TimeoutError):
         return TIMEOUT
+    # before connection errors, of which aiohttp's TLS errors are a kind
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return TLS
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)):
         return CONNECTION
     if isinstance(exc, aiohttp.ClientResponseError):

@@ -273,6 +273,22 @@ async def test_consul_connection_refused_is_retried_to_the_bound() -> None:
         await agent.close()
 
 
+async def test_consul_tls_to_a_plain_agent_is_reported_not_retried() -> None:
+    """https:// to an agent speaking plain HTTP (a wrong --consul, a missing TLS listener): the
+    handshake fails the same way every time, so it is the operator's to fix, not an outage."""
+    async with consul_agents() as (url_a, _):
+        metrics = Metrics()
+        agent = AgentClient(AGENT_A, url_a.replace("http://", "https://"), token=None, metrics=metrics, timeout=2,
+                            attempts=ATTEMPTS)
+        try:
+            with pytest.raises(ConsulError) as raised:
+                await agent.owned()
+            assert (raised.value.verdict.value, raised.value.cause) == ("report", "tls")
+            assert errors(metrics, "consul", "agent_services", "report", "tls") == 1
+        finally:
+            await agent.close()
+
+
 async def test_consul_reset_connection_is_retried_within_the_bound() -> None:
     async with consul_agents() as (url_a, _):
         metrics = Metrics()

@@ -5,6 +5,7 @@ classifying a 4xx raised AttributeError), and the verdicts are docs/architecture
 from __future__ import annotations
 
 import logging
+import ssl
 
 import aiohttp
 import consul
@@ -35,6 +36,7 @@ from service.metrics import Metrics
     (consul.exceptions.ClientError("418 teapot"), REPORT, "client-error"),
     (consul.ConsulException("Failed to decode JSON: <html> Expecting value"), REPORT, "garbage"),
     (consul.ConsulException("Missing index header: <CIMultiDictProxy()>"), REPORT, "no-index-header"),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), REPORT, "tls"),
     (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
      REPORT, "garbage"),
 ])
