@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from service.consul_registry import ConsulError
+from service.docker_lookup import DockerLookupError
 from service.errors import REPORT, Classified
 from service.marathon.client import MarathonError
 from service.metrics import Metrics
@@ -134,6 +135,22 @@ async def test_a_refused_marathon_read_parks_the_work() -> None:
     marathon.app_with_tasks = refused  # type: ignore[method-assign,assignment]
     outcome = await step.run(APP, AppWork.whole_app(), FromAgents(frozenset()))
     assert isinstance(outcome, Parked) and "403" in outcome.reason
+
+
+async def test_a_refused_container_lookup_keeps_the_tasks_registrations_and_parks_the_work() -> None:
+    """An engine refusing the lookup (403 from an authorization plugin) says nothing about the task:
+    its registration stays (never deregistered because of a refusal), the work waits for the resync."""
+    step, _, agents, ledger, task = setup()
+    assert await step.run(APP, AppWork.whole_app(), FromAgents(frozenset())) == Done()
+
+    async def refused(host: str, task_id: str) -> None:
+        raise DockerLookupError("docker on 127.0.0.2: list answered 403: authorization denied",
+                                Classified(REPORT, "acl-denied"))
+
+    step.reader.lookup.find = refused  # type: ignore[method-assign,assignment]
+    outcome = await step.run(APP, AppWork.whole_app(), FromAgents(frozenset()))
+    assert isinstance(outcome, Parked) and "docker-refused" in outcome.reason
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"} and len(ledger) == 1
 
 
 def test_app_work_merges_tasks_hosts_and_first_event_times() -> None:
