@@ -16,10 +16,11 @@ is refused, REPORT).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ import consul
 import consul.aio
 
 from service.backoff import Backoff
-from service.errors import GONE, NOT_FOUND, RETRY, CallError, Classified, classify_consul, record
+from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, CallError, Classified, classify_consul, record
 from service.metrics import Metrics
 from service.model import ConsulCheck, Registration
 from service.ownership import checks_filter, owned_filter
@@ -171,6 +172,15 @@ class AgentClient:
         record(self._metrics, system="consul", call=call, target=self.url, classified=classified, message=message)
         return ConsulError(message, classified)
 
+    @contextlib.contextmanager
+    def _shape(self, call: str) -> Iterator[None]:
+        """JSON that is not the shape Consul answers (a proxy's own JSON, a truncated object) is
+        garbage, a REPORT: never an AttributeError out of our parsing."""
+        try:
+            yield
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise self._fail(call, GARBAGE, f"unexpected answer: {type(exc).__name__}: {exc}") from exc
+
     def _answered(self, call: str, value: T | None) -> T:
         """py-consul returns None where the agent answered 404 to a read that must exist (a proxy
         refusing the endpoint, an agent too old for it): a REPORT, never an empty answer."""
@@ -182,7 +192,8 @@ class AgentClient:
         """The agent's node name: two host names can lead to one agent, the node name tells."""
         if self._node_name is None:
             me = self._answered("agent_self", await self._call("agent_self", self._client.agent.self))
-            self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
+            with self._shape("agent_self"):
+                self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
         return self._node_name
 
     async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
@@ -190,10 +201,20 @@ class AgentClient:
         expr = owned_filter(app_id)
         services = self._answered("agent_services", await self._call(
             "agent_services", lambda: self._client.agent.services(filter_expr=expr)))
+        if not isinstance(services, dict):
+            raise self._fail("agent_services", GARBAGE, f"unexpected answer: {type(services).__name__}, not a map")
         if not services:
             return {}
         checks = self._answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
             filter_expr=checks_filter(services) if app_id is not None else None)))
+        if not isinstance(checks, dict):
+            raise self._fail("agent_checks", GARBAGE, f"unexpected answer: {type(checks).__name__}, not a map")
+        with self._shape("agent_services"):
+            return self._parse_owned(services, checks)
+
+    def _parse_owned(self, services: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, OwnedService]:
+        """The agent's services and checks as our `OwnedService` values (shape errors raise; the
+        caller turns them into a REPORT)."""
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         for chk in checks.values():
             if chk.get("ServiceID") in services:
@@ -244,7 +265,8 @@ class AgentClient:
     async def catalog_node_addresses(self) -> list[str]:
         """Addresses of every node in the catalog: where orphans may live though no task runs there."""
         _, nodes = await self._call("catalog_nodes", self._client.catalog.nodes)
-        return [n["Address"] for n in self._answered("catalog_nodes", nodes) if n.get("Address")]
+        with self._shape("catalog_nodes"):
+            return [n["Address"] for n in self._answered("catalog_nodes", nodes) if n.get("Address")]
 
     async def close(self) -> None:
         await self._client.close()
