@@ -15,7 +15,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -39,7 +39,7 @@ from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
 from service.marathon.sse import EventStream
 from service.metrics import Metrics
-from service.model import Container, Registration, Task, TaskState
+from service.model import Container, HealthCheck, Registration, Task, TaskState
 from service.reconcile import Reconciler, ReconcileSettings
 from tests.unit.fakes import FakeLookup, FakeMarathon, web_app
 
@@ -603,3 +603,30 @@ async def test_marathon_event_stream_refused_is_counted_and_logged_once_while_it
         assert errors(metrics, "marathon", "events", "report", "acl-denied") >= 3
         assert len(refusals_logged(caplog, url)) == 1
         assert not stream.connected
+
+
+async def test_a_ttl_check_gone_behind_our_back_is_registered_again() -> None:
+    """Someone deregistered a task's service; Marathon's verdict changes, the TTL push answers 404
+    (`Unknown check ID`): the ledger forgets the registration and the task's retry registers it
+    again, with Marathon's verdict."""
+    async with consul_agents() as urls, reconciler_over(urls) as (reconciler, marathon, metrics):
+        url_a, _ = urls
+        marathon.apps[APP_ID] = web_app(APP_ID, checks=(HealthCheck(protocol="COMMAND", command="true"),))
+        tasks = marathon.tasks[APP_ID]
+        tasks["web.t1"] = replace(tasks["web.t1"], health=(True,))
+        await reconciler.resync()
+        await reconciler.wait_idle()
+        assert "mcr-web.t1-0" in await held(url_a)
+        async with aiohttp.ClientSession() as http, http.put(
+                f"{url_a}/v1/agent/service/deregister/mcr-web.t1-0") as resp:  # behind our back
+            assert resp.status == 200
+        tasks["web.t1"] = replace(tasks["web.t1"], health=(False,))
+        reconciler.hint_task(TaskEvent(task_id="web.t1", app_id=APP_ID, state=TaskState.RUNNING, host=AGENT_A,
+                                       ports=(31001,), ip_addresses=(), app_version="v1"))
+        async with asyncio.timeout(5):
+            await reconciler.wait_idle()
+        assert errors(metrics, "consul", "check_update", "retry", "gone") == 1
+        assert "mcr-web.t1-0" in await held(url_a)
+        async with aiohttp.ClientSession() as http, http.get(f"{url_a}/v1/agent/checks") as resp:
+            checks = await resp.json()
+        assert {c["Status"] for c in checks.values() if c["ServiceID"] == "mcr-web.t1-0"} == {"critical"}
