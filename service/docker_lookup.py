@@ -254,6 +254,12 @@ class ContainerLookup:
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
 
+    def _entries(self, e: _Engine, call: str, payload: Any) -> list[dict[str, Any]]:
+        """A listing's entries; JSON that is not a list is garbage (REPORT), never a crash later."""
+        if not isinstance(payload, list):
+            raise self._fail(e, call, GARBAGE, "container listing is not a JSON list")
+        return [x for x in payload if isinstance(x, dict) and x.get("Id")]
+
     def _fail(self, e: _Engine, call: str, classified: Classified, detail: str) -> DockerLookupError:
         """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
         message = f"docker on {e.host} ({e.base}): {detail}"
@@ -328,12 +334,13 @@ class ContainerLookup:
         if not full:
             labelled = await self._get(e, "list", f"{prefix}/containers/json?{_LABEL_QUERY}")
             raw: dict[str, Mapping[str, Any]] = {}
-            for entry in _entries(e, labelled):
+            for entry in self._entries(e, "list", labelled):
                 task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
                 if task_id:
                     _keep(raw, entry, task_id)
             return _Listing(started=started, full=False, raw=raw)
-        named = _entries(e, await self._get(e, "list-named", f"{prefix}/containers/json?{_NAME_QUERY}"))
+        named = await self._get(e, "list-named", f"{prefix}/containers/json?{_NAME_QUERY}")
+        named = self._entries(e, "list-named", named)
         raw, e.legacy = await self._full(e, prefix, named)
         return _Listing(started=started, full=True, raw=raw)
 
@@ -376,7 +383,8 @@ class ContainerLookup:
         prefix = await self._prefix(e)
         query = "all=1&filters=" + quote(json.dumps({"label": [f"{TASK_ID_KEY}={task_id}"]}, separators=(",", ":")))
         raw: dict[str, Mapping[str, Any]] = {}
-        for entry in _entries(e, await self._get(e, "list-task", f"{prefix}/containers/json?{query}")):
+        listed = await self._get(e, "list-task", f"{prefix}/containers/json?{query}")
+        for entry in self._entries(e, "list-task", listed):
             if (entry.get("Labels") or {}).get(TASK_ID_KEY) == task_id:
                 _keep(raw, entry, task_id)
         return raw.get(task_id)
@@ -422,12 +430,6 @@ def _keep(raw: dict[str, Mapping[str, Any]], entry: Mapping[str, Any], task_id: 
             "NetworkSettings": {"Networks": {name: {"IPAddress": n.get("IPAddress")}
                                              for name, n in networks.items() if n}},
         }
-
-
-def _entries(e: _Engine, payload: Any) -> list[dict[str, Any]]:
-    if not isinstance(payload, list):
-        raise DockerLookupError(f"docker on {e.host} ({e.base}): container listing is not a JSON list", GARBAGE)
-    return [x for x in payload if isinstance(x, dict) and x.get("Id")]
 
 
 def _env_task_id(env: Iterable[str]) -> str | None:

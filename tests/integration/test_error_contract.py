@@ -324,6 +324,8 @@ DOCKER_ROWS = [
     Row("list", {"path": LIST, "status": 403, "body": "authorization denied by plugin"}, "report", "acl-denied", 1),
     Row("list", {"path": LIST, "status": 404}, "report", "not-found", 1),
     Row("list", {"path": LIST, "mode": "garbage"}, "report", "garbage", 1),
+    Row("list", {"path": LIST, "mode": "garbage", "body": '{"message": "a map, not a list"}'}, "report",
+        "garbage", 1),
     Row("ping", {"path": "^/_ping$", "status": 401, "body": "unauthorized"}, "report", "unauthorized", 1),
 ]
 
