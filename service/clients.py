@@ -5,8 +5,9 @@ The reconcile package depends on these Protocols, not on the concrete clients, s
 in-memory fakes (tests/unit/fakes.py) satisfy the same types as `MarathonClient`, `ContainerLookup`
 and `ConsulAgents` without casts, and a new source (another IP lookup, a TLS client) only has to
 offer these methods. Each method's failure is an exception of the client's own module
-(`MarathonError`, `DockerLookupError`, `ConsulError`); the per-app step turns any of them into a
-retry.
+(`MarathonError`, `DockerLookupError`, `ConsulError`), all `service.errors.CallError`s carrying a
+verdict: the per-app step turns a RETRY into a retry of the affected work and a REPORT into work
+left to the next resync (docs/architecture.md §8).
 """
 
 from __future__ import annotations

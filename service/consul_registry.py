@@ -6,28 +6,27 @@ level-triggered reconciliation: `AgentClient.owned()` returns the registrations 
 ownership Meta (`service.ownership`), parsed back into `Registration` values so that "nothing to do" is an equality test
 (`same_registration`). Anything without our `managed-by` Meta is never returned, so never touched.
 
-Every call has a timeout and bounded, backed-off retries (tenacity); what still fails raises
-`ConsulError` and the reconciler retries the whole key later.
+Every call has a timeout and bounded, backed-off retries of what `service.errors` classifies as
+RETRY; anything else, or a RETRY still failing after the last attempt, raises `ConsulError` with
+the verdict (docs/architecture.md §8). py-consul swallows a 404 on most calls (returns None or
+False): each call here says what that 404 means for it (a deregister: done; a read: the endpoint
+is refused, REPORT).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiohttp
-import consul
-import consul.aio
-import consul.exceptions
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-
 from service.backoff import Backoff
 from service.connect import TLSOptions, consul_client, tls_reason
+from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, CallError, Classified, classify_consul, record
 from service.metrics import Metrics
 from service.model import ConsulCheck, Registration
 from service.ownership import checks_filter, owned_filter
@@ -38,18 +37,12 @@ T = TypeVar("T")
 CALL_BACKOFF = Backoff(initial=0.1, cap=2.0)
 
 
-class ConsulError(Exception):
-    """A Consul agent call failed after its retries; the message names the agent and the call."""
+_CHECK_GONE = Classified(RETRY, "gone")
 
 
-def _transient(exc: BaseException) -> bool:
-    # Connection trouble, timeouts and 5xx may pass; a 4xx is our mistake and will not.
-    if isinstance(exc, (aiohttp.ClientError, TimeoutError, OSError, consul.Timeout)):
-        return True
-    return isinstance(exc, consul.ConsulException) and not isinstance(
-        exc, (consul.exceptions.BadRequest, consul.exceptions.ACLPermissionDenied, consul.exceptions.NotFound,
-              consul.exceptions.ClientError, consul.exceptions.ACLDisabled)
-    )
+class ConsulError(CallError):
+    """A Consul agent call failed (a REPORT answer, or RETRY answers until the attempts ran out);
+    the message names the agent and the call, `verdict`/`cause` say what the answer meant."""
 
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -139,27 +132,24 @@ class AgentClient:
         self._node_name: str | None = None
 
     async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call with bounded, backed-off retries of transient failures. The first attempt runs
-        outside tenacity: building its retry state per call was ~3% of a burst's CPU."""
-        try:
-            return await self._timed(call, fn)
-        except Exception as exc:
-            if not _transient(exc) or self._attempts <= 1:
-                raise self._error(call, exc) from exc
-        await asyncio.sleep(CALL_BACKOFF.delay(1))  # the back-off before the first retry
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._attempts - 1),
-                wait=CALL_BACKOFF.tenacity_wait(offset=1),
-                retry=retry_if_exception(_transient),
-                reraise=True,
-            ):
-                with attempt:
-                    self._metrics.retries.labels("consul").inc()
-                    return await self._timed(call, fn)
-        except (TimeoutError, consul.ConsulException, aiohttp.ClientError, OSError) as exc:
-            raise self._error(call, exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One call, retrying RETRY answers with back-off up to `attempts` in all. A plain loop, no
+        tenacity: building tenacity's retry state per call was ~3% of a burst's CPU, and the
+        success path must cost nothing beyond the call itself."""
+        attempt = 1
+        while True:
+            try:
+                return await self._timed(call, fn)
+            except Exception as exc:
+                classified = classify_consul(exc)
+                if classified is None:
+                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
+                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
+                error = self._fail(call, classified, detail)
+                if classified.verdict is not RETRY or attempt >= self._attempts:
+                    raise error from exc
+            self._metrics.retries.labels("consul").inc()
+            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
+            attempt += 1
 
     async def _timed(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
@@ -168,25 +158,55 @@ class AgentClient:
         finally:
             self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
 
-    def _error(self, call: str, exc: BaseException) -> ConsulError:
-        tls = tls_reason(exc, https=self.url.startswith("https://"))
-        return ConsulError(f"consul agent {self.url}: {call} failed: {tls or f'{type(exc).__name__}: {exc}'}")
+    def _fail(self, call: str, classified: Classified, detail: str) -> ConsulError:
+        """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
+        message = f"consul agent {self.url}: {call} failed: {detail}"
+        record(self._metrics, system="consul", call=call, target=self.url, classified=classified, message=message)
+        return ConsulError(message, classified)
+
+    @contextlib.contextmanager
+    def _shape(self, call: str) -> Iterator[None]:
+        """JSON that is not the shape Consul answers (a proxy's own JSON, a truncated object) is
+        garbage, a REPORT: never an AttributeError out of our parsing."""
+        try:
+            yield
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise self._fail(call, GARBAGE, f"unexpected answer: {type(exc).__name__}: {exc}") from exc
+
+    def _answered(self, call: str, value: T | None) -> T:
+        """py-consul returns None where the agent answered 404 to a read that must exist (a proxy
+        refusing the endpoint, an agent too old for it): a REPORT, never an empty answer."""
+        if value is None:
+            raise self._fail(call, NOT_FOUND, "404 (the endpoint is not there)")
+        return value
 
     async def node_name(self) -> str:
         """The agent's node name: two host names can lead to one agent, the node name tells."""
         if self._node_name is None:
-            me = await self._call("agent_self", self._client.agent.self)
-            self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
+            me = self._answered("agent_self", await self._call("agent_self", self._client.agent.self))
+            with self._shape("agent_self"):
+                self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
         return self._node_name
 
     async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
         """Our registrations on this agent (optionally of one app), by service id."""
         expr = owned_filter(app_id)
-        services = await self._call("agent_services", lambda: self._client.agent.services(filter_expr=expr))
+        services = self._answered("agent_services", await self._call(
+            "agent_services", lambda: self._client.agent.services(filter_expr=expr)))
+        if not isinstance(services, dict):
+            raise self._fail("agent_services", GARBAGE, f"unexpected answer: {type(services).__name__}, not a map")
         if not services:
             return {}
-        checks = await self._call("agent_checks", lambda: self._client.agent.checks(
-            filter_expr=checks_filter(services) if app_id is not None else None))
+        checks = self._answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
+            filter_expr=checks_filter(services) if app_id is not None else None)))
+        if not isinstance(checks, dict):
+            raise self._fail("agent_checks", GARBAGE, f"unexpected answer: {type(checks).__name__}, not a map")
+        with self._shape("agent_services"):
+            return self._parse_owned(services, checks)
+
+    def _parse_owned(self, services: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, OwnedService]:
+        """The agent's services and checks as our `OwnedService` values (shape errors raise; the
+        caller turns them into a REPORT)."""
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         for chk in checks.values():
             if chk.get("ServiceID") in services:
@@ -208,25 +228,37 @@ class AgentClient:
 
     async def register(self, reg: Registration) -> None:
         checks = [c.to_consul() for c in reg.checks]
-        await self._call("register", lambda: self._client.agent.service.register(
+        made = await self._call("register", lambda: self._client.agent.service.register(
             reg.name, service_id=reg.service_id, address=reg.address, port=reg.port, tags=list(reg.tags),
             meta=reg.meta_dict, check=checks[0] if checks else None, extra_checks=checks[1:],
             replace_existing_checks=True,
         ))
+        if not made:  # py-consul's False is a 404: the register endpoint itself is refused
+            raise self._fail("register", NOT_FOUND, "404 (the endpoint is not there)")
 
     async def deregister(self, service_id: str) -> bool:
-        """True if the agent had it; an unknown id (404) is already the state we want."""
-        return bool(await self._call("deregister", lambda: self._client.agent.service.deregister(service_id)))
+        """True if the agent had it; an unknown id (404, which py-consul returns as False) is
+        already the state we want: DONE, counted as such."""
+        had = bool(await self._call("deregister", lambda: self._client.agent.service.deregister(service_id)))
+        if not had:
+            record(self._metrics, system="consul", call="deregister", target=self.url, classified=GONE,
+                   message=f"consul agent {self.url}: {service_id} was already gone")
+        return had
 
     async def set_ttl(self, check_id: str, status: str, output: str) -> None:
+        """Push a TTL check's state. A 404 (py-consul's False) means the check, so our registration,
+        is gone behind our back: `ConsulError` with cause "gone" and verdict RETRY, so the writer
+        forgets the registration and the task's retry registers it again."""
         update = {"passing": self._client.agent.check.ttl_pass, "warning": self._client.agent.check.ttl_warn,
                   "critical": self._client.agent.check.ttl_fail}[status]
-        await self._call("check_update", lambda: update(check_id, notes=output))
+        if not await self._call("check_update", lambda: update(check_id, notes=output)):
+            raise self._fail("check_update", _CHECK_GONE, f"404: check {check_id} is not on the agent")
 
     async def catalog_node_addresses(self) -> list[str]:
         """Addresses of every node in the catalog: where orphans may live though no task runs there."""
         _, nodes = await self._call("catalog_nodes", self._client.catalog.nodes)
-        return [n["Address"] for n in nodes or [] if n.get("Address")]
+        with self._shape("catalog_nodes"):
+            return [n["Address"] for n in self._answered("catalog_nodes", nodes) if n.get("Address")]
 
     async def close(self) -> None:
         await self._client.close()

@@ -96,6 +96,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context, tls_reason
+from service.errors import CONFIG, GARBAGE, GONE, CallError, Classified, classify_status, classify_transport, record
 from service.metrics import Metrics
 from service.model import (
     DEFAULT_OVERLAY_CIDRS,
@@ -129,8 +130,9 @@ _EXEC_EXIT_POLLS = 20  # GET /exec/{id}/json while it still says Running, 5 ms a
 _INET = re.compile(r"\binet\s+(\d+\.\d+\.\d+\.\d+)/\d+")
 
 
-class DockerLookupError(Exception):
-    """A Docker Engine API call failed (unreachable, timed out, non-2xx, unparsable)."""
+class DockerLookupError(CallError):
+    """A Docker Engine API call failed (unreachable, timed out, non-2xx, unparsable); `verdict` and
+    `cause` say what the answer meant (RETRY unless classified otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,7 @@ class ContainerLookup:
             scheme = "https" if parts.scheme == "https" or self._tls is not None else "http"
             base = f"{scheme}://{parts.netloc}"
         else:
-            raise DockerLookupError(f"docker on {host}: unsupported URL {url!r} (tcp://, http://, unix://)")
+            raise DockerLookupError(f"docker on {host}: unsupported URL {url!r} (tcp://, http://, unix://)", CONFIG)
         session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
         return _Engine(host=host, base=base, session=session)
 
@@ -329,25 +331,42 @@ class ContainerLookup:
             async with e.session.request(method, e.base + path, json=payload, headers=send_headers) as resp:
                 body = await resp.read()
                 if resp.status in allowed:
+                    if resp.status == 404:
+                        record(self._metrics, system="docker", call=call, target=e.base, classified=GONE,
+                               message=f"docker on {e.host}: {call} {path}: gone")
                     return None, resp.headers
                 if resp.status != expect:
-                    raise DockerLookupError(
-                        f"docker on {e.host} ({e.base}): {call} answered {resp.status}: "
-                        f"{body[:200].decode(errors='replace').strip()}"
-                    )
+                    text = body[:200].decode(errors="replace").strip()
+                    raise self._fail(e, call, classify_status(resp.status, text),
+                                     f"{call} answered {resp.status}: {text}")
                 headers = resp.headers
             return (json.loads(body) if json_body else body), headers
         except DockerLookupError:
             raise
-        except TimeoutError as exc:
-            raise DockerLookupError(
-                f"docker on {e.host} ({e.base}): {call} timed out after {self._timeout.total} s"
-            ) from exc
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
+        except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError: not the engine's JSON
+            raise self._fail(e, call, GARBAGE, f"{call} answered 200 with a body that is not JSON: {exc}") from exc
+        except Exception as exc:
+            classified = classify_transport(exc)
+            if classified is None:
+                raise  # not the engine's answer: a bug of ours, which must stay loud
             why = tls_reason(exc, https=e.base.startswith("https://")) or repr(exc)
-            raise DockerLookupError(f"docker on {e.host} ({e.base}): {call} failed: {why}") from exc
+            detail = (f"{call} timed out after {self._timeout.total} s" if isinstance(exc, TimeoutError)
+                      else f"{call} failed: {why}")
+            raise self._fail(e, call, classified, detail) from exc
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
+
+    def _entries(self, e: _Engine, call: str, payload: Any) -> list[dict[str, Any]]:
+        """A listing's entries; JSON that is not a list is garbage (REPORT), never a crash later."""
+        if not isinstance(payload, list):
+            raise self._fail(e, call, GARBAGE, "container listing is not a JSON list")
+        return [x for x in payload if isinstance(x, dict) and x.get("Id")]
+
+    def _fail(self, e: _Engine, call: str, classified: Classified, detail: str) -> DockerLookupError:
+        """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
+        message = f"docker on {e.host} ({e.base}): {detail}"
+        record(self._metrics, system="docker", call=call, target=e.base, classified=classified, message=message)
+        return DockerLookupError(message, classified)
 
     async def _prefix(self, e: _Engine) -> str:
         """`/v<ApiVersion>` as the engine reports it; asked once per engine.
@@ -365,7 +384,7 @@ class ContainerLookup:
                         info = await self._get(e, "version", "/version")
                         api = info.get("ApiVersion") if isinstance(info, dict) else None
                     if not isinstance(api, str) or not api:
-                        raise DockerLookupError(f"docker on {e.host} ({e.base}): /version has no ApiVersion")
+                        raise self._fail(e, "version", GARBAGE, "/version has no ApiVersion")
                     e.prefix = f"/v{api}"
         return e.prefix
 
@@ -418,12 +437,13 @@ class ContainerLookup:
         if not full:
             labelled = await self._get(e, "list", f"{prefix}/containers/json?{_LABEL_QUERY}")
             raw: dict[str, Mapping[str, Any]] = {}
-            for entry in _entries(e, labelled):
+            for entry in self._entries(e, "list", labelled):
                 task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
                 if task_id:
                     _keep(raw, entry, task_id)
             return _Listing(started=started, full=False, raw=raw)
-        named = _entries(e, await self._get(e, "list-named", f"{prefix}/containers/json?{_NAME_QUERY}"))
+        named = await self._get(e, "list-named", f"{prefix}/containers/json?{_NAME_QUERY}")
+        named = self._entries(e, "list-named", named)
         raw, e.legacy = await self._full(e, prefix, named)
         return _Listing(started=started, full=True, raw=raw)
 
@@ -466,7 +486,8 @@ class ContainerLookup:
         prefix = await self._prefix(e)
         query = "all=1&filters=" + quote(json.dumps({"label": [f"{TASK_ID_KEY}={task_id}"]}, separators=(",", ":")))
         raw: dict[str, Mapping[str, Any]] = {}
-        for entry in _entries(e, await self._get(e, "list-task", f"{prefix}/containers/json?{query}")):
+        listed = await self._get(e, "list-task", f"{prefix}/containers/json?{query}")
+        for entry in self._entries(e, "list-task", listed):
             if (entry.get("Labels") or {}).get(TASK_ID_KEY) == task_id:
                 _keep(raw, entry, task_id)
         return raw.get(task_id)
@@ -795,12 +816,6 @@ def _forget_stopped(e: _Engine, listing: _Listing) -> None:
         del e.weave[cid]
     e.noted &= running
     e.no_exec &= running
-
-
-def _entries(e: _Engine, payload: Any) -> list[dict[str, Any]]:
-    if not isinstance(payload, list):
-        raise DockerLookupError(f"docker on {e.host} ({e.base}): container listing is not a JSON list")
-    return [x for x in payload if isinstance(x, dict) and x.get("Id")]
 
 
 def _env_task_id(env: Iterable[str]) -> str | None:

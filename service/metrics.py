@@ -54,6 +54,16 @@ class Metrics:
         self.in_flight = Gauge(p + "work_in_flight", "Keys being worked on", registry=r)
         self.retries = Counter(p + "retries_total", "Retried outside calls, by system", ["system"],
                                registry=r)
+        # docs/architecture.md §8: every failed answer of an outside call, by its verdict
+        self.call_errors = Counter(p + "call_errors_total",
+                                   "Failed answers of outside calls, by system, call, verdict (retry, done, "
+                                   "report) and reason", ["system", "call", "verdict", "reason"], registry=r)
+        self.agents_failing = Gauge(p + "resync_agents_failing",
+                                    "Consul agents the last resync could not read", registry=r)
+        self.parked = Counter(p + "work_parked_total",
+                              "App runs stopped by a refusal (REPORT answer), left to the next resync", registry=r)
+        # (system, target, call, reason) already logged as a REPORT: each distinct cause is logged once
+        self.reported_causes: set[tuple[str, str, str, str]] = set()
         self.managed = Gauge(p + "managed_registrations", "Registrations the registrar holds in Consul",
                              registry=r)
         self.resync_duration = Histogram(p + "resync_duration_seconds", "Full resync duration",

@@ -289,3 +289,6 @@ class Skip:
     reason: str  # a short, bounded metric label value: "no-overlay-ip", "register-false", ...
     detail: str = ""
     retry: bool = False  # True: the answer may change (e.g. container not up yet); try again later
+    # True: the lookup was refused (a REPORT answer, docs/architecture.md §8): the task's registrations
+    # are left as they are and the task is left to the next resync, not retried soon
+    reported: bool = False

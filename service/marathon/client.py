@@ -15,6 +15,11 @@ Why it looks like this:
   timed in `mcr_marathon_request_seconds{call=...}` (the call label is a fixed, bounded name).
   Anything else (4xx, a 200 that is not JSON) is not retried and raises `MarathonError` carrying the
   status and the body, because retrying a request Marathon rejected only delays the same answer.
+  Every failed answer is classified by `service.errors` (docs/architecture.md §8: 429 and 5xx
+  RETRY, 400/401/403/422 REPORT, counted in `mcr_call_errors_total` and logged once per cause).
+- **Redirects are followed by hand, bounded** (`_MAX_REDIRECTS`): a standby may send a 302/307 to
+  the leader. aiohttp would drop the credentials on a redirect to another host; they are kept only
+  when the target is one of the configured masters (never sent to a host the operator did not name).
 - **Credentials.** `http://user:password@host:8080` is split into a bare URL and a ready
   `Authorization: Basic ...` header value (aiohttp 3.14 deprecates `auth=`/`BasicAuth`); only the
   bare URL, without user or password, ever appears in logs, errors and reprs.
@@ -44,6 +49,7 @@ from yarl import URL
 
 from service.backoff import Backoff
 from service.connect import tls_reason
+from service.errors import GARBAGE, GONE, RETRY, CallError, Classified, classify_status, classify_transport, record
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -55,9 +61,12 @@ EventTransport = Literal["callback", "sse"]
 # Statuses that say "this master cannot answer now", not "your request is wrong".
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _BODY_IN_ERROR = 500  # characters of a response body kept in MarathonError
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 3  # a standby to the leader is one; more is a loop or a misconfigured proxy
+_NOT_READY = Classified(RETRY, "unavailable")
 
 
-class MarathonError(Exception):
+class MarathonError(CallError):
     """A Marathon call failed for good: a non-retryable answer, or retries exhausted.
 
     `status` is the HTTP status (None when no master answered at all); `body` the start of the
@@ -65,7 +74,8 @@ class MarathonError(Exception):
     system is not running" of a Marathon without callbacks).
     """
 
-    def __init__(self, method: str, url: str, status: int | None, body: str = "", reason: str = "") -> None:
+    def __init__(self, method: str, url: str, status: int | None, body: str = "", reason: str = "",
+                 classified: Classified | None = None) -> None:
         self.method = method
         self.url = url
         self.status = status
@@ -74,14 +84,16 @@ class MarathonError(Exception):
         what = f"HTTP {status}" if status is not None else "no answer"
         why = f" ({reason})" if reason else ""
         said = f": {self.body}" if self.body else ""
-        super().__init__(f"Marathon {method} {url} -> {what}{why}{said}")
+        super().__init__(f"Marathon {method} {url} -> {what}{why}{said}", classified)
 
 
 class _Transient(Exception):
     """An attempt failed in a way worth retrying on the next endpoint (internal)."""
 
-    def __init__(self, endpoint_index: int, status: int | None, body: str, reason: str) -> None:
+    def __init__(self, endpoint_index: int, status: int | None, body: str, reason: str,
+                 classified: Classified) -> None:
         super().__init__(reason)
+        self.classified = classified
         self.endpoint_index = endpoint_index
         self.status = status
         self.body = body
@@ -240,35 +252,69 @@ class MarathonClient:
         data: bytes | None = None,
         ok_statuses: tuple[int, ...] = (),
     ) -> Any:
-        """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses)."""
+        """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses).
+        Redirects are followed here, at most `_MAX_REDIRECTS` of them (see the module docstring)."""
         ep = self.endpoints[index]
         url = ep.url(path)
-        started = time.monotonic()
-        try:
-            async with self.session.request(
-                method, url, params=params, headers={**(headers or {}), **ep.headers}, data=data,
-                timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False,
-            ) as resp:
-                status = resp.status
-                raw = await resp.read()
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-            why = tls_reason(e, https=url.scheme == "https") or f"{type(e).__name__}: {e}".rstrip(": ")
-            raise _Transient(index, None, "", why) from e
-        finally:
-            self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
+        auth = ep.headers
+        for _ in range(_MAX_REDIRECTS + 1):
+            started = time.monotonic()
+            try:
+                async with self.session.request(
+                    method, url, params=params, headers={**(headers or {}), **auth}, data=data,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False,
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+                    location = resp.headers.get("Location")
+                    raw = await resp.read()
+            except Exception as e:
+                classified = classify_transport(e)
+                if classified is None:
+                    raise  # not Marathon's answer: a bug of ours, which must stay loud
+                reason = tls_reason(e, https=url.scheme == "https") or f"{type(e).__name__}: {e}".rstrip(": ")
+                self._record(call, ep, classified, f"Marathon {method} {url}: {reason}")
+                raise _Transient(index, None, "", reason, classified) from e
+            finally:
+                self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
+            if status not in _REDIRECTS or not location:
+                break
+            url = url.join(URL(location))
+            params = None  # the Location carries the query
+            target = ((url.host or "").lower(), url.port)
+            auth = next((e.headers for e in self.endpoints if e.host_port == target), {})
+            log.info("Marathon %s %s: %d to %s", method, ep.display, status, url.with_query(None))
+        else:
+            classified = classify_status(status)
+            error = MarathonError(method, str(url), status, reason=f"more than {_MAX_REDIRECTS} redirects",
+                                  classified=classified)
+            self._record(call, ep, classified, str(error))
+            raise error
         text = raw.decode("utf-8", errors="replace")
-        if status in _TRANSIENT_STATUSES:
-            raise _Transient(index, status, text, f"HTTP {status}")
-        if status in ok_statuses and not 200 <= status < 300:
-            return None
-        if not 200 <= status < 300:
-            raise MarathonError(method, str(url), status, text)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise MarathonError(method, str(url), status, text, reason=f"response is not JSON: {e}") from e
+        if 200 <= status < 300 or status in ok_statuses:
+            if status >= 300:  # a 404 the call expects: the app (or the leader) is gone
+                self._record(call, ep, GONE, f"Marathon {method} {url} -> HTTP {status}")
+                return None
+            if not raw.strip():
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError as e:
+                error = MarathonError(method, str(url), status, text, reason=f"response is not JSON: {e}",
+                                      classified=GARBAGE)
+                self._record(call, ep, GARBAGE, str(error))
+                raise error from e
+        classified = classify_status(status, text)
+        if status in _TRANSIENT_STATUSES or status == 429:
+            self._record(call, ep, classified, f"Marathon {method} {url} -> HTTP {status}")
+            raise _Transient(index, status, text, f"HTTP {status}", classified)
+        error = MarathonError(method, str(url), status, text, classified=classified)
+        self._record(call, ep, classified, str(error))
+        raise error
+
+    def _record(self, call: str, ep: Endpoint, classified: Classified, message: str) -> None:
+        record(self.metrics, system="marathon", call=call, target=ep.display, classified=classified,
+               message=message)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.metrics.retries.labels("marathon").inc()
@@ -308,18 +354,21 @@ class MarathonClient:
         except _Transient as t:
             url = str(self.endpoints[t.endpoint_index].url(path))
             raise MarathonError(method, url, t.status, t.body,
-                                reason=f"gave up after {self._attempts} attempts: {t.reason}") from t
+                                reason=f"gave up after {self._attempts} attempts: {t.reason}",
+                                classified=t.classified) from t
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     @contextlib.contextmanager
-    def _shape(self, method: str, path: str) -> Iterator[None]:
+    def _shape(self, call: str, method: str, path: str) -> Iterator[None]:
         """Turn a parser's ValueError into a MarathonError: to callers, a response they cannot
-        use is a failed call like any other (it is not retried: the same answer would come back)."""
+        use is a failed call like any other (a REPORT: the same answer would come back)."""
         try:
             yield
         except ValueError as e:
-            raise MarathonError(method, str(self.current.url(path)), 200,
-                                reason=f"unexpected response: {e}") from e
+            error = MarathonError(method, str(self.current.url(path)), 200,
+                                  reason=f"unexpected response: {e}", classified=GARBAGE)
+            self._record(call, self.current, GARBAGE, str(error))
+            raise error from e
 
     # -- the calls ------------------------------------------------------------------------------
 
@@ -333,7 +382,7 @@ class MarathonClient:
         value = (await self.info()).get("frameworkId")
         if not isinstance(value, str) or not value:
             raise MarathonError("GET", "/v2/info", 200, reason="no frameworkId in the answer (not registered with "
-                                                              "Mesos yet?)")
+                                                              "Mesos yet?)", classified=_NOT_READY)
         return value
 
     async def event_transport(self) -> EventTransport:
@@ -344,7 +393,7 @@ class MarathonClient:
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         """Every app with its tasks in one call: the resync's view of Marathon."""
         obj = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")])
-        with self._shape("GET", "/v2/apps"):
+        with self._shape("apps", "GET", "/v2/apps"):
             return apps_from_json(obj)
 
     async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
@@ -353,7 +402,7 @@ class MarathonClient:
         obj = await self._call("app", "GET", "/v2/apps" + app_path(app_id), ok_statuses=(404,))
         if obj is None:
             return None
-        with self._shape("GET", "/v2/apps" + app_path(app_id)):
+        with self._shape("app", "GET", "/v2/apps" + app_path(app_id)):
             return app_with_tasks_from_json(obj.get("app", obj) if isinstance(obj, dict) else obj)
 
     async def subscriptions(self) -> list[str]:

@@ -39,6 +39,7 @@ import aiohttp
 from yarl import URL
 
 from service.backoff import Backoff
+from service.errors import classify_status, record
 from service.marathon.client import MarathonClient
 from service.marathon.events import decode_event_text
 from service.metrics import Metrics
@@ -285,6 +286,11 @@ class EventStream:
                     continue
                 if resp.status != 200:
                     body = (await resp.content.read(500)).decode("utf-8", errors="replace")
+                    # counted and, for a refusal (401, 403, 405), logged once by the error contract
+                    # (docs/architecture.md §8); the stream still reconnects for ever, backing off
+                    record(self.metrics, system="marathon", call="events", target=self._display,
+                           classified=classify_status(resp.status, body),
+                           message=f"Marathon event stream {url}: HTTP {resp.status}: {body}")
                     hint = " (does Marathon see Accept: text/event-stream?)" if resp.status == 405 else ""
                     raise _StreamFailed(f"{url} answered HTTP {resp.status}{hint}: {body}",
                                         failover=resp.status >= 500)

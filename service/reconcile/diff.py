@@ -65,11 +65,13 @@ def diff(*, desired: Mapping[str, Registration], owned: Mapping[str, OwnedServic
     per app id, `owner_agent` the agent URL of each owned entry, `unreachable` the agents (by URL)
     that could not be read, and `agent_url` maps a task host to its agent's URL."""
     drift = Drift(unreachable=dict(unreachable))
+    undecided: set[str] = set()  # tasks whose answer may change: their registrations are left alone
     for app_id, app_skips in skips.items():
         for s in app_skips:
             drift.skipped[s.task_id] = s.reason
             if s.retry:  # its answer may change: the repair re-asks
                 drift.apps_to_repair.add(app_id)
+                undecided.add(s.task_id)
     for sid, want in desired.items():
         have = owned.get(sid)
         url = agent_url(want.agent_host)
@@ -81,6 +83,8 @@ def diff(*, desired: Mapping[str, Registration], owned: Mapping[str, OwnedServic
         elif any(c.ttl for c in want.checks):
             drift.ttl_refresh.append((want, tasks[want.task_id], have))
     for sid, have in owned.items():
-        if sid not in desired:
+        # a task not looked up (its container not up yet, its engine down or refusing, docs/
+        # architecture.md §8) has no desired registrations, but the step keeps what it holds: no orphan
+        if sid not in desired and have.registration.task_id not in undecided:
             drift.add("orphan", owner_agent[sid], sid, have.registration.app_id)
     return drift

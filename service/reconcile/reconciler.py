@@ -7,7 +7,9 @@ deployment's burst of status updates costs one Marathon read per app and run. `w
 apps from the queue; the queue never hands one app to two workers, so two writes for one task never
 race, and different apps run concurrently. A failed run goes back into the queue after the retry
 policy's back-off, merged with whatever arrived meanwhile; once the policy is exhausted the app is
-left to the next resync, which re-derives everything, so nothing is dropped for good.
+left to the next resync, which re-derives everything, so nothing is dropped for good. A run stopped
+only by refusals (`Parked`: a 403, a 400, a refused endpoint) is left to the next resync at once:
+retrying it soon would only repeat the same answer (docs/architecture.md §8).
 
 This class only wires the parts together and chooses, per run, where the step reads Consul's state
 from (`_source`); the four jobs live apart: `workqueue` (the queue), `step` (one app), `resync`
@@ -36,6 +38,7 @@ from service.reconcile.work import (
     FromAgents,
     FromLedger,
     FromSnapshot,
+    Parked,
     Repair,
     StateSource,
     merge_work,
@@ -182,6 +185,15 @@ class Reconciler:
         if isinstance(outcome, Done):
             self._failing.pop(app_id, None)
             self.queue.forget(app_id)
+            return
+        if isinstance(outcome, Parked):
+            # a refusal (docs/architecture.md §8): asking again soon would only repeat it, so the
+            # work is not retried through the queue; the next resync re-derives it. The client
+            # already counted the answer and logged its cause once.
+            self._failing[app_id] = f"left to the next resync: {outcome.reason}"
+            self.queue.forget(app_id)
+            self.metrics.parked.inc()
+            log.info("app %s: left to the next resync: %s", app_id, outcome.reason)
             return
         self._failing[app_id] = outcome.reason
         attempt = self.queue.failures(app_id) + 1

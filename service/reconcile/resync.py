@@ -53,6 +53,9 @@ class Resync:
         started = time.perf_counter()
         try:
             world = await self.reader.read_world(self.ledger.all_locations())
+            # an agent that fails (an outage or a refusal) is counted and the resync goes on for the
+            # rest (docs/architecture.md §8); its apps' repairs read it afresh
+            self.metrics.agents_failing.set(len(world.unreachable))
             drift = await self._diff(world)
             self.ledger.replace_from(world.owned)
             for kind, n in drift.counts().items():

@@ -13,16 +13,20 @@ Marathon is read once per run (`GET /v2/apps/{id}` embeds the tasks); the contai
 event reported running are looked up while it answers. Only Marathon's answer decides what is
 registered. The writes of different tasks run concurrently (bounded by the writer).
 
-The run never raises: it returns `Done`, or `Retry` with the work still left (tasks whose container
-is not up yet, agents that could not be read, or all of it when a call failed) and the reason.
-Registrations of a task that must be retried are left as they are: their new truth is not known.
+The run never raises: it returns `Done`, `Retry` with the work still left (tasks whose container
+is not up yet, agents that could not be read, tasks whose write failed, or all of it when Marathon
+could not be read) and the reason, or `Parked` when all that is left hit a REPORT answer (a refusal:
+left to the next resync, docs/architecture.md §8). Registrations of a task that must be retried or
+that hit a refusal are left as they are: their new truth is not known.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from service.consul_registry import OwnedService
+from service.errors import CallError
 from service.metrics import Metrics
 from service.model import Registration, Task
 from service.reconcile.diff import in_place
@@ -34,6 +38,7 @@ from service.reconcile.work import (
     FromLedger,
     FromSnapshot,
     Outcome,
+    Parked,
     Retry,
     StateSource,
 )
@@ -53,12 +58,16 @@ class AppStep:
     async def run(self, app_id: str, work: AppWork, source: StateSource) -> Outcome:
         try:
             return await self._run(app_id, work, source)
-        except Exception as exc:  # any failed call: the whole work is retried, never lost
+        except CallError as exc:  # Marathon could not be read (or a bug's CallError): the whole work
+            if exc.reported:
+                return Parked(reason=str(exc)[:REASON_CHARS])
+            return Retry(remaining=work, reason=str(exc)[:REASON_CHARS])
+        except Exception as exc:  # a bug of ours: the whole work is retried, never lost
             return Retry(remaining=work, reason=str(exc)[:REASON_CHARS])
 
     async def _run(self, app_id: str, work: AppWork, source: StateSource) -> Outcome:
         prefetched: Prefetched = {}
-        unreachable: dict[str, str] = {}
+        unreachable: dict[str, CallError] = {}
         owned: dict[str, OwnedService] = {}
         if isinstance(source, FromSnapshot):
             app, tasks, owned = source.snapshot.app, list(source.snapshot.tasks), dict(source.snapshot.owned)
@@ -73,48 +82,63 @@ class AppStep:
         if isinstance(source, FromLedger):
             owned = self.ledger.owned_for(work.task_ids or ())
         elif isinstance(source, FromAgents):
-            owned, unreachable = await self.reader.read_agents({t.host for t in tasks} | source.hosts, app_id)
-            owned = self.reader.claimed(owned, all_task_ids)
+            read, failed = await self.reader.read_agents({t.host for t in tasks} | source.hosts, app_id)
+            owned = self.reader.claimed(read, all_task_ids)
+            unreachable.update(failed)
         if work.task_ids is not None:
             owned = {k: v for k, v in owned.items() if v.registration.task_id in work.task_ids}
         desired, skips = await self.reader.desired(app, tasks, prefetched=prefetched)
-        retry_tasks = {s.task_id for s in skips if s.retry}
-        owned = {k: v for k, v in owned.items() if v.registration.task_id not in retry_tasks}
-        await self._apply(app_id, desired, owned, work, tasks)
-        if not unreachable and not retry_tasks:
+        retry_tasks = {s.task_id for s in skips if s.retry and not s.reported}
+        held_tasks = {s.task_id for s in skips if s.reported}
+        owned = {k: v for k, v in owned.items() if v.registration.task_id not in retry_tasks | held_tasks}
+        desired = {k: v for k, v in desired.items() if v.task_id not in held_tasks}
+        failed_writes = await self._apply(app_id, desired, owned, work, tasks)
+        reasons = [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
+        for task_id, exc in failed_writes.items():
+            (held_tasks if exc.reported else retry_tasks).add(task_id)
+            reasons.append(f"task {task_id}: {exc}")
+        reasons[:0] = [f"agent {h}: {e}" for h, e in unreachable.items()]
+        retry_agents = {h for h, e in unreachable.items() if not e.reported}
+        if not retry_agents and not retry_tasks:
+            if held_tasks or unreachable:  # only refusals are left: the next resync has them
+                return Parked(reason="; ".join(reasons)[:REASON_CHARS])
             return Done()
         remaining = AppWork(
-            task_ids=set(retry_tasks) if not unreachable else (None if work.task_ids is None else set(work.task_ids)),
-            hosts=set(unreachable) | work.hosts, received=dict(work.received),
+            task_ids=set(retry_tasks) if not retry_agents else (None if work.task_ids is None else set(work.task_ids)),
+            hosts=retry_agents | work.hosts, received=dict(work.received),
             running_on={t: h for t, h in work.running_on.items() if t in retry_tasks})
-        reasons = [f"agent {h}: {e}" for h, e in unreachable.items()]
-        reasons += [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
         return Retry(remaining=remaining, reason="; ".join(reasons)[:REASON_CHARS])
 
     async def _apply(self, app_id: str, desired: dict[str, Registration], owned: dict[str, OwnedService],
-                     work: AppWork, tasks: list[Task]) -> None:
+                     work: AppWork, tasks: list[Task]) -> dict[str, CallError]:
         """Write the difference: register what is missing or not in place, deregister what Marathon
-        no longer asks for (or asks for on another agent), refresh TTL mirrors that differ."""
+        no longer asks for (or asks for on another agent), refresh TTL mirrors that differ. Returns
+        the failed writes' errors by task id: one task's failure (an agent down, a refusal) never
+        stops the others' writes, and only the failed tasks are retried or left to the resync."""
         by_id = {t.id: t for t in tasks}
-        jobs = []
+        jobs: list[tuple[str, Awaitable[None]]] = []
         for sid, want in desired.items():
             have = owned.get(sid)
             task = by_id[want.task_id]
             if have is None or not in_place(have, want):
-                jobs.append(self._register(want, work.received.get(want.task_id), task, have))
+                jobs.append((want.task_id, self._register(want, work.received.get(want.task_id), task, have)))
             else:
-                jobs.append(self.writer.sync_ttl(want, task, have))
+                jobs.append((want.task_id, self.writer.sync_ttl(want, task, have)))
         for sid, have in owned.items():
             if sid not in desired or desired[sid].agent_host != have.registration.agent_host:
-                jobs.append(self.writer.deregister(have.registration))
+                jobs.append((have.registration.task_id, self.writer.deregister(have.registration)))
+        failed: dict[str, CallError] = {}
         if jobs:
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
+            results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+            for (task_id, _), result in zip(jobs, results, strict=True):
+                if isinstance(result, CallError):
+                    failed.setdefault(task_id, result)
+                elif isinstance(result, BaseException):
+                    raise result  # a bug of ours: run() turns it into a retry of the whole work
         self.ledger.settle_locations(app_id, {r.agent_host for r in desired.values()},
-                                     partial=work.task_ids is not None)
+                                     partial=work.task_ids is not None or bool(failed))
         self.metrics.managed.set(len(self.ledger))
+        return failed
 
     async def _register(self, want: Registration, received: float | None, task: Task,
                         had: OwnedService | None) -> None:

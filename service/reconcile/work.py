@@ -127,4 +127,14 @@ class Retry:
     reason: str
 
 
-Outcome = Done | Retry
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """The work (or what was left of it) hit a REPORT answer (docs/architecture.md §8): a refusal
+    that asking again would only repeat (403, 400, a refused endpoint). Not retried through the
+    queue: it is left to the next resync, which re-derives everything and will find it again if
+    nothing changed. The cause was already counted and logged once by the client."""
+
+    reason: str
+
+
+Outcome = Done | Retry | Parked

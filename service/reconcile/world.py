@@ -142,17 +142,19 @@ class WorldReader:
         return out
 
     # ---------------------------------------------------------------- the per-app reads
-    async def read_agents(self, hosts: Iterable[str], app_id: str) -> tuple[dict[str, OwnedService], dict[str, str]]:
-        """`app_id`'s registrations on the agents of `hosts`, and the hosts whose agent failed."""
+    async def read_agents(self, hosts: Iterable[str], app_id: str
+                          ) -> tuple[dict[str, OwnedService], dict[str, ConsulError]]:
+        """`app_id`'s registrations on the agents of `hosts`, and the hosts whose agent failed (with
+        the error, whose verdict tells a refusal from an outage)."""
         owned: dict[str, OwnedService] = {}
-        unreachable: dict[str, str] = {}
+        unreachable: dict[str, ConsulError] = {}
         agents: dict[int, ConsulAgent] = {id(a): a for a in (self.agents.agent(h) for h in hosts)}
 
         async def read(agent: ConsulAgent) -> None:
             try:
                 owned.update(await agent.owned(app_id))
             except ConsulError as exc:
-                unreachable[agent.host] = str(exc)
+                unreachable[agent.host] = exc
 
         await asyncio.gather(*(read(a) for a in agents.values()))
         return owned, unreachable
@@ -163,6 +165,8 @@ class WorldReader:
         try:
             return await self.lookup.find(host, task_id)
         except DockerLookupError as exc:
+            if exc.reported:
+                return Skip(task_id=task_id, reason="docker-refused", detail=str(exc), retry=True, reported=True)
             return Skip(task_id=task_id, reason="docker-unreachable", detail=str(exc), retry=True)
 
     def prefetch(self, work: AppWork) -> Prefetched:

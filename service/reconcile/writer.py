@@ -23,7 +23,8 @@ from service.reconcile.ledger import Ledger
 
 
 class NotWriter(ConsulError):
-    """This instance does not hold the Consul lock (any more): the write was not made."""
+    """This instance does not hold the Consul lock (any more): the write was not made. A RETRY (the
+    default verdict): a standby's queue is cleared anyway, and a writer again resyncs first."""
 
 
 def _always() -> bool:
@@ -74,7 +75,12 @@ class ConsulWriter:
         output = f"Marathon reports this health check {'alive' if status == 'passing' else 'failing'}"
         async with self._slots:
             self._gate()
-            await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
+            try:
+                await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
+            except ConsulError as exc:
+                if exc.cause == "gone":  # the check, so the registration, was removed behind our back:
+                    self._ledger.forget(reg)  # the task's retry compares with a ledger without it
+                raise
         self._ledger.set_ttl(check_id, status)
 
     async def sync_ttl(self, reg: Registration, task: Task, have: OwnedService | None, *,

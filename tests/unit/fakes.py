@@ -63,10 +63,13 @@ class FakeAgent:
         self.writes = 0
         self.reads = 0
         self.down = False
+        self.refuse: ConsulError | None = None  # every call answers this (a REPORT, say) when set
 
     def _check(self) -> None:
         if self.down:
             raise ConsulError(f"consul agent {self.url}: connection refused")
+        if self.refuse is not None:
+            raise self.refuse
 
     async def node_name(self) -> str:
         self._check()

@@ -99,6 +99,15 @@ def test_skipped_tasks_are_reported_and_only_retryable_ones_repair_their_app() -
     assert d.skipped == {"web_site.t2": "container-not-found"} and d.apps_to_repair == {APP}
 
 
+def test_registrations_of_a_task_not_looked_up_are_not_orphans() -> None:
+    """The step leaves them alone (their truth is not known), so the resync must not count them."""
+    skip = Skip("web_site.t1", "docker-refused", "403", retry=True, reported=True)
+    d = run([], [owned(reg(1))], skips=[skip])
+    assert kinds(d) == {} and d.apps_to_repair == {APP}
+    d = run([], [owned(reg(1))], skips=[Skip("web_site.t1", "register-false")])
+    assert kinds(d) == {"orphan": {url(H1): [reg(1).service_id]}}, "a decided skip does remove it"
+
+
 def test_counts() -> None:
     d = run([reg(1), reg(2)], [owned(replace(reg(2), port=81)), owned(reg(3)), owned(reg(4))])
     assert d.counts() == {"missing": 1, "orphan": 2, "drifted": 1}

@@ -5,17 +5,31 @@ from __future__ import annotations
 
 import asyncio
 
+from service.consul_registry import ConsulError
+from service.docker_lookup import DockerLookupError
+from service.errors import REPORT, Classified
+from service.marathon.client import MarathonError
 from service.metrics import Metrics
 from service.model import Container, Task
 from service.reconcile.ledger import Ledger
 from service.reconcile.settings import ReconcileSettings
 from service.reconcile.step import AppStep
-from service.reconcile.work import AppSnapshot, AppWork, Done, FromAgents, FromLedger, FromSnapshot, Repair, Retry
+from service.reconcile.work import (
+    AppSnapshot,
+    AppWork,
+    Done,
+    FromAgents,
+    FromLedger,
+    FromSnapshot,
+    Parked,
+    Repair,
+    Retry,
+)
 from service.reconcile.world import WorldReader
 from service.reconcile.writer import ConsulWriter
 from tests.unit.fakes import FakeAgents, FakeLookup, FakeMarathon, web_app
 
-APP, HOST = "/web/site", "127.0.0.2"
+APP, HOST, OTHER = "/web/site", "127.0.0.2", "127.0.0.3"
 
 
 def setup() -> tuple[AppStep, FakeMarathon, FakeAgents, Ledger, Task]:
@@ -77,6 +91,66 @@ async def test_a_container_not_up_yet_retries_only_that_task() -> None:
     assert "container-not-found" in outcome.reason
     assert outcome.remaining.running_on == {other.id: HOST}
     assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"}
+
+
+def two_hosts(marathon: FakeMarathon) -> Task:
+    """A second task of the app, on another host (so another agent)."""
+    other = Task(id="web_site.t2", app_id=APP, host=OTHER, ports=(31002,))
+    marathon.tasks[APP][other.id] = other
+    return other
+
+
+async def test_a_failed_write_retries_only_its_task_and_the_others_are_written() -> None:
+    step, marathon, agents, _, task = setup()
+    other = two_hosts(marathon)
+    step.reader.lookup.by_task[other.id] = Container(id="c2", task_id=other.id,  # type: ignore[attr-defined]
+                                                     network_ips={"weave": "10.32.0.10"})
+    agents.agent(OTHER).down = True
+    snapshot = AppSnapshot(marathon.apps[APP], (task, other), {})
+    outcome = await step.run(APP, AppWork.whole_app(), FromSnapshot(snapshot))
+    assert isinstance(outcome, Retry) and outcome.remaining.task_ids == {other.id}
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"}
+
+
+async def test_a_refused_write_parks_the_work_and_leaves_the_task_to_the_resync() -> None:
+    step, marathon, agents, _, task = setup()
+    other = two_hosts(marathon)
+    step.reader.lookup.by_task[other.id] = Container(id="c2", task_id=other.id,  # type: ignore[attr-defined]
+                                                     network_ips={"weave": "10.32.0.10"})
+    agents.agent(OTHER).refuse = ConsulError("consul agent other: register failed: 403 Permission denied",
+                                             Classified(REPORT, "acl-denied"))
+    snapshot = AppSnapshot(marathon.apps[APP], (task, other), {})
+    outcome = await step.run(APP, AppWork.whole_app(), FromSnapshot(snapshot))
+    assert isinstance(outcome, Parked) and "403 Permission denied" in outcome.reason
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"} and not agents.agent(OTHER).services
+
+
+async def test_a_refused_marathon_read_parks_the_work() -> None:
+    step, marathon, _, _, _ = setup()
+
+    async def refused(app_id: str) -> None:
+        raise MarathonError("GET", "http://m/v2/apps/web/site", 403, "Not Authorized",
+                            classified=Classified(REPORT, "acl-denied"))
+
+    marathon.app_with_tasks = refused  # type: ignore[method-assign,assignment]
+    outcome = await step.run(APP, AppWork.whole_app(), FromAgents(frozenset()))
+    assert isinstance(outcome, Parked) and "403" in outcome.reason
+
+
+async def test_a_refused_container_lookup_keeps_the_tasks_registrations_and_parks_the_work() -> None:
+    """An engine refusing the lookup (403 from an authorization plugin) says nothing about the task:
+    its registration stays (never deregistered because of a refusal), the work waits for the resync."""
+    step, _, agents, ledger, task = setup()
+    assert await step.run(APP, AppWork.whole_app(), FromAgents(frozenset())) == Done()
+
+    async def refused(host: str, task_id: str) -> None:
+        raise DockerLookupError("docker on 127.0.0.2: list answered 403: authorization denied",
+                                Classified(REPORT, "acl-denied"))
+
+    step.reader.lookup.find = refused  # type: ignore[method-assign,assignment]
+    outcome = await step.run(APP, AppWork.whole_app(), FromAgents(frozenset()))
+    assert isinstance(outcome, Parked) and "docker-refused" in outcome.reason
+    assert set(agents.agent(HOST).services) == {f"mcr-{task.id}-0"} and len(ledger) == 1
 
 
 def test_app_work_merges_tasks_hosts_and_first_event_times() -> None:

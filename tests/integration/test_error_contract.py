@@ -1,0 +1,634 @@
+"""The error contract (docs/architecture.md §8), one row per (system, call, failure), through the real
+clients: py-consul against the Consul simulator, aiohttp against the Docker engine simulator and the
+Marathon simulator, each answer injected with the simulators' fault rules (`/_sim/faults`, in the
+real systems' own texts). Every row asserts the verdict and reason the caller sees, the metric
+`mcr_call_errors_total`, how many answers the server gave (the retry bound), the log line for a
+refusal, and the final state.
+
+The simulators run in the test's event loop, on addresses no other test uses (127.0.0.40-44).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from devcluster.consul_sim.acl import AclStore
+from devcluster.consul_sim.http_api import Sim, make_app
+from devcluster.consul_sim.state import State
+from devcluster.docker_sim import start, stop
+from devcluster.marathon_sim.bus import EventBus
+from devcluster.marathon_sim.config import SimConfig
+from devcluster.marathon_sim.http_api import Api
+from devcluster.marathon_sim.scheduler import Scheduler
+from devcluster.marathon_sim.sse import EventStreams
+from devcluster.marathon_sim.state import Registry
+from service.consul_registry import AgentClient, ConsulAgents, ConsulError
+from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.errors import CallError
+from service.marathon.client import MarathonClient, MarathonError
+from service.marathon.events import TaskEvent
+from service.marathon.sse import EventStream
+from service.metrics import Metrics
+from service.model import Container, HealthCheck, Registration, Task, TaskState
+from service.reconcile import Reconciler, ReconcileSettings
+from tests.unit.fakes import FakeLookup, FakeMarathon, web_app
+
+AGENT_A, AGENT_B = "127.0.0.40", "127.0.0.41"
+ENGINE = "127.0.0.42"
+MARATHON = "127.0.0.43"
+ATTEMPTS = 3
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def consul_agents() -> AsyncIterator[list[str]]:
+    """Two simulated agents (node-a, node-b) sharing one catalog."""
+    port = free_port(AGENT_A)
+    state = State("dc1", [(AGENT_A, port, "node-a"), (AGENT_B, port, "node-b")])
+    sim = Sim(state, AclStore(None, []))
+    runners = []
+    try:
+        for agent in state.agents.values():
+            runner = web.AppRunner(make_app(sim, agent), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, agent.host, agent.port).start()
+            runners.append(runner)
+        yield [f"http://{AGENT_A}:{port}", f"http://{AGENT_B}:{port}"]
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def marathon_sim() -> AsyncIterator[str]:
+    """A Marathon 1.10 simulator without slaves (apps of 0 instances)."""
+    port = free_port(MARATHON)
+    cfg = SimConfig(version=(1, 10), listen_host=MARATHON, listen_port=port)
+    bus = EventBus()
+    registry = Registry(cfg)
+    api = Api(cfg, registry, Scheduler(cfg, registry, bus, {}), EventStreams(cfg, bus), None)
+    runner = web.AppRunner(api.build(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, MARATHON, port).start()
+        yield f"http://{MARATHON}:{port}"
+    finally:
+        await api.sched.shutdown()
+        await runner.cleanup()
+
+
+async def fault(base: str, rule: dict[str, Any]) -> int:
+    async with aiohttp.ClientSession() as http, http.post(f"{base}/_sim/faults", json=rule) as resp:
+        assert resp.status == 201, await resp.text()
+        return int((await resp.json())["id"])
+
+
+async def clear(base: str) -> None:
+    async with aiohttp.ClientSession() as http, http.delete(f"{base}/_sim/faults") as resp:
+        assert resp.status == 200
+
+
+async def answered(base: str, rule_id: int, row: Row) -> None:
+    """The rule gave exactly the answers the row says; a reset may count twice per attempt, since
+    aiohttp itself re-sends an idempotent request once when a reused connection is reset."""
+    got = await hits(base, rule_id)
+    if row.rule.get("mode") == "reset":
+        assert row.answers <= got <= 2 * row.answers
+    else:
+        assert got == row.answers
+
+
+async def hits(base: str, rule_id: int) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/_sim/faults") as resp:
+        return next(int(r["hits"]) for r in (await resp.json())["rules"] if r["id"] == rule_id)
+
+
+def errors(metrics: Metrics, system: str, call: str, verdict: str, reason: str) -> float:
+    return metrics.registry.get_sample_value("mcr_call_errors_total", {
+        "system": system, "call": call, "verdict": verdict, "reason": reason}) or 0.0
+
+
+def refusals_logged(caplog: pytest.LogCaptureFixture, target: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "service.errors" and r.levelno >= logging.ERROR and target in r.getMessage()]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (call, failure): the fault rule, then what the caller must see."""
+
+    call: str
+    rule: dict[str, Any]
+    verdict: str | None  # None: the call succeeds (after retries, or because the answer is DONE)
+    reason: str
+    answers: int  # how many answers the fault rule gave: 1 = not retried, ATTEMPTS = retried to the bound
+
+    def __str__(self) -> str:
+        return f"{self.call}-{self.rule.get('mode', 'status')}-{self.rule.get('status', '')}-{self.reason}"
+
+
+# ---------------------------------------------------------------- Consul, through py-consul
+
+REG = Registration(agent_host=AGENT_A, service_id="mcr-web.t1-0", name="web", tags=(), address="10.32.0.9",
+                   port=80, meta=(("managed-by", "marathon-consul-registrar"), ("marathon-task-id", "web.t1")),
+                   checks=())
+REGISTER = "^/v1/agent/service/register$"
+SERVICES = "^/v1/agent/services$"
+
+CONSUL_ROWS = [
+    Row("register", {"path": REGISTER, "status": 500}, "retry", "no-leader", ATTEMPTS),
+    Row("register", {"path": REGISTER, "status": 500, "count": 1}, None, "no-leader", 1),
+    Row("register", {"path": REGISTER, "status": 503, "body": "Service Unavailable"}, "retry", "unavailable",
+        ATTEMPTS),
+    Row("register", {"path": REGISTER, "status": 502, "body": "Bad Gateway"}, "retry", "unavailable", ATTEMPTS),
+    Row("register", {"path": REGISTER, "status": 429}, "retry", "rate-limited", ATTEMPTS),
+    Row("register", {"path": REGISTER, "mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+    Row("register", {"path": REGISTER, "status": 400, "body": "Invalid check: TTL must be > 0"}, "report",
+        "bad-request", 1),
+    Row("register", {"path": REGISTER, "status": 401, "body": "ACL support disabled"}, "report", "unauthorized", 1),
+    Row("register", {"path": REGISTER, "status": 403, "body": "Permission denied: token with AccessorID "
+                     "'00000000-0000-0000-0000-000000000002' lacks permission 'service:write' on \"web\""},
+        "report", "acl-denied", 1),
+    Row("register", {"path": REGISTER, "status": 404, "body": "refused by the proxy"}, "report", "not-found", 1),
+    Row("register", {"path": REGISTER, "status": 422, "body": "unprocessable"}, "report", "invalid", 1),
+    Row("agent_services", {"path": SERVICES, "status": 403, "body": "ACL not found"}, "report", "acl-denied", 1),
+    Row("agent_services", {"path": SERVICES, "status": 404, "body": "refused by the proxy"}, "report",
+        "not-found", 1),
+    Row("agent_services", {"path": SERVICES, "mode": "garbage"}, "report", "garbage", 1),
+    Row("agent_services", {"path": SERVICES, "mode": "garbage", "body": "\udcff"}, "report", "garbage", 1),
+    Row("agent_services", {"path": SERVICES, "mode": "garbage", "body": '["a list", "not a map"]'}, "report",
+        "garbage", 1),
+    Row("agent_services", {"path": SERVICES, "mode": "garbage", "body": '{"mcr-web.t1-0": {"Port": "eighty"}}'},
+        "report", "garbage", 1),
+    Row("agent_services", {"path": SERVICES, "status": 500}, "retry", "no-leader", ATTEMPTS),
+    Row("agent_self", {"path": "^/v1/agent/self$", "mode": "garbage", "body": '"a string"'}, "report", "garbage", 1),
+    Row("agent_self", {"path": "^/v1/agent/self$", "status": 403, "body": "Permission denied"}, "report",
+        "acl-denied", 1),
+    Row("catalog_nodes", {"path": "^/v1/catalog/nodes$", "mode": "garbage", "body": "[]"}, "report",
+        "no-index-header", 1),
+    Row("catalog_nodes", {"path": "^/v1/catalog/nodes$", "status": 500}, "retry", "no-leader", ATTEMPTS),
+    Row("deregister", {"path": "^/v1/agent/service/deregister/", "status": 404,
+                       "body": 'Unknown service ID "mcr-web.t1-0"'}, None, "gone", 1),
+    Row("deregister", {"path": "^/v1/agent/service/deregister/", "status": 403, "body": "Permission denied"},
+        "report", "acl-denied", 1),
+    Row("check_update", {"path": "^/v1/agent/check/pass/", "status": 404,
+                         "body": 'Unknown check ID "x"'}, "retry", "gone", 1),
+]
+
+
+async def consul_call(agent: AgentClient, call: str) -> object:
+    if call == "register":
+        return await agent.register(REG)
+    if call == "agent_services":
+        return await agent.owned()
+    if call == "agent_self":
+        return await agent.node_name()
+    if call == "catalog_nodes":
+        return await agent.catalog_node_addresses()
+    if call == "deregister":
+        return await agent.deregister(REG.service_id)
+    assert call == "check_update"
+    return await agent.set_ttl("service:mcr-web.t1-0:marathon:1", "passing", "ok")
+
+
+@pytest.mark.parametrize("row", CONSUL_ROWS, ids=str)
+async def test_consul(row: Row, caplog: pytest.LogCaptureFixture) -> None:
+    async with consul_agents() as (url_a, _):
+        metrics = Metrics()
+        agent = AgentClient(AGENT_A, url_a, token=None, metrics=metrics, timeout=0.3, attempts=ATTEMPTS)
+        try:
+            if row.call in ("deregister", "agent_services") and row.reason != "gone":
+                await agent.register(REG)
+            rule = await fault(url_a, {**row.rule, "method": "GET" if row.call in (
+                "agent_services", "agent_self", "catalog_nodes") else "PUT"})
+            with caplog.at_level(logging.INFO):
+                if row.verdict is None:
+                    await consul_call(agent, row.call)
+                else:
+                    with pytest.raises(ConsulError) as raised:
+                        await consul_call(agent, row.call)
+                    assert (raised.value.verdict.value, raised.value.cause) == (row.verdict, row.reason)
+                    assert url_a in str(raised.value) and row.call in str(raised.value)
+            await answered(url_a, rule, row)
+            verdict = row.verdict or ("done" if row.reason == "gone" else "retry")
+            assert errors(metrics, "consul", row.call, verdict, row.reason) == row.answers
+            retries = metrics.registry.get_sample_value("mcr_retries_total", {"system": "consul"}) or 0
+            # RETRY answers up to the bound (ATTEMPTS answers, one back-off fewer), or until the call
+            # succeeded (one retry per injected answer); a refusal and a DONE are not retried at all
+            assert retries == {"retry": row.answers - 1, None: row.answers if verdict == "retry" else 0}.get(
+                row.verdict, 0)
+            assert len(refusals_logged(caplog, url_a)) == (1 if row.verdict == "report" else 0)
+            # the final state: a write that failed left nothing; one that succeeded is there
+            await clear(url_a)
+            held = await AgentClient(AGENT_A, url_a, token=None, metrics=Metrics(), timeout=2, attempts=1).owned()
+            if row.call == "register":
+                assert (REG.service_id in held) == (row.verdict is None)
+            if row.call in ("deregister", "agent_services"):
+                assert (REG.service_id in held) == (row.reason != "gone")
+        finally:
+            await agent.close()
+
+
+async def test_consul_a_refusal_is_logged_once_per_cause_and_counted_every_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with consul_agents() as (url_a, url_b):
+        metrics = Metrics()
+        agents = [AgentClient(h, u, token=None, metrics=metrics, timeout=1, attempts=ATTEMPTS)
+                  for h, u in ((AGENT_A, url_a), (AGENT_B, url_b))]
+        try:
+            await fault(url_a, {"path": REGISTER, "status": 403, "body": "Permission denied"})
+            with caplog.at_level(logging.INFO):
+                for _ in range(3):
+                    for agent in agents:
+                        with pytest.raises(ConsulError):
+                            await agent.register(REG)
+            assert len(refusals_logged(caplog, url_a)) == 1 and len(refusals_logged(caplog, url_b)) == 1
+            assert errors(metrics, "consul", "register", "report", "acl-denied") == 6
+        finally:
+            for agent in agents:
+                await agent.close()
+
+
+async def test_consul_connection_refused_is_retried_to_the_bound() -> None:
+    metrics = Metrics()
+    port = free_port(AGENT_A)  # nothing listens there
+    agent = AgentClient(AGENT_A, f"http://{AGENT_A}:{port}", token=None, metrics=metrics, timeout=1,
+                        attempts=ATTEMPTS)
+    try:
+        with pytest.raises(ConsulError) as raised:
+            await agent.register(REG)
+        assert (raised.value.verdict.value, raised.value.cause) == ("retry", "connection")
+        assert errors(metrics, "consul", "register", "retry", "connection") == ATTEMPTS
+    finally:
+        await agent.close()
+
+
+async def test_consul_tls_to_a_plain_agent_is_reported_not_retried() -> None:
+    """https:// to an agent speaking plain HTTP (a wrong --consul, a missing TLS listener): the
+    handshake fails the same way every time, so it is the operator's to fix, not an outage."""
+    async with consul_agents() as (url_a, _):
+        metrics = Metrics()
+        agent = AgentClient(AGENT_A, url_a.replace("http://", "https://"), token=None, metrics=metrics, timeout=2,
+                            attempts=ATTEMPTS)
+        try:
+            with pytest.raises(ConsulError) as raised:
+                await agent.owned()
+            assert (raised.value.verdict.value, raised.value.cause) == ("report", "tls")
+            assert errors(metrics, "consul", "agent_services", "report", "tls") == 1
+        finally:
+            await agent.close()
+
+
+async def test_consul_reset_connection_is_retried_within_the_bound() -> None:
+    async with consul_agents() as (url_a, _):
+        metrics = Metrics()
+        agent = AgentClient(AGENT_A, url_a, token=None, metrics=metrics, timeout=1, attempts=ATTEMPTS)
+        try:
+            rule = await fault(url_a, {"path": SERVICES, "method": "GET", "mode": "reset"})
+            with pytest.raises(ConsulError) as raised:
+                await agent.owned()
+            assert (raised.value.verdict.value, raised.value.cause) == ("retry", "connection")
+            assert errors(metrics, "consul", "agent_services", "retry", "connection") == ATTEMPTS
+            # aiohttp itself re-sends an idempotent request once on a reused connection that was reset
+            assert ATTEMPTS <= await hits(url_a, rule) <= 2 * ATTEMPTS
+        finally:
+            await agent.close()
+
+
+# ---------------------------------------------------------------- Docker, through aiohttp
+
+LIST = r"^/v[\d.]+/containers/json$"
+DOCKER_ROWS = [
+    Row("list", {"path": LIST, "status": 500, "body": "Internal Server Error"}, "retry", "server-error", 1),
+    Row("list", {"path": LIST, "status": 503, "body": "daemon is shutting down"}, "retry", "unavailable", 1),
+    Row("list", {"path": LIST, "status": 429, "body": "slow down"}, "retry", "rate-limited", 1),
+    Row("list", {"path": LIST, "mode": "reset"}, "retry", "connection", 1),
+    Row("list", {"path": LIST, "mode": "slow", "delay": 1.0}, "retry", "timeout", 1),
+    Row("list", {"path": LIST, "status": 400, "body": "client version 1.99 is too new"}, "report",
+        "bad-request", 1),
+    Row("list", {"path": LIST, "status": 403, "body": "authorization denied by plugin"}, "report", "acl-denied", 1),
+    Row("list", {"path": LIST, "status": 404}, "report", "not-found", 1),
+    Row("list", {"path": LIST, "mode": "garbage"}, "report", "garbage", 1),
+    Row("list", {"path": LIST, "mode": "garbage", "body": '{"message": "a map, not a list"}'}, "report",
+        "garbage", 1),
+    Row("ping", {"path": "^/_ping$", "status": 401, "body": "unauthorized"}, "report", "unauthorized", 1),
+]
+
+
+@pytest.mark.parametrize("row", DOCKER_ROWS, ids=str)
+async def test_docker(row: Row, caplog: pytest.LogCaptureFixture) -> None:
+    running = await start([(ENGINE, 0)])
+    base = f"http://{ENGINE}:{running[0].port}"
+    metrics = Metrics()
+    lookup = ContainerLookup(f"tcp://{{host}}:{running[0].port}", ("weave",), metrics=metrics, timeout=0.3)
+    try:
+        rule = await fault(base, {**row.rule, "method": "GET"})
+        with caplog.at_level(logging.INFO), pytest.raises(DockerLookupError) as raised:
+            await lookup.containers(ENGINE)
+        assert (raised.value.verdict.value, raised.value.cause) == (row.verdict, row.reason)
+        assert base in str(raised.value)
+        assert await hits(base, rule) >= row.answers  # no retry inside the lookup: the step's queue retries
+        assert errors(metrics, "docker", row.call if row.call == "ping" else "list-named", str(row.verdict),
+                      row.reason) == 1
+        assert len(refusals_logged(caplog, base)) == (1 if row.verdict == "report" else 0)
+    finally:
+        await lookup.close()
+        await stop(running)
+
+
+async def test_docker_a_container_gone_before_its_inspect_is_done() -> None:
+    """An unlabelled container (Marathon < 1.4) removed between the listing and its inspect: 404 is
+    the state wanted (DONE), the lookup answers without it."""
+    running = await start([(ENGINE, 0)])
+    base = f"http://{ENGINE}:{running[0].port}"
+    metrics = Metrics()
+    lookup = ContainerLookup(f"tcp://{{host}}:{running[0].port}", ("weave",), metrics=metrics)
+    try:
+        async with aiohttp.ClientSession() as http, http.post(f"{base}/_sim/containers", json=[
+                {"task_id": "web.t1", "ip": "10.32.0.9", "network": "weave", "label": False}]) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        rule = await fault(base, {"path": r"^/v[\d.]+/containers/[0-9a-f]+/json$", "method": "GET", "status": 404,
+                                  "body": "No such container"})
+        assert await lookup.containers(ENGINE) == {}
+        assert await hits(base, rule) == 1
+        assert errors(metrics, "docker", "inspect", "done", "gone") == 1
+    finally:
+        await lookup.close()
+        await stop(running)
+
+
+# ---------------------------------------------------------------- Marathon, through aiohttp
+
+APP_ID = "/web"
+APP_JSON = {"id": APP_ID, "instances": 0, "container": {"type": "DOCKER", "docker": {"image": "busybox"}}}
+APP_PATH = "^/v2/apps/web$"
+MARATHON_ROWS = [
+    Row("app", {"path": APP_PATH, "status": 503}, "retry", "no-leader", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "status": 502}, "retry", "no-leader", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "status": 503, "count": 2}, None, "no-leader", 2),
+    Row("app", {"path": APP_PATH, "status": 500, "body": "boom"}, "retry", "server-error", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "status": 429, "body": "slow down"}, "retry", "rate-limited", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "mode": "reset"}, "retry", "connection", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "status": 400, "body": "bad"}, "report", "bad-request", 1),
+    Row("app", {"path": APP_PATH, "status": 401, "body": "Invalid username or password."}, "report",
+        "unauthorized", 1),
+    Row("app", {"path": APP_PATH, "status": 403, "body": "Not Authorized to perform this action!"}, "report",
+        "acl-denied", 1),
+    Row("app", {"path": APP_PATH, "status": 422, "body": "Object is not valid"}, "report", "invalid", 1),
+    Row("app", {"path": APP_PATH, "mode": "garbage"}, "report", "garbage", 1),
+    Row("apps", {"path": "^/v2/apps$", "status": 403, "body": "Not Authorized"}, "report", "acl-denied", 1),
+    Row("apps", {"path": "^/v2/apps$", "status": 503}, "retry", "no-leader", ATTEMPTS),
+]
+
+
+@pytest.mark.parametrize("row", MARATHON_ROWS, ids=str)
+async def test_marathon(row: Row, caplog: pytest.LogCaptureFixture) -> None:
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v2/apps", json=APP_JSON) as resp:
+            assert resp.status == 201, await resp.text()
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.3, attempts=ATTEMPTS,
+                                backoff_initial=0.01, backoff_max=0.05)
+        rule = await fault(url, {**row.rule, "method": "GET"})
+        call = client.app_with_tasks(APP_ID) if row.call == "app" else client.apps_with_tasks()
+        with caplog.at_level(logging.INFO):
+            if row.verdict is None:
+                found = await call
+                assert found is not None
+            else:
+                with pytest.raises(MarathonError) as raised:
+                    await call
+                assert (raised.value.verdict.value, raised.value.cause) == (row.verdict, row.reason)
+        await answered(url, rule, row)
+        assert errors(metrics, "marathon", row.call, row.verdict or "retry", row.reason) == row.answers
+        assert len(refusals_logged(caplog, url)) == (1 if row.verdict == "report" else 0)
+
+
+async def test_marathon_404_for_an_unknown_app_is_done() -> None:
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        assert await client.app_with_tasks("/gone") is None
+        assert errors(metrics, "marathon", "app", "done", "gone") == 1
+        assert [s.labels["verdict"] for s in metrics.call_errors.collect()[0].samples
+                if s.name.endswith("_total") and s.value] == ["done"]
+
+
+async def test_marathon_redirect_to_the_leader_is_followed_with_credentials_and_bounded() -> None:
+    """A standby's 307 to the leader (another configured master) is followed, keeping the
+    credentials; a redirect loop ends as a REPORT after `_MAX_REDIRECTS`, not a retry loop."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def standby(request: web.Request) -> web.Response:
+        seen.append(("standby", request.headers.get("Authorization")))
+        raise web.HTTPTemporaryRedirect(f"http://{MARATHON}:{leader_port}{request.path_qs}")
+
+    async def leader(request: web.Request) -> web.Response:
+        seen.append(("leader", request.headers.get("Authorization")))
+        return web.json_response({"app": {"id": "/web", "instances": 0, "tasks": []}})
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path_qs)
+
+    apps = []
+    ports = []
+    for handler in (standby, leader, loop):
+        app = web.Application()
+        app.router.add_get("/v2/apps/web", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port(MARATHON)
+        await web.TCPSite(runner, MARATHON, port).start()
+        apps.append(runner)
+        ports.append(port)
+    standby_port, leader_port, loop_port = ports
+    try:
+        async with aiohttp.ClientSession() as session:
+            metrics = Metrics()
+            client = MarathonClient([f"http://u:p@{MARATHON}:{standby_port}", f"http://u:p@{MARATHON}:{leader_port}"],
+                                    session=session, metrics=metrics, attempts=ATTEMPTS)
+            client._leader_checked = True  # the standby answers no /v2/leader here
+            found = await client.app_with_tasks("/web")
+            assert found is not None and found[0].id == "/web"
+            assert [who for who, _ in seen] == ["standby", "leader"]
+            assert seen[0][1] == seen[1][1] is not None, "the credentials follow to a configured master"
+
+            looping = MarathonClient([f"http://{MARATHON}:{loop_port}"], session=session, metrics=metrics,
+                                     attempts=ATTEMPTS)
+            with pytest.raises(MarathonError) as raised:
+                await looping.app_with_tasks("/web")
+            assert (raised.value.verdict.value, raised.value.cause) == ("report", "redirect")
+            assert errors(metrics, "marathon", "app", "report", "redirect") == 1
+    finally:
+        for runner in apps:
+            await runner.cleanup()
+
+
+def test_every_client_error_is_a_call_error() -> None:
+    """The reconciler tells "retry soon" from "leave to the resync" through CallError alone."""
+    assert issubclass(ConsulError, CallError) and issubclass(DockerLookupError, CallError)
+    assert issubclass(MarathonError, CallError)
+
+
+# ---------------------------------------------------------------- the reconciler over refusals
+
+@asynccontextmanager
+async def reconciler_over(urls: list[str]) -> AsyncIterator[tuple[Reconciler, FakeMarathon, Metrics]]:
+    """A started reconciler writing through the real py-consul clients into the two simulated
+    agents; Marathon and the containers are in-memory (their contract rows are above). One app,
+    task t1 on agent A, task t2 on agent B."""
+    marathon, lookup, metrics = FakeMarathon(), FakeLookup(), Metrics()
+    marathon.apps[APP_ID] = web_app(APP_ID)
+    for n, host in ((1, AGENT_A), (2, AGENT_B)):
+        task = Task(id=f"web.t{n}", app_id=APP_ID, host=host, ports=(31000 + n,))
+        marathon.tasks.setdefault(APP_ID, {})[task.id] = task
+        lookup.by_task[task.id] = Container(id=f"c{n}", task_id=task.id, network_ips={"weave": f"10.32.0.{n}"})
+        lookup.hosts[task.id] = host
+    port = urls[0].rsplit(":", 1)[1]
+    agents = ConsulAgents(f"http://{{host}}:{port}", token=None, metrics=metrics, timeout=1, attempts=ATTEMPTS)
+    settings = ReconcileSettings(workers=2, max_attempts=4, backoff_initial=0.05, backoff_max=0.2)
+    reconciler = Reconciler(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=settings)
+    reconciler.start()
+    try:
+        yield reconciler, marathon, metrics
+    finally:
+        await reconciler.stop()
+        await agents.close()
+
+
+async def held(url: str) -> set[str]:
+    agent = AgentClient("x", url, token=None, metrics=Metrics(), timeout=2, attempts=1)
+    try:
+        return set(await agent.owned())
+    finally:
+        await agent.close()
+
+
+async def test_a_refusing_agent_leaves_the_rest_of_the_resync_done_and_is_not_retried_in_a_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with consul_agents() as urls, reconciler_over(urls) as (reconciler, _, metrics):
+        url_a, url_b = urls
+        rule = await fault(url_a, {"path": REGISTER, "method": "PUT", "listen": AGENT_B, "status": 403,
+                                   "body": "Permission denied"})
+        with caplog.at_level(logging.INFO):
+            for _ in range(2):  # a second resync asks once more: once per resync, not in a loop
+                async with asyncio.timeout(5):
+                    await reconciler.resync()
+                    await reconciler.wait_idle()
+        assert await held(url_a) == {"mcr-web.t1-0"} and await held(url_b) == set()
+        assert await hits(url_a, rule) == 2
+        assert errors(metrics, "consul", "register", "report", "acl-denied") == 2
+        assert metrics.registry.get_sample_value("mcr_work_parked_total") == 2
+        assert metrics.registry.get_sample_value("mcr_resyncs_total", {"result": "ok"}) == 2
+        assert len(refusals_logged(caplog, url_b)) == 1
+        assert "left to the next resync" in reconciler.snapshot()["retrying_apps"][APP_ID]  # type: ignore[index]
+        await clear(url_a)  # the operator fixed the ACL: the next resync registers it
+        await reconciler.resync()
+        await reconciler.wait_idle()
+        assert await held(url_b) == {"mcr-web.t2-0"}
+        assert reconciler.snapshot()["retrying_apps"] == {}
+
+
+async def test_an_agent_refusing_its_reads_is_counted_as_failing_and_the_resync_completes() -> None:
+    """A proxy in front of agent B refuses /v1/agent/self: the resync still completes (partial),
+    counts B as failing, and A's task is registered."""
+    async with consul_agents() as urls, reconciler_over(urls) as (reconciler, _, metrics):
+        url_a, url_b = urls
+        await fault(url_a, {"path": "^/v1/agent/(self|services)$", "listen": AGENT_B, "status": 403,
+                            "body": "Permission denied"})
+        async with asyncio.timeout(5):
+            drift = await reconciler.resync()
+            await reconciler.wait_idle()
+        assert list(drift.unreachable) == [url_b]
+        assert metrics.registry.get_sample_value("mcr_resync_agents_failing") == 1
+        assert metrics.registry.get_sample_value("mcr_resyncs_total", {"result": "partial"}) == 1
+        assert await held(url_a) == {"mcr-web.t1-0"}
+        assert errors(metrics, "consul", "agent_self", "retry", "no-leader") == 0
+        assert errors(metrics, "consul", "agent_self", "report", "acl-denied") == 1
+
+
+async def test_deregistering_what_someone_already_removed_is_done() -> None:
+    async with consul_agents() as urls, reconciler_over(urls) as (reconciler, marathon, metrics):
+        url_a, _ = urls
+        await reconciler.resync()
+        await reconciler.wait_idle()
+        async with aiohttp.ClientSession() as http, http.put(
+                f"{url_a}/v1/agent/service/deregister/mcr-web.t1-0") as resp:  # behind our back
+            assert resp.status == 200
+        del marathon.tasks[APP_ID]["web.t1"]
+        reconciler.hint_task(TaskEvent(task_id="web.t1", app_id=APP_ID, state=TaskState.KILLED, host=AGENT_A,
+                                        ports=(), ip_addresses=(), app_version="v1"))
+        async with asyncio.timeout(5):
+            await reconciler.wait_idle()
+        assert errors(metrics, "consul", "deregister", "done", "gone") == 1
+        assert reconciler.snapshot()["retrying_apps"] == {}
+        assert metrics.registry.get_sample_value("mcr_retries_total", {"system": "reconcile"}) is None
+        assert "mcr-web.t1-0" not in {r["service_id"] for r in reconciler.snapshot()["registrations"]}  # type: ignore[attr-defined]
+
+
+async def test_marathon_event_stream_refused_is_counted_and_logged_once_while_it_keeps_reconnecting(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The event source has nothing to hand over to, so it reconnects for ever (backing off), but
+    a refusal of `/v2/events` is a report: counted per answer, logged once."""
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        rule = await fault(url, {"path": "^/v2/events$", "status": 403, "body": "Not Authorized"})
+        stream = EventStream(client, metrics=metrics, on_event=lambda _: None, on_connect=lambda: None,
+                             backoff_initial=0.01, backoff_cap=0.02)
+        with caplog.at_level(logging.INFO):
+            task = asyncio.create_task(stream.run())
+            try:
+                for _ in range(250):  # up to 5 s for three refused connects
+                    if await hits(url, rule) >= 3:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                stream.stop()
+                await task
+        assert errors(metrics, "marathon", "events", "report", "acl-denied") >= 3
+        assert len(refusals_logged(caplog, url)) == 1
+        assert not stream.connected
+
+
+async def test_a_ttl_check_gone_behind_our_back_is_registered_again() -> None:
+    """Someone deregistered a task's service; Marathon's verdict changes, the TTL push answers 404
+    (`Unknown check ID`): the ledger forgets the registration and the task's retry registers it
+    again, with Marathon's verdict."""
+    async with consul_agents() as urls, reconciler_over(urls) as (reconciler, marathon, metrics):
+        url_a, _ = urls
+        marathon.apps[APP_ID] = web_app(APP_ID, checks=(HealthCheck(protocol="COMMAND", command="true"),))
+        tasks = marathon.tasks[APP_ID]
+        tasks["web.t1"] = replace(tasks["web.t1"], health=(True,))
+        await reconciler.resync()
+        await reconciler.wait_idle()
+        assert "mcr-web.t1-0" in await held(url_a)
+        async with aiohttp.ClientSession() as http, http.put(
+                f"{url_a}/v1/agent/service/deregister/mcr-web.t1-0") as resp:  # behind our back
+            assert resp.status == 200
+        tasks["web.t1"] = replace(tasks["web.t1"], health=(False,))
+        reconciler.hint_task(TaskEvent(task_id="web.t1", app_id=APP_ID, state=TaskState.RUNNING, host=AGENT_A,
+                                       ports=(31001,), ip_addresses=(), app_version="v1"))
+        async with asyncio.timeout(5):
+            await reconciler.wait_idle()
+        assert errors(metrics, "consul", "check_update", "retry", "gone") == 1
+        assert "mcr-web.t1-0" in await held(url_a)
+        async with aiohttp.ClientSession() as http, http.get(f"{url_a}/v1/agent/checks") as resp:
+            checks = await resp.json()
+        assert {c["Status"] for c in checks.values() if c["ServiceID"] == "mcr-web.t1-0"} == {"critical"}
