@@ -112,13 +112,15 @@ class Leadership:
                  on_acquired: Callable[[], Awaitable[None]] | None = None,
                  on_lost: Callable[[str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[Role, str], None] | None = None, optional: bool = False) -> None:
+                 on_change: Callable[[Role, str], None] | None = None, optional: bool = False,
+                 on_standby: Callable[[], None] | None = None) -> None:
         self._client = client
         self.settings = settings
         self._value = value
         self._on_acquired = on_acquired
         self._on_lost = on_lost
         self._on_change = on_change
+        self._on_standby = on_standby  # called whenever another instance is seen holding the lock
         self._clock = clock
         self._optional = optional  # --lock auto: without sessions, write without a lock
         self.unlocked = False  # True once `optional` found no sessions: the only instance, always writing
@@ -211,6 +213,8 @@ class Leadership:
                 continue
             if holder_session and holder_session != self._session:
                 self.detail = f"standby: lock held by {self.holder}"
+                if self._on_standby is not None:
+                    self._on_standby()
                 lease_from = await self._renew_or_raise(lease_from)  # our idle session must stay alive
                 continue
             sent = self._clock()

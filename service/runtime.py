@@ -198,6 +198,11 @@ class Service:
         self.c.reconciler.resume()
         await self._resync_once()
 
+    def _standing_by(self) -> None:
+        """Another instance holds the lock: this one is a ready standby."""
+        if self.readiness.role != Role.WRITER:
+            self.readiness.role = Role.STANDBY
+
     async def _stopped_writing(self, reason: str) -> None:
         self.c.metrics.leader.set(0)
         self.c.metrics.lock_lost.inc()
@@ -216,10 +221,13 @@ class Service:
         value = holder_value(host=os.environ.get("HOST") or socket.gethostname(), port=self.config.listen_port,
                              version=version())
         self.leadership = Leadership(self._lock_client, settings, value=value, on_acquired=self._became_writer,
-                                     on_lost=self._stopped_writing, optional=self.config.lock == "auto")
+                                     on_lost=self._stopped_writing, optional=self.config.lock == "auto",
+                                     on_standby=self._standing_by)
         self.c.reconciler.writer.may_write = self.leadership.may_write
         self.c.reconciler.pause()
-        self.readiness.role = Role.STANDBY
+        # not ready until it is known who writes: a lone instance is ready once it holds the lock
+        # and has resynced, so nothing that happens right after /ready turns 200 falls between
+        self.readiness.role = "contending"
         background.append(asyncio.create_task(self.leadership.run(), name="lock"))
 
     def leadership_view(self) -> dict[str, Any]:

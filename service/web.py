@@ -37,7 +37,7 @@ class Readiness:
     first_resync_done: bool = False
     source_detail: str = "event source not attached yet"
     notes: list[str] = field(default_factory=list)
-    role: str | None = None  # "writer" / "standby" with a lock; None without
+    role: str | None = None  # with a lock: "contending" until known, then "writer" / "standby"; None without
 
     def reasons(self) -> list[str]:
         """A standby is ready once its event source is attached: it resyncs when it becomes the
@@ -45,7 +45,9 @@ class Readiness:
         out = []
         if not self.source_attached:
             out.append(self.source_detail)
-        if not self.first_resync_done and self.role != "standby":
+        if self.role == "contending":
+            out.append("not known yet which instance writes (contending for the Consul lock)")
+        elif not self.first_resync_done and self.role != "standby":
             out.append("first resync not finished yet")
         return out
 

@@ -223,3 +223,31 @@ async def test_a_dead_earlier_run_of_this_instance_is_released_at_once(port: int
         assert not lead.may_write() and "release earlier-run" not in consul.calls
     await lead.stop()
     task.cancel()
+
+
+@pytest.mark.parametrize("role,resynced,reasons", [
+    ("contending", False, ["not known yet which instance writes (contending for the Consul lock)"]),
+    ("contending", True, ["not known yet which instance writes (contending for the Consul lock)"]),
+    ("standby", False, []),  # a rolling upgrade must not wait for a lock another instance holds
+    ("writer", False, ["first resync not finished yet"]),
+    ("writer", True, []),
+    (None, False, ["first resync not finished yet"]),  # --lock off
+])
+def test_readiness_follows_who_writes(role: str | None, resynced: bool, reasons: list[str]) -> None:
+    from service.web import Readiness
+
+    r = Readiness(source_attached=True, first_resync_done=resynced, role=role)
+    assert r.reasons() == reasons
+
+
+async def test_seeing_another_holder_reports_standby() -> None:
+    consul = FakeConsul()
+    consul.take("other")
+    seen: list[str] = []
+    lead = Leadership(consul, settings(), value=holder_value(host="h", port=1, version="t"),
+                      on_standby=lambda: seen.append("standby"))
+    task = asyncio.create_task(lead.run())
+    await until(lambda: bool(seen))
+    assert not lead.may_write()
+    await lead.stop()
+    task.cancel()
