@@ -127,16 +127,16 @@ def tls_reason(exc: BaseException, *, https: bool) -> str | None:
             continue
         if isinstance(cur, ssl.SSLCertVerificationError):
             return f"TLS: server certificate rejected: {cur.verify_message or cur.reason}"
+        if isinstance(cur, aiohttp.ClientConnectorSSLError) and cur.os_error is not None:
+            cur = cur.os_error  # aiohttp's wrapper is an SSLError too, without OpenSSL's reason
+            continue
         if isinstance(cur, ssl.SSLError):
-            reason = (cur.reason or str(cur)).upper()
+            reason = (getattr(cur, "reason", None) or str(cur)).upper()
             if any(r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")):
                 return "TLS: the server does not speak TLS on this port (an http:// URL?)"
             if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
                 return "TLS: the server requires a client certificate (none, or one it does not accept, was sent)"
-            return f"TLS: {cur.reason or cur}"
-        if isinstance(cur, aiohttp.ClientConnectorSSLError) and cur.os_error is not None:
-            cur = cur.os_error
-            continue
+            return f"TLS: {getattr(cur, 'reason', None) or cur}"
         if isinstance(cur, aiohttp.ServerDisconnectedError):
             if https:
                 return ("TLS: the server closed the connection without answering: it may require a client "

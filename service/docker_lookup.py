@@ -344,17 +344,28 @@ class ContainerLookup:
         except DockerLookupError:
             raise
         except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError: not the engine's JSON
-            raise self._fail(e, call, GARBAGE, f"{call} answered 200 with a body that is not JSON: {exc}") from exc
+            if not isinstance(exc, (aiohttp.ClientError, OSError)):  # an SSL verify failure is a ValueError too
+                raise self._fail(e, call, GARBAGE, f"{call} answered 200 with a body that is not JSON: {exc}") from exc
+            failure = self._transport_failure(e, call, exc)
+            raise failure from exc
         except Exception as exc:
-            classified = classify_transport(exc)
-            if classified is None:
+            failure = self._transport_failure(e, call, exc)
+            if failure is exc:
                 raise  # not the engine's answer: a bug of ours, which must stay loud
-            why = tls_reason(exc, https=e.base.startswith("https://")) or repr(exc)
-            detail = (f"{call} timed out after {self._timeout.total} s" if isinstance(exc, TimeoutError)
-                      else f"{call} failed: {why}")
-            raise self._fail(e, call, classified, detail) from exc
+            raise failure from exc
         finally:
             self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
+
+    def _transport_failure(self, e: _Engine, call: str, exc: Exception) -> Exception:
+        """The error for a request that got no answer (refused, reset, timed out, TLS failed); an
+        exception that is no answer of the engine's (a bug of ours) is returned as it is."""
+        classified = classify_transport(exc)
+        if classified is None:
+            return exc
+        why = tls_reason(exc, https=e.base.startswith("https://")) or repr(exc)
+        detail = (f"{call} timed out after {self._timeout.total} s" if isinstance(exc, TimeoutError)
+                  else f"{call} failed: {why}")
+        return self._fail(e, call, classified, detail)
 
     def _entries(self, e: _Engine, call: str, payload: Any) -> list[dict[str, Any]]:
         """A listing's entries; JSON that is not a list is garbage (REPORT), never a crash later."""
