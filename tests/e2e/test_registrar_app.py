@@ -133,6 +133,12 @@ def test_deploy_json_runs_as_the_app(image: str, version: str) -> None:
         wait_for(lambda: in_sync(m, APP, 2), 40, what="the demo app registered")
         wait_for(lambda: dns_answers(2), 30, what="Consul DNS answers the demo's name")
         assert not registered(SELF)  # consul.register=false
+        assert lock_holder(m) is not None
+        _, codes = scale_to_zero(m)
+        assert codes == ["0", "0"]  # SIGTERM, a clean exit, no SIGKILL
+        assert lock_holder(m) is None, "the lock was not released"
+        if version == "1.4":
+            assert http("GET", f"{m.url}/v2/eventSubscriptions")[1]["callbackUrls"] == []
 
 
 class DigPoller:
@@ -170,8 +176,9 @@ def kill_container(task: dict[str, Any]) -> None:
         client.close()
 
 
-def tag_image(image: str, tag: str) -> str:
-    """A second tag of the locally built image on both slaves, for a rolling upgrade."""
+@contextlib.contextmanager
+def second_tag(image: str, tag: str) -> Iterator[str]:
+    """A second tag of the locally built image on both slaves, for a rolling upgrade; untagged after."""
     new = f"{NAME}:{tag}"
     for s in SLAVES:
         client = docker.DockerClient(base_url=s.docker_local_url)
@@ -179,7 +186,15 @@ def tag_image(image: str, tag: str) -> str:
             client.images.get(image).tag(NAME, tag)
         finally:
             client.close()
-    return new
+    try:
+        yield new
+    finally:
+        for s in SLAVES:
+            client = docker.DockerClient(base_url=s.docker_local_url)
+            try:
+                client.images.remove(new)  # only the tag: the image keeps its other names
+            finally:
+                client.close()
 
 
 def lock_holder(m: Marathon) -> str | None:
@@ -188,10 +203,35 @@ def lock_holder(m: Marathon) -> str | None:
     return body[0].get("Session") if status == 200 else None
 
 
+def scale_to_zero(m: Marathon) -> tuple[float, list[str]]:
+    """Scale the registrar to 0; how long until both tasks are gone, and the exit codes their
+    containers died with (from the slaves' Docker events): "0" is a clean end on SIGTERM, "137" a
+    SIGKILL at the end of the grace period."""
+    ids = {t["id"] for t in m.tasks(SELF)}
+    since = time.time() - 1
+    started = time.monotonic()
+    m.scale(SELF, 0)
+    grace = DEPLOY["taskKillGracePeriodSeconds"]
+    wait_for(lambda: not m.tasks(SELF), grace, interval=0.2, what="both instances gone within the kill grace period")
+    took = time.monotonic() - started
+    codes = []
+    for s in SLAVES:
+        client = docker.DockerClient(base_url=s.docker_local_url)
+        try:
+            for e in client.events(since=since, until=time.time() + 1, decode=True,
+                                   filters={"type": "container", "event": "die"}):
+                attrs = e.get("Actor", {}).get("Attributes", {})
+                if attrs.get("MESOS_TASK_ID") in ids:
+                    codes.append(attrs.get("exitCode", "?"))
+        finally:
+            client.close()
+    return took, codes
+
+
 def test_lifecycle(image: str) -> None:
     """docker kill of the writer, a rolling upgrade with changes meanwhile, scale to 0 and back."""
     reset_consul()
-    with own_marathon("1.10") as m:
+    with own_marathon("1.10") as m, second_tag(image, f"{project_version()}-upgrade") as new_image:
         start_registrar_app(m)
         m.deploy(APP, 2)
         wait_for(lambda: in_sync(m, APP, 2) and dns_answers(2), 40, what="the demo app registered")
@@ -210,16 +250,24 @@ def test_lifecycle(image: str) -> None:
             wait_for(lambda: len(m.running(SELF)) == 2 and old not in urls(m), 40, what="Marathon replaced it")
 
             # 2. rolling upgrade to another tag; a deployment and two scalings meanwhile
-            new_image = tag_image(image, f"{project_version()}-upgrade")
             body = {"container": {**DEPLOY["container"], "docker": {**DEPLOY["container"]["docker"],
                                                                      "image": new_image}}}
             before = set(urls(m))
+            fewest = [2]
+
+            def upgraded_tasks() -> set[str]:
+                fewest[0] = min(fewest[0], len(m.running(SELF)))
+                return set(urls(m)) - before
+
             put(m, SELF, body)
             m.deploy("/web/customer2/site2", 1)
+            wait_for(lambda: upgraded_tasks(), 60, interval=0.2, what="the first upgraded instance")
             m.scale(APP, 4)
             m.scale(APP, 2)
-            wait_for(lambda: deployed(m, SELF) and not (set(urls(m)) & before) and len(urls(m)) == 2, 120,
-                     interval=0.5, what="the rolling upgrade")
+            assert not deployed(m, SELF), "the upgrade was over before the scalings"
+            wait_for(lambda: deployed(m, SELF) and len(upgraded_tasks()) == 2 == len(urls(m)), 120,
+                     interval=0.2, what="the rolling upgrade")
+            assert fewest[0] >= 1, "minimumHealthCapacity 0.5: one instance stays up during the upgrade"
             assert {t["host"] for t in m.running(SELF)} == {s.host for s in SLAVES}
             wait_for(lambda: in_sync(m, APP, 2) and in_sync(m, "/web/customer2/site2", 1), 40,
                      what="every change in Consul after the upgrade")
@@ -232,11 +280,8 @@ def test_lifecycle(image: str) -> None:
         assert poll.empty == 0
 
         # 3. scale to 0: SIGTERM ends each instance well within the kill grace period and frees the lock
-        started = time.monotonic()
-        m.scale(SELF, 0)
-        wait_for(lambda: not m.tasks(SELF), DEPLOY["taskKillGracePeriodSeconds"], interval=0.2,
-                 what="both instances gone within the kill grace period")
-        stopped = time.monotonic() - started
+        stopped, codes = scale_to_zero(m)
+        assert codes == ["0", "0"]
         assert lock_holder(m) is None, "the lock was not released"
         m.scale(APP, 3)  # a change nobody sees now
         # 4. back to 2: the new writer's resync converges
