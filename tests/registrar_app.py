@@ -44,7 +44,7 @@ def image() -> str:
 @contextlib.contextmanager
 def own_marathon(version: str) -> Iterator[Marathon]:
     ip = SIM_IP[version]
-    argv = [*marathon_sim_argv(version, (ip, 8080)), "--extra-host", f"marathon.service.consul:{ip}"]
+    argv = marathon_sim_argv(version, (ip, 8080))  # with --extra-host marathon.service.consul:<ip>
     proc = Process(argv, f"marathon-app-{version}")
     m = Marathon(f"http://{ip}:8080", version)
     try:
