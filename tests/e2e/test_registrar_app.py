@@ -5,6 +5,8 @@ and it survives what Marathon does to its apps (a killed container, a rolling up
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 
 from devcluster.image import NAME, project_version
 from devcluster.topology import SLAVES
-from tests.helpers import http, wait_for
+from tests.helpers import ROOT, http, wait_for
 from tests.registrar_app import (
     APP,
     DEPLOY,
@@ -211,3 +213,17 @@ def test_lifecycle(image: str) -> None:
         wait_for(lambda: writer(m) is not None, 60, interval=0.5, what="a writer after scaling back")
         wait_for(lambda: in_sync(m, APP, 3), 40, what="resync converges")
         print(f"scale to 0: instances gone in {stopped:.1f} s (grace {DEPLOY['taskKillGracePeriodSeconds']} s)")
+
+
+def test_demo_as_app(image: str) -> None:
+    """`scripts/demo --as-app` (its Python part, against a simulator of the test's own)."""
+    reset_consul()
+    with own_marathon("1.10") as m:
+        out = subprocess.run([sys.executable, "-m", "devcluster.demo", "--as-app", "--marathon", m.url],
+                             capture_output=True, text=True, timeout=150, cwd=ROOT)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "registrar running as the Marathon app" in out.stdout
+        answer = out.stdout.split("+short\n", 1)[1].split("\n\n", 1)[0].split()
+        assert sorted(answer) == sorted(registered(APP).values()) and len(answer) == 3
+        assert "hello from" in out.stdout
+        assert sorted(roles(m).values()) == ["standby", "writer"]
