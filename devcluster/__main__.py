@@ -99,7 +99,9 @@ def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
 
 def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
                       tls_dir: Path | None = None) -> list[str]:
-    argv = ["devcluster.marathon_sim", "--listen", f"{listen[0]}:{listen[1]}", "--marathon-version", version]
+    argv = ["devcluster.marathon_sim", "--listen", f"{listen[0]}:{listen[1]}", "--marathon-version", version,
+            # deploy/marathon.json names Marathon as a node resolves it through Consul DNS in a cluster
+            "--extra-host", f"marathon.service.consul:{listen[0]}"]
     for s in SLAVES:
         argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}"]
     if tls_dir is not None:  # HTTPS with basic auth

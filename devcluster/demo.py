@@ -1,12 +1,15 @@
 """The demo: the registrar against the local test world, ending with what it registered.
 
-Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devcluster down`),
-deploys /web/customer1/site1 with 3 instances and an HTTP health check, waits for Consul to hold
-3 passing instances, then prints Consul's view, the DNS answer and one overlay IP's HTTP answer.
+Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devcluster down`) or, with
+`--as-app`, deploys it as the Marathon app of deploy/marathon.json from its image (2 instances, one
+per slave; the simulator removes them at `down`), then deploys /web/customer1/site1 with 3 instances
+and an HTTP health check, waits for Consul to hold 3 passing instances, then prints Consul's view,
+the DNS answer and one overlay IP's HTTP answer.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -16,8 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from devcluster.image import ROOT, ensure_image
 from devcluster.topology import MARATHON_URL, RUN_DIR, SLAVES
 
 APP = "/web/customer1/site1"
@@ -63,7 +68,7 @@ def _check_target(check: dict[str, Any]) -> str:
     return definition.get("HTTP") or definition.get("TCP") or check["Name"]
 
 
-def start_registrar() -> None:
+def stop_local_registrar() -> None:
     pid_file = RUN_DIR / "registrar.pid"
     if pid_file.exists():
         try:
@@ -71,6 +76,12 @@ def start_registrar() -> None:
             time.sleep(1)
         except (OSError, ValueError):
             pass
+        pid_file.unlink(missing_ok=True)
+
+
+def start_registrar() -> None:
+    stop_local_registrar()
+    pid_file = RUN_DIR / "registrar.pid"
     log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--marathon", MARATHON_URL, "--listen", "127.0.0.1:8000",
@@ -83,13 +94,68 @@ def start_registrar() -> None:
     print(f"registrar running (pid {proc.pid}), {REGISTRAR}/metrics, log {RUN_DIR / 'registrar.log'}")
 
 
-def main() -> None:
-    start_registrar()
-    status, _ = call("GET", f"{MARATHON_URL}/v2/apps{APP}")
+def _resolves_marathon_for_tasks(marathon: str) -> bool:
+    """Whether the simulator gives its containers a name for itself (`--extra-host`, set by
+    `devcluster up` since the registrar runs as an app): read from its command line."""
+    if marathon != MARATHON_URL:
+        return True  # a simulator of the caller's own: the caller knows
+    try:
+        pid = int((RUN_DIR / "marathon-sim.pid").read_text())
+        return b"--extra-host" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def deploy_registrar_app(marathon: str) -> None:
+    """deploy/marathon.json unchanged, from the image built here (`ensure_image`)."""
+    if not _resolves_marathon_for_tasks(marathon):
+        raise SystemExit("demo: this Marathon simulator was started before it named itself to its tasks "
+                         "(--extra-host); restart the world: .venv/bin/python -m devcluster down, "
+                         "then ./scripts/demo --as-app")
+    stop_local_registrar()
+    print("making the image current on the slaves (the first time builds it: minutes)")
+    ensure_image(log=lambda msg: print(f"  {msg}"))
+    spec = json.loads((ROOT / "deploy" / "marathon.json").read_text())
+    app_url = f"{marathon}/v2/apps{spec['id']}"
+    if call("GET", app_url)[0] == 200:
+        call("DELETE", app_url)
+        wait("the old registrar app to go", lambda: call("GET", app_url)[0] == 404, 60)
+    status, body = call("POST", f"{marathon}/v2/apps", spec)
+    if status != 201:
+        raise SystemExit(f"demo: Marathon refused deploy/marathon.json: {status} {body}")
+
+    def deployed() -> list[dict[str, Any]] | None:
+        status, body = call("GET", app_url)
+        if status != 200 or not isinstance(body, dict) or body["app"]["deployments"]:
+            return None
+        tasks = [t for t in body["app"].get("tasks", []) if t.get("state") == "TASK_RUNNING"]
+        return tasks if len(tasks) == spec["instances"] else None
+
+    tasks = wait("the registrar app (healthy and ready)", deployed, 120)
+    print(f"registrar running as the Marathon app {spec['id']} (HOST networking):")
+    for t in tasks:
+        url = f"http://{t['host']}:{t['ports'][0]}"
+        role = call("GET", f"{url}/v1/registrations")[1]
+        print(f"  {t['id']} on {t['host']}: {url}/metrics  "
+              f"role {role['leadership']['role'] if isinstance(role, dict) else '?'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m devcluster.demo", description=__doc__)
+    parser.add_argument("--as-app", action="store_true",
+                        help="run the registrar as the Marathon app of deploy/marathon.json, from its image")
+    parser.add_argument("--marathon", default=MARATHON_URL, help="the Marathon simulator (default %(default)s)")
+    args = parser.parse_args(argv)
+    marathon = args.marathon
+    if args.as_app:
+        deploy_registrar_app(marathon)
+    else:
+        start_registrar()
+    status, _ = call("GET", f"{marathon}/v2/apps{APP}")
     if status == 200:
-        call("DELETE", f"{MARATHON_URL}/v2/apps{APP}")
-        wait("the old demo app to go", lambda: call("GET", f"{MARATHON_URL}/v2/apps{APP}")[0] == 404, 30)
-    status, body = call("POST", f"{MARATHON_URL}/v2/apps", APP_JSON)
+        call("DELETE", f"{marathon}/v2/apps{APP}")
+        wait("the old demo app to go", lambda: call("GET", f"{marathon}/v2/apps{APP}")[0] == 404, 30)
+    status, body = call("POST", f"{marathon}/v2/apps", APP_JSON)
     if status != 201:
         raise SystemExit(f"demo: Marathon refused the app: {status} {body}")
     print(f"deployed {APP} with 3 instances")

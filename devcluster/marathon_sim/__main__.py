@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--tls-key")
     p.add_argument("--http-credentials", metavar="USER:PASSWORD",
                    help="require HTTP basic auth, as Marathon's --http_credentials (not on /_sim/)")
+    p.add_argument("--extra-host", action="append", default=[], metavar="NAME:IP",
+                   help="a name every task container resolves to IP (repeat): stands in for the slaves' "
+                        "resolver, e.g. marathon.service.consul:127.0.0.1 where a cluster has Consul DNS")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     if bool(a.tls_cert) != bool(a.tls_key):
@@ -75,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     except ValueError as exc:
         p.error(str(exc))
     host, _, port = a.listen.rpartition(":")
+    if any(not n or not ip for n, _, ip in (e.partition(":") for e in a.extra_host)):
+        p.error("--extra-host must be NAME:IP")
     if a.event_subscriber and version >= (1, 5):
         p.error("--event-subscriber does not exist from Marathon 1.5 on")
     if a.http_endpoints and version >= (1, 5):
@@ -88,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
                      http_event_callback_slow_consumer_timeout=a.http_event_callback_slow_consumer_timeout,
                      default_network_name=a.default_network_name or None,
                      strict_deployment_lock=a.strict_deployment_lock, tls_cert=a.tls_cert, tls_key=a.tls_key,
-                     http_credentials=a.http_credentials)
+                     http_credentials=a.http_credentials,
+                     extra_hosts=tuple(a.extra_host))
 
 
 def basic_auth(credentials: str) -> Middleware:

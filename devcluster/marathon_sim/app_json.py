@@ -127,6 +127,9 @@ class AppSpec:
     minimum_health_capacity: float = 1.0
     maximum_over_capacity: float = 1.0
     constraints: list[Any] = field(default_factory=list)
+    # readiness checks (HTTP only, as Marathon's ReadinessCheckExecutor): kept as given, echoed back
+    readiness_checks: list[dict[str, Any]] = field(default_factory=list)
+    task_kill_grace_period_seconds: float | None = None  # None: Mesos' default kill (no grace here)
     version: str = ""
     last_scaling_at: str = ""
     last_config_change_at: str = ""
@@ -281,6 +284,14 @@ def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = No
         spec.require_ports = bool(body["requirePorts"])
     if "constraints" in body and isinstance(body["constraints"], list):
         spec.constraints = body["constraints"]
+    if "readinessChecks" in body:
+        spec.readiness_checks = _parse_readiness_checks(body["readinessChecks"], errors)
+    if "taskKillGracePeriodSeconds" in body:
+        grace = body["taskKillGracePeriodSeconds"]
+        if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool) or grace <= 0):
+            errors.add("/taskKillGracePeriodSeconds", "must be a positive number")  # AppValidation: > 0
+        else:
+            spec.task_kill_grace_period_seconds = float(grace) if grace is not None else None
     us = body.get("upgradeStrategy")
     if isinstance(us, dict):
         spec.minimum_health_capacity = _num_field(us.get("minimumHealthCapacity"), errors,
@@ -493,6 +504,31 @@ def render_app(spec: AppSpec, cfg: SimConfig) -> dict[str, Any]:
     return _render_new(spec, cfg) if cfg.new_app_json else _render_14(spec)
 
 
+def _parse_readiness_checks(raw: Any, errors: _Errors) -> list[dict[str, Any]]:
+    """Marathon's ReadinessCheck: `name`, `protocol` (HTTP/HTTPS), `path`, `portName`,
+    `intervalSeconds` (30), `timeoutSeconds` (10, must be < the interval), `httpStatusCodesForReady`
+    ([200]), `preserveLastResponse`. Defaults filled in as Marathon renders them back."""
+    if not isinstance(raw, list):
+        errors.add("/readinessChecks", "error.expected.jsarray")
+        return []
+    out = []
+    for i, rc in enumerate(raw):
+        if not isinstance(rc, dict):
+            errors.add(f"/readinessChecks({i})", "error.expected.jsobject")
+            continue
+        check = {"name": rc.get("name", "readinessCheck"), "protocol": rc.get("protocol", "HTTP"),
+                 "path": rc.get("path", "/"), "portName": rc.get("portName", "http-api"),
+                 "intervalSeconds": rc.get("intervalSeconds", 30), "timeoutSeconds": rc.get("timeoutSeconds", 10),
+                 "httpStatusCodesForReady": rc.get("httpStatusCodesForReady", [200]),
+                 "preserveLastResponse": bool(rc.get("preserveLastResponse", False))}
+        if check["protocol"] not in ("HTTP", "HTTPS"):
+            errors.add(f"/readinessChecks({i})/protocol", "error.unknown.enum.literal")
+        if not check["timeoutSeconds"] < check["intervalSeconds"]:
+            errors.add(f"/readinessChecks({i})", "timeoutSeconds must be < intervalSeconds")
+        out.append(check)
+    return out
+
+
 def _head(spec: AppSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"id": spec.id}
     if spec.cmd is not None:
@@ -535,6 +571,9 @@ def _tail(spec: AppSpec) -> dict[str, Any]:
                             "maximumOverCapacity": _num(spec.maximum_over_capacity)},
         "version": spec.version,
         "versionInfo": {"lastScalingAt": spec.last_scaling_at, "lastConfigChangeAt": spec.last_config_change_at},
+        **({"readinessChecks": [dict(rc) for rc in spec.readiness_checks]} if spec.readiness_checks else {}),
+        **({"taskKillGracePeriodSeconds": _num(spec.task_kill_grace_period_seconds)}
+           if spec.task_kill_grace_period_seconds is not None else {}),
     }
 
 

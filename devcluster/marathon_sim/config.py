@@ -46,6 +46,9 @@ class SimConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     http_credentials: str | None = None  # "user:password"
+    # `NAME:IP` pairs every task container resolves (Docker's --add-host): the test world's stand-in
+    # for a slave's own resolver (in a cluster, dnsmasq forwarding `.consul` to the local agent)
+    extra_hosts: tuple[str, ...] = ()
 
     @property
     def version_string(self) -> str:

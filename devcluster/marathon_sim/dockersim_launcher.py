@@ -104,6 +104,10 @@ class SimSlaveDocker:
             raise SimError(f"docker_sim {self.base}: inspect {container_id[:12]} answered {status}")
         return dict(out)
 
+    def stop(self, container_id: str, grace: float) -> None:
+        """No processes here, so nothing to signal: a graceful stop is a removal."""
+        self.remove(container_id)
+
     def remove(self, container_id: str) -> None:
         try:
             self._call("DELETE", f"/_sim/containers/{container_id}")

@@ -90,6 +90,10 @@ class Api:
         r.add_get("/v2/leader", self.leader)
         r.add_get("/v2/apps", self.list_apps)
         r.add_post("/v2/apps", self.create_app)
+        # Jersey matches a resource path with or without its trailing slash; Prometheus' Marathon SD
+        # asks for `/v2/apps/?embed=apps.tasks`
+        r.add_get("/v2/apps/", self.list_apps)
+        r.add_post("/v2/apps/", self.create_app)
         r.add_route("*", "/v2/apps/{tail:.+}", self.app_route)
         r.add_get("/v2/tasks", self.list_tasks)
         r.add_get("/v2/deployments", self.list_deployments)

@@ -41,6 +41,7 @@ class LaunchSpec:
     ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "80/tcp" -> (slave ip, host port)
     privileged: bool = False
     force_pull: bool = False
+    extra_hosts: dict[str, str] = field(default_factory=dict)  # name -> IP, Docker's --add-host
 
 
 class LaunchError(Exception):
@@ -86,6 +87,8 @@ class SlaveDocker:
             "image": spec.image, "name": spec.name, "detach": True, "environment": spec.env,
             "labels": spec.labels, "privileged": spec.privileged,
         }
+        if spec.extra_hosts:
+            kwargs["extra_hosts"] = dict(spec.extra_hosts)
         if spec.entrypoint is not None:
             kwargs["entrypoint"] = spec.entrypoint
         if spec.command is not None:
@@ -112,6 +115,17 @@ class SlaveDocker:
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.client.api.inspect_container(container_id)
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """The docker executor's kill with a grace period (Marathon's `taskKillGracePeriodSeconds`
+        becomes the Mesos KillPolicy; the executor runs `docker stop -t <grace>`): SIGTERM (the
+        image's STOPSIGNAL), SIGKILL after `grace` seconds."""
+        try:
+            self.client.api.stop(container_id, timeout=max(1, round(grace)))
+        except NotFound:
+            pass
+        except APIError as exc:
+            log.warning("stop %s on %s failed: %s", container_id[:12], self.slave.host, exc)
 
     def remove(self, container_id: str) -> None:
         try:

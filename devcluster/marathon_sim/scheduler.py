@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import re
 import uuid
@@ -227,11 +228,44 @@ class Scheduler:
             self.bus.publish(ev.app_terminated(rec.spec.id))
             return
         if action == "RestartApplication":
-            old = rec.active_tasks()
-            await self._reach(rec, fresh_only=True)
-            await asyncio.gather(*(self.kill_task(rec, t) for t in old if t.active))
+            await self._replace(rec)
             return
         await self._reach(rec, fresh_only=False)
+
+    def _usable(self, rec: AppRecord, t: Task) -> bool:
+        """Counts towards a deployment step: running, not being killed, healthy if the app has
+        health checks, ready if it has readiness checks (Marathon's ReadinessBehavior)."""
+        return (t.state == "TASK_RUNNING" and not t.kill_requested
+                and (not rec.spec.health_checks or bool(t.healthy))
+                and (not rec.spec.readiness_checks or t.ready))
+
+    async def _replace(self, rec: AppRecord) -> None:
+        """RestartApplication as Marathon's TaskReplaceActor does it, by the app's upgradeStrategy:
+        at least ceil(instances x minimumHealthCapacity) tasks stay up and at most
+        floor(instances x (1 + maximumOverCapacity)) exist. Old tasks above the minimum are killed at
+        once; new ones start within the capacity; each new task that becomes healthy and ready lets
+        one more old task go. With hostname:UNIQUE a new task waits for a free slave, as Marathon
+        waits for a matching offer."""
+        spec = rec.spec
+        n = spec.instances
+        min_healthy = math.ceil(n * spec.minimum_health_capacity)
+        max_capacity = max(n, math.floor(n * (1 + spec.maximum_over_capacity)))
+        while True:
+            old = [t for t in rec.active_tasks() if t.version != spec.version and not t.kill_requested]
+            new = [t for t in rec.active_tasks() if t.version == spec.version and not t.kill_requested]
+            ready_new = [t for t in new if self._usable(rec, t)]
+            if not old and len(ready_new) >= n:
+                return
+            keep_old = max(0, min(len(old), min_healthy - len(ready_new)))
+            # the ones not (yet) running go first, then the oldest
+            victims = sorted(old, key=lambda t: (t.state == "TASK_RUNNING", t.staged_at))[:len(old) - keep_old]
+            for t in victims:
+                self._spawn(self.kill_task(rec, t))
+            occupying = [t for t in rec.active_tasks() if t.version != spec.version] + new
+            room = min(n - len(new), max_capacity - len(occupying))
+            if room > 0:
+                self.launch(rec, room)
+            await asyncio.sleep(0.1)
 
     async def _reach(self, rec: AppRecord, *, fresh_only: bool) -> None:
         """Scale to `instances` and wait until that many tasks of the current version run (and are
@@ -245,29 +279,42 @@ class Scheduler:
             # newest first, the ones not yet running before those that are
             victims = sorted(current, key=lambda t: (t.state == "TASK_RUNNING", t.staged_at), reverse=False)[:excess]
             await asyncio.gather(*(self.kill_task(rec, t) for t in victims))
-        elif excess < 0:
-            self.launch(rec, -excess)
         while True:
-            ready = [t for t in rec.active_tasks() if t.state == "TASK_RUNNING" and not t.kill_requested
-                     and (not fresh_only or t.version == version)
-                     and (not rec.spec.health_checks or t.healthy)]
+            alive = [t for t in rec.active_tasks() if not t.kill_requested
+                     and (not fresh_only or t.version == version)]
+            if len(alive) < rec.spec.instances:  # again and again: a constraint may let only some start
+                self.launch(rec, rec.spec.instances - len(alive))
+            ready = [t for t in alive if self._usable(rec, t)]
             if len(ready) >= rec.spec.instances:
                 return
             await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ tasks
 
-    def _place(self, n: int) -> list[SlaveConfig]:
-        """Spread: each new task goes to the slave with the fewest active tasks (ties: slave order)."""
+    def _place(self, n: int, rec: AppRecord | None = None) -> list[SlaveConfig]:
+        """Spread: each new task goes to the slave with the fewest active tasks (ties: slave order).
+        Constraint `["hostname", "UNIQUE"]` leaves out the slaves where the app has an active task (one
+        being killed still holds its slave until it is gone, as in Marathon); fewer than `n` slaves
+        may come back then, and the rest waits, like a Marathon launch waiting for a matching offer."""
         counts = {s.host: 0 for s in self.slaves}
         for t in self.reg.all_tasks():  # one pass, not one per slave
             if t.active and t.host in counts:
                 counts[t.host] += 1
+        candidates = list(self.slaves)
+        unique = rec is not None and any(isinstance(c, list) and c[:2] == ["hostname", "UNIQUE"]
+                                         for c in rec.spec.constraints)
+        if unique and rec is not None:
+            taken = {t.host for t in rec.tasks.values() if t.active}
+            candidates = [s for s in candidates if s.host not in taken]
         out = []
         for _ in range(n):
-            slave = min(self.slaves, key=lambda s: counts[s.host])
+            if not candidates:
+                break
+            slave = min(candidates, key=lambda s: counts[s.host])
             counts[slave.host] += 1
             out.append(slave)
+            if unique:
+                candidates.remove(slave)
         return out
 
     def launch(self, rec: AppRecord, n: int) -> list[Task]:
@@ -275,7 +322,7 @@ class Scheduler:
             log.error("no slaves: cannot launch %d tasks of %s", n, rec.spec.id)
             return []
         tasks = []
-        for slave in self._place(n):
+        for slave in self._place(n, rec):
             task_id, instance_id = new_task_id(rec.spec.id, instance_style=self.cfg.instance_task_ids)
             task = Task(task_id=task_id, instance_id=instance_id, app_id=rec.spec.id, slave=slave,
                         slave_id=self.reg.slave_ids[slave.host], version=rec.spec.version,
@@ -289,6 +336,11 @@ class Scheduler:
     def _host_ports(self, spec: AppSpec, slave: SlaveConfig, taken: set[int]) -> list[int | None]:
         """Host port per port index (None: no host port, a container network without hostPort)."""
         used = self.reg.used_host_ports.setdefault(slave.host, set()) | taken
+        if spec.network == "host":
+            # the test world's slaves share one network namespace: a host-networked task must not
+            # take a port another slave's task listens on (separate machines would not care)
+            for ports in self.reg.used_host_ports.values():
+                used = used | ports
         free = [p for p in range(HOST_PORT_RANGE[0], HOST_PORT_RANGE[1] + 1) if p not in used]
         random.shuffle(free)
         out: list[int | None] = []
@@ -342,6 +394,34 @@ class Scheduler:
         log.info("%s running on %s as %s ip=%s ports=%s", task.task_id, task.host, task.container_name, ip,
                  task.ports)
         self._start_health(rec, task)
+        if spec.readiness_checks:
+            self._spawn(self._readiness(rec, task))
+
+    async def _readiness(self, rec: AppRecord, task: Task) -> None:
+        """Marathon's ReadinessCheckExecutor: GET `path` on the task's port named `portName` every
+        `intervalSeconds` until every check answers one of `httpStatusCodesForReady`."""
+        spec = rec.spec
+        names = ([d.name for d in spec.port_definitions] if spec.network == "host"
+                 else [m.name for m in spec.port_mappings])
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        pending = list(spec.readiness_checks)
+        while pending and task.active and not task.kill_requested:
+            for rc in list(pending):
+                index = names.index(rc["portName"]) if rc["portName"] in names else None
+                if index is None or index >= len(task.ports):
+                    log.warning("%s: readiness check %s: no port named %s", task.task_id, rc["name"], rc["portName"])
+                    return
+                scheme = "https" if rc["protocol"] == "HTTPS" else "http"
+                url = f"{scheme}://{task.host}:{task.ports[index]}{rc['path']}"
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=rc["timeoutSeconds"]),
+                                                 ssl=scheme != "https") as resp:
+                        if resp.status in rc["httpStatusCodesForReady"]:
+                            pending.remove(rc)
+            if pending:
+                await asyncio.sleep(min(float(c["intervalSeconds"]) for c in pending))
+        task.ready = not pending
 
     def _launch_spec(self, spec: AppSpec, task: Task, host_ports: list[int | None]) -> LaunchSpec:
         slave = task.slave
@@ -376,7 +456,8 @@ class Scheduler:
         return LaunchSpec(name=task.container_name, image=spec.image, entrypoint=entrypoint, command=command,
                           env=task_env(spec, task, task.container_name, effective, self.cfg), labels=labels,
                           network_mode=network_mode, ports=ports, privileged=spec.privileged,
-                          force_pull=spec.force_pull_image)
+                          force_pull=spec.force_pull_image,
+                          extra_hosts=dict(e.split(":", 1) for e in self.cfg.extra_hosts))
 
     async def kill_task(self, rec: AppRecord, task: Task) -> None:
         """Marathon asked: TASK_KILLING, remove the container (SIGKILL), TASK_KILLED."""
@@ -392,6 +473,9 @@ class Scheduler:
                 break
             await asyncio.sleep(0.05)
         if task.container_id:
+            grace = rec.spec.task_kill_grace_period_seconds
+            if grace:  # SIGTERM, SIGKILL after the grace period (docker stop -t), then the removal
+                await asyncio.to_thread(self.dockers[task.host].stop, task.container_id, grace)
             await asyncio.to_thread(self.dockers[task.host].remove, task.container_id)
             self.launched.pop(task.container_id, None)
         task.state = "TASK_KILLED"

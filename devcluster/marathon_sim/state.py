@@ -62,6 +62,7 @@ class Task:
     container_name: str = ""
     container_id: str | None = None
     kill_requested: bool = False
+    ready: bool = False  # every readiness check of the app answered one of its ready codes
     health: list[HealthResult] = field(default_factory=list)
     health_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 

@@ -20,7 +20,7 @@ def test_simulators_accept_the_deploy_json(marathon: Marathon) -> None:
         status, app, _ = http("GET", f"{marathon.url}/v2/apps{DEPLOY['id']}")
         assert status == 200
         app = app["app"]
-        assert app["instances"] == 1
+        assert app["instances"] == 2 and app["constraints"] == [["hostname", "UNIQUE"]]
         [check] = app["healthChecks"]
         assert (check["protocol"], check["path"], check["portIndex"]) == ("HTTP", "/health", 0)
         assert app["env"] == DEPLOY["env"]
