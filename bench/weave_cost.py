@@ -23,8 +23,10 @@ from typing import Any
 import docker
 
 from devcluster.docker_sim.templates import weave_hosts
-from service.docker_lookup import ContainerLookup
+from service.docker_engine import DockerEngines
 from service.metrics import Metrics
+from service.model import DEFAULT_OVERLAY_CIDRS
+from service.weave_proxy import WeaveCache, WeaveProxy
 
 IMAGE = "local/busybox:1"
 WEAVE_IP = "10.32.9.9"
@@ -46,20 +48,24 @@ def make_container(client: docker.DockerClient, wdir: Path) -> Any:
 
 
 async def measure(url: str, cid: str, n: int) -> list[tuple[str, float, float, Any]]:
-    lk = ContainerLookup(url, ("weave", "bridge"), metrics=Metrics(), weave_exec=True)
-    e = lk._engine("slave")
-    prefix = await lk._prefix(e)
+    metrics = Metrics()
+    docker_engines = DockerEngines(metrics=metrics, timeout=5.0, tls=None)
+    weave = WeaveProxy(docker_engines, metrics=metrics, overlay_cidrs=DEFAULT_OVERLAY_CIDRS, weave_exec=True)
+    cache = WeaveCache()
+    e = docker_engines.open("slave", url)
+    prefix = await docker_engines.prefix(e)
     archive = f"{prefix}/containers/{cid}/archive?path=/etc/hosts"
-    info = await lk._get(e, "inspect", f"{prefix}/containers/{cid}/json")
+    info = await docker_engines.get(e, "inspect", f"{prefix}/containers/{cid}/json")
     started = info["State"]["StartedAt"]
     steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("inspect", lambda: lk._get(e, "inspect", f"{prefix}/containers/{cid}/json")),
-        ("HEAD archive (stat only)", lambda: lk._request(e, "archive-stat", archive, method="HEAD", json_body=False)),
-        ("(2) /etc/hosts: HEAD + GET archive + parse", lambda: lk._hosts_block_ips(e, prefix, cid, started)),
-        ("(3) exec: create + start + inspect", lambda: lk._exec_ethwe(e, prefix, cid)),
-        ("lookup, attached: inspect + (2)", lambda: lk._weave_lookup(e, prefix, cid)),
+        ("inspect", lambda: docker_engines.get(e, "inspect", f"{prefix}/containers/{cid}/json")),
+        ("HEAD archive (stat only)",
+         lambda: docker_engines.request(e, "archive-stat", archive, method="HEAD", json_body=False)),
+        ("(2) /etc/hosts: HEAD + GET archive + parse", lambda: weave.hosts_block_ips(e, prefix, cid, started)),
+        ("(3) exec: create + start + inspect", lambda: weave.exec_ethwe(cache, e, prefix, cid)),
+        ("lookup, attached: inspect + (2)", lambda: weave.lookup(cache, e, prefix, cid)),
         # a file not newer than StartedAt is Docker's own: what a just-started container's retries cost
-        ("(2) while not attached: HEAD only", lambda: lk._hosts_block_ips(e, prefix, cid, "2999-01-01T00:00:00Z")),
+        ("(2) while not attached: HEAD only", lambda: weave.hosts_block_ips(e, prefix, cid, "2999-01-01T00:00:00Z")),
     ]
     out = []
     try:
@@ -72,7 +78,7 @@ async def measure(url: str, cid: str, n: int) -> list[tuple[str, float, float, A
                 times.append((time.perf_counter() - t0) * 1000)
             out.append((label, statistics.median(times), statistics.quantiles(times, n=20)[18], result))
     finally:
-        await lk.close()
+        await e.session.close()
     return out
 
 

@@ -1,5 +1,6 @@
-"""HTTP face of the simulator: the Docker Engine API subset `service/docker_lookup.py` uses, and the
-control API (`/_sim/...`, outside any path Docker defines) that tests and the bench drive it with."""
+"""HTTP face of the simulator: the Docker Engine API subset `service/docker_lookup.py` and
+`service/weave_proxy.py` use (through `service/docker_engine.py`), and the control API (`/_sim/...`,
+outside any path Docker defines) that tests and the bench drive it with."""
 
 from __future__ import annotations
 
