@@ -111,8 +111,11 @@ class Reconciler:
         now = received_at if received_at is not None else time.monotonic()
         # The event's host is only a hint of where to look, taken only for a host Marathon named
         # before: a forged event must not send the registrar to a host of the sender's choosing.
-        # (Marathon's answer to the step's read names the task's real host either way.)
-        host = event.host if event.host in self.reader.known_hosts else ""
+        # (Marathon's answer to the step's read names the task's real host either way.) Until
+        # Marathon has named any host (a cluster with no task yet) every hint is taken: the
+        # lookups it starts while Marathon answers are what keeps a first deployment's burst fast.
+        known = self.reader.known_hosts
+        host = event.host if not known or event.host in known else ""
         running_on = {event.task_id: host} if host and event.state == TaskState.RUNNING else {}
         self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={host} if host else set(),
                                             received={event.task_id: now}, running_on=running_on))
