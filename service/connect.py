@@ -135,7 +135,9 @@ def tls_reason(exc: BaseException, *, https: bool) -> str | None:
             if any(r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")):
                 return "TLS: the server does not speak TLS on this port (an http:// URL?)"
             if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-                return "TLS: the server requires a client certificate (none, or one it does not accept, was sent)"
+                # the same words as a closed connection below: which of the two a client sees is timing
+                return ("TLS: the server rejected the handshake: it may require a client certificate (none, or "
+                        "one it does not accept, was sent)")
             return f"TLS: {getattr(cur, 'reason', None) or cur}"
         if isinstance(cur, aiohttp.ServerDisconnectedError):
             if https:
