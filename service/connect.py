@@ -20,6 +20,7 @@ asks a `TokenSource` at every request: a rotated token file takes effect on the 
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 import urllib.parse
@@ -139,7 +140,10 @@ def tls_reason(exc: BaseException, *, https: bool) -> str | None:
                 return ("TLS: the server rejected the handshake: it may require a client certificate (none, or "
                         "one it does not accept, was sent)")
             return f"TLS: {getattr(cur, 'reason', None) or cur}"
-        if isinstance(cur, aiohttp.ServerDisconnectedError):
+        # TLS 1.3 sends the server's "certificate required" after the handshake: depending on timing
+        # the client sees an SSL alert, a closed connection or a reset (all three seen here)
+        reset = isinstance(cur, OSError) and cur.errno == errno.ECONNRESET
+        if isinstance(cur, aiohttp.ServerDisconnectedError) or (reset and https):
             if https:
                 return ("TLS: the server closed the connection without answering: it may require a client "
                         "certificate (none, or one it does not accept, was sent)")
