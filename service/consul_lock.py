@@ -5,64 +5,117 @@ talks to one agent only, and its answers mean different things: a 404 on renew i
 gone" (the lock is lost), not "already deregistered". py-consul raises `consul.exceptions.NotFound`
 for it (reference/consul-sessions.md §7). Every call has a timeout longer than the blocking wait it
 asks Consul for, since py-consul's aio client does not stretch its timeout for blocking queries.
+
+The error contract (docs/architecture.md §8) holds here as for the agents: every failed answer is
+classified by `service.errors` and counted in `mcr_call_errors_total{system="consul", call=...}`
+(calls `session_create`, `session_renew`, `session_destroy`, `kv_get`, `kv_acquire`, `kv_release`);
+a RETRY answer is retried with back-off up to `attempts` in all, then `ConsulError` goes to the
+lock's own loop (`service.leadership`), which tries again for as long as the lock matters. Two
+answers the lock gives a meaning of its own: 404 or 405 on session create is `SessionsUnavailable`
+(counted as a report, but logged by the leadership, which knows whether `--lock auto` accepts it),
+and 404 on renew is "the session is gone".
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import consul
 import consul.exceptions
 
-from service.connect import TLSOptions, consul_client
+from service.connect import TLSOptions, consul_client, tls_reason
+from service.consul_registry import CALL_BACKOFF, ConsulError
+from service.errors import GONE, NOT_FOUND, RETRY, Classified, classify_consul, record
 from service.leadership import SessionsUnavailable
+from service.metrics import Metrics
 from service.tokens import TokenSource, static
+
+T = TypeVar("T")
+
+# 404 on renew: Consul no longer knows the session, the lock is lost; the lock's loop contends again
+SESSION_GONE = Classified(RETRY, "gone")
 
 
 class ConsulLockClient:
     """`leadership.SessionKV` for one agent, given by URL."""
 
     def __init__(self, url: str, *, token: str | TokenSource | None, timeout: float = 5.0, wait_seconds: float = 10.0,
-                 tls: TLSOptions | None = None) -> None:
+                 tls: TLSOptions | None = None, metrics: Metrics | None = None, attempts: int = 3) -> None:
         self.url = url
         self._timeout = timeout
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._attempts = max(1, attempts)
         # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=wait_seconds * 17 / 16 + timeout, limit=8)
 
+    async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """One call, retrying RETRY answers with back-off up to `attempts` in all (as
+        `consul_registry.AgentClient._call`); every failed answer is counted."""
+        attempt = 1
+        while True:
+            try:
+                return await fn()
+            except Exception as exc:
+                classified = classify_consul(exc)
+                if classified is None:
+                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
+                if call == "session_create" and classified.reason == "method-not-allowed":
+                    self._count(call, classified)  # the leadership says what it means (--lock auto or on)
+                    raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered {exc}") from exc
+                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
+                message = f"consul agent {self.url}: {call} failed: {detail}"
+                record(self._metrics, system="consul", call=call, target=self.url, classified=classified,
+                       message=message)
+                if classified.verdict is not RETRY or attempt >= self._attempts:
+                    raise ConsulError(message, classified) from exc
+            self._metrics.retries.labels("consul").inc()
+            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
+            attempt += 1
+
+    def _count(self, call: str, classified: Classified) -> None:
+        self._metrics.call_errors.labels("consul", call, classified.verdict.value, classified.reason).inc()
+
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
         # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)
-        try:
-            sid = await self._client.session.create(
-                name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release")
-        except consul.exceptions.ClientError as exc:  # 405 (and other 4xx py-consul has no type for)
-            if str(exc).startswith("405"):
-                raise SessionsUnavailable(f"{self.url}: {exc}") from exc
-            raise
+        sid = await self._call("session_create", lambda: self._client.session.create(
+            name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"))
         if sid is None:  # py-consul answers None for a 404: no such endpoint on this agent
+            self._count("session_create", NOT_FOUND)
             raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered 404")
         return str(sid)
 
     async def renew_session(self, session_id: str) -> bool:
-        try:
-            await self._client.session.renew(session_id)
-        except consul.exceptions.NotFound:
+        async def renew() -> bool:
+            try:
+                await self._client.session.renew(session_id)
+            except consul.exceptions.NotFound:  # Consul no longer knows the session
+                return False
+            return True
+
+        if not await self._call("session_renew", renew):
+            self._count("session_renew", SESSION_GONE)
             return False
         return True
 
     async def destroy_session(self, session_id: str) -> None:
-        await self._client.session.destroy(session_id)
+        if not await self._call("session_destroy", lambda: self._client.session.destroy(session_id)):
+            self._count("session_destroy", GONE)  # py-consul's False is a 404: already gone, as wanted
 
     async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
-        got_index, entry = await self._client.kv.get(key, index=index or None, wait=f"{max(1, int(wait_seconds))}s",
-                                                     consistency="consistent")
+        got_index, entry = await self._call("kv_get", lambda: self._client.kv.get(
+            key, index=index or None, wait=f"{max(1, int(wait_seconds))}s", consistency="consistent"))
         return int(got_index or 0), entry
 
     async def acquire(self, key: str, value: bytes, session_id: str, flags: int) -> bool:
-        return bool(await self._client.kv.put(key, value, acquire=session_id, flags=flags))
+        return bool(await self._call("kv_acquire", lambda: self._client.kv.put(
+            key, value, acquire=session_id, flags=flags)))
 
     async def release(self, key: str, value: bytes, session_id: str, flags: int) -> bool:
-        return bool(await self._client.kv.put(key, value, release=session_id, flags=flags))
+        return bool(await self._call("kv_release", lambda: self._client.kv.put(
+            key, value, release=session_id, flags=flags)))
 
     async def close(self) -> None:
         await self._client.close()

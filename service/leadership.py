@@ -134,6 +134,7 @@ class Leadership:
         self.writer_event = asyncio.Event()  # set while we are the writer (for waiters)
         self._running = False
         self._finished = asyncio.Event()
+        self._last_failure: str | None = None  # the cause last logged: a repeat is logged at debug level
 
     # ------------------------------------------------------------------ the gate
     def may_write(self) -> bool:
@@ -162,15 +163,21 @@ class Leadership:
                 if self._optional:
                     await self._write_unlocked(str(exc))
                     return
-                self.detail = f"lock: the agent offers no sessions ({exc}); --lock on needs them"
-                log.error("%s; retrying in %.1fs", self.detail, self.settings.retry_seconds)
+                self._failed(logging.ERROR, f"lock: the agent offers no sessions ({exc}); --lock on needs them")
             except Exception as exc:  # agent down, session refused: try again shortly
-                self.detail = f"lock: {type(exc).__name__}: {exc}"
-                log.warning("%s; retrying in %.1fs", self.detail, self.settings.retry_seconds)
+                self._failed(logging.WARNING, f"lock: {type(exc).__name__}: {exc}")
             await self._step_down("lock attempt ended")
             await self._destroy_session()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.retry_seconds)
+
+    def _failed(self, level: int, detail: str) -> None:
+        """An attempt failed: say why, once per distinct cause (the loop asks again every
+        `retry_seconds` for as long as it lasts; the answers are counted in mcr_call_errors_total)."""
+        self.detail = detail
+        repeated = detail == self._last_failure
+        self._last_failure = detail
+        log.log(logging.DEBUG if repeated else level, "%s; retrying in %.1fs", detail, self.settings.retry_seconds)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Release the key, then destroy the session, so the next holder need not wait (the lock
@@ -263,6 +270,7 @@ class Leadership:
 
     async def _hold(self) -> None:
         self._held = True
+        self._last_failure = None
         self.since = time.time()
         self.detail = "writer"
         log.info("lock %s acquired: this instance writes", self.settings.key)

@@ -217,7 +217,8 @@ class Service:
         settings = LockSettings(key=lock_key(self.cluster_id), ttl_seconds=self.config.lock_ttl,
                                 lock_delay_seconds=self.config.lock_delay)
         self._lock_client = ConsulLockClient(self.config.lock_agent, token=self._consul_token,
-                                             wait_seconds=settings.watch_wait_seconds, tls=self.config.consul_tls)
+                                             wait_seconds=settings.watch_wait_seconds, tls=self.config.consul_tls,
+                                             metrics=self.c.metrics)
         value = holder_value(host=os.environ.get("HOST") or socket.gethostname(), port=self.config.listen_port,
                              version=version())
         self.leadership = Leadership(self._lock_client, settings, value=value, on_acquired=self._became_writer,

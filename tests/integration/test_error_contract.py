@@ -1,9 +1,9 @@
 """The error contract (docs/architecture.md §8), one row per (system, call, failure), through the real
-clients: py-consul against the Consul simulator, aiohttp against the Docker engine simulator and the
-Marathon simulator, each answer injected with the simulators' fault rules (`/_sim/faults`, in the
-real systems' own texts). Every row asserts the verdict and reason the caller sees, the metric
-`mcr_call_errors_total`, how many answers the server gave (the retry bound), the log line for a
-refusal, and the final state.
+clients: py-consul against the Consul simulator (the agents' calls and the leader lock's), aiohttp
+against the Docker engine simulator and the Marathon simulator, each answer injected with the
+simulators' fault rules (`/_sim/faults`, in the real systems' own texts). Every row asserts the
+verdict and reason the caller sees, the metric `mcr_call_errors_total`, how many answers the server
+gave (the retry bound), the log line for a refusal, and the final state.
 
 The simulators run in the test's event loop, on addresses no other test uses (127.0.0.40-44).
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,9 +33,11 @@ from devcluster.marathon_sim.http_api import Api
 from devcluster.marathon_sim.scheduler import Scheduler
 from devcluster.marathon_sim.sse import EventStreams
 from devcluster.marathon_sim.state import Registry
+from service.consul_lock import ConsulLockClient
 from service.consul_registry import AgentClient, ConsulAgents, ConsulError
 from service.docker_lookup import ContainerLookup, DockerLookupError
 from service.errors import CallError
+from service.leadership import Leadership, LockSettings, Role, holder_value, lock_key
 from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
 from service.marathon.sse import EventStream
@@ -308,6 +311,178 @@ async def test_consul_reset_connection_is_retried_within_the_bound() -> None:
             assert ATTEMPTS <= await hits(url_a, rule) <= 2 * ATTEMPTS
         finally:
             await agent.close()
+
+
+# ---------------------------------------------------------------- the Consul lock, through py-consul
+
+# A lease of 0.8 s keeps the rows short: renewals every 0.4 s. py-consul sends no TTL for
+# int(0.8) = 0, so the simulator's session never expires on its own: the write gate closes on the
+# registrar's own lease, which is the bound under test (the TTL is validated at 10 s and above).
+LOCK_SETTINGS = LockSettings(key=lock_key("contract"), ttl_seconds=0.8, lock_delay_seconds=0,
+                             watch_wait_seconds=1.0, retry_seconds=0.5)
+LOCK_KV = "^/v1/kv/marathon-consul-registrar/contract/leader$"
+LOCK_PATHS = {
+    "session_create": ("PUT", "^/v1/session/create$"),
+    "kv_acquire": ("PUT", LOCK_KV),  # before the lock is taken: the loop keeps contending
+    "kv_get": ("GET", LOCK_KV),  # the writer's blocking watch: a flaky read alone loses nothing
+    "session_renew": ("PUT", "^/v1/session/renew/"),  # the writer's renewals: the lease ends, the gate shuts
+    "kv_release": ("PUT", LOCK_KV),  # on stop: destroying the session releases the key anyway
+    "session_destroy": ("PUT", "^/v1/session/destroy/"),  # on stop, after the release
+}
+LOCK_FAULTS = [({"status": 500}, "no-leader"), ({"status": 429}, "rate-limited"), ({"mode": "reset"}, "connection")]
+LOCK_ROWS = [Row(call, {"path": path, "method": method, **answer}, "retry", reason, ATTEMPTS)
+             for call, (method, path) in LOCK_PATHS.items() for answer, reason in LOCK_FAULTS]
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"not reached within {within}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def consul_get(url: str, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}{path}") as resp:
+        assert resp.status in (200, 404), await resp.text()
+        return await resp.json() if resp.status == 200 else None
+
+
+async def lock_holder(url: str) -> str | None:
+    """The session holding the lock key, as Consul says (None: free or no key)."""
+    entries = await consul_get(url, f"/v1/kv/{LOCK_SETTINGS.key}")
+    return entries[0].get("Session") if entries else None
+
+
+async def live_sessions(url: str) -> list[str]:
+    return [s["ID"] for s in await consul_get(url, "/v1/session/list")]
+
+
+@asynccontextmanager
+async def leadership(url: str, metrics: Metrics, *, optional: bool = False,
+                     ) -> AsyncIterator[tuple[Leadership, list[str]]]:
+    """A running `Leadership` over the real `ConsulLockClient`; yields it and the reasons it gave
+    for stepping down (`on_lost`)."""
+    client = ConsulLockClient(url, token=None, metrics=metrics, attempts=ATTEMPTS, timeout=1.0,
+                              wait_seconds=LOCK_SETTINGS.watch_wait_seconds)
+    lost: list[str] = []
+
+    async def on_lost(reason: str) -> None:
+        lost.append(reason)
+
+    lead = Leadership(client, LOCK_SETTINGS, value=holder_value(host=AGENT_A, port=1, version="t"), on_lost=on_lost,
+                      optional=optional)
+    task = asyncio.create_task(lead.run())
+    try:
+        yield lead, lost
+    finally:
+        await lead.stop(grace=5.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+def lock_logs(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "service.leadership" and r.levelno == level and text in r.getMessage()]
+
+
+async def bounded(url: str, rule_id: int, row: Row, metrics: Metrics) -> None:
+    """One call retried to its bound: ATTEMPTS answers (a reset may count twice per attempt, see
+    `answered`), each counted once, as the call's retry verdict."""
+    await answered(url, rule_id, row)
+    assert errors(metrics, "consul", row.call, "retry", row.reason) == ATTEMPTS
+    assert metrics.registry.get_sample_value("mcr_retries_total", {"system": "consul"}) == ATTEMPTS - 1
+
+
+@pytest.mark.parametrize("row", LOCK_ROWS, ids=str)
+async def test_lock(row: Row, caplog: pytest.LogCaptureFixture) -> None:
+    """Each call of the lock answered 500 (no leader), 429 or a reset: the client retries it to
+    the bound (ATTEMPTS answers), then the lock's own loop does what docs/architecture.md §8 says
+    for it (module docstring of service.leadership)."""
+    async with consul_agents() as (url, _):
+        metrics = Metrics()
+        caplog.set_level(logging.INFO)
+        if row.call in ("session_create", "kv_acquire"):
+            # no lock yet: the attempt fails, the loop keeps contending and takes it once Consul answers
+            rule = await fault(url, row.rule)
+            async with leadership(url, metrics) as (lead, lost):
+                await until(lambda: lead.detail.startswith("lock: ConsulError"), what="a failed attempt")
+                await bounded(url, rule, row, metrics)
+                assert row.call in lead.detail and url in lead.detail
+                assert lead.role is Role.STANDBY and not lead.may_write() and not lead.writer_event.is_set()
+                await clear(url)
+                await until(lead.writer_event.is_set, what="writer once Consul answers")
+                assert lead.role is Role.WRITER and lead.may_write()
+                assert len(lock_logs(caplog, "retrying in")) == 1
+                # the failed attempt's session (if any) was destroyed: the holder is the only one
+                assert await live_sessions(url) == [await lock_holder(url)]
+                assert lost == []
+            return
+        async with leadership(url, metrics) as (lead, lost):
+            await until(lead.writer_event.is_set, what="writer")
+            held_by = await lock_holder(url)
+            assert held_by is not None
+            rule = await fault(url, row.rule)
+            if row.call == "kv_get":
+                await until(lambda: bool(lock_logs(caplog, "watching")), what="a failed watch")
+                await bounded(url, rule, row, metrics)
+                await asyncio.sleep(LOCK_SETTINGS.ttl_seconds + 0.1)  # more than a lease: renewals keep it
+                assert lead.role is Role.WRITER and lead.may_write() and lost == []
+                await clear(url)
+                assert await lock_holder(url) == held_by
+            elif row.call == "session_renew":
+                await until(lambda: not lead.may_write(), what="the gate shut at the end of the lease")
+                await bounded(url, rule, row, metrics)
+                assert lead.role is Role.STANDBY
+                await until(lambda: bool(lost), what="the lock given up")
+                assert "not renewed within its TTL" in lost[0]
+                await clear(url)
+                await until(lead.writer_event.is_set, what="contending again, writer once Consul answers")
+                assert lead.may_write() and await lock_holder(url) not in (None, held_by)
+                assert await live_sessions(url) == [await lock_holder(url)]
+            else:  # kv_release, session_destroy: on stop
+                await lead.stop(grace=5.0)
+                await bounded(url, rule, row, metrics)
+                assert lead.role is Role.STANDBY and not lead.may_write() and lost == ["released on shutdown"]
+                await clear(url)
+                assert await lock_holder(url) is None  # released, by the release or by destroying the session
+                if row.call == "kv_release":
+                    assert len(lock_logs(caplog, f"releasing {LOCK_SETTINGS.key} failed")) == 1
+                    assert await live_sessions(url) == []
+                else:  # the session lingers until its TTL; the next holder need not wait for it
+                    assert await live_sessions(url) == [held_by]
+        assert refusals_logged(caplog, url) == []  # retries are not refusals
+
+
+@pytest.mark.parametrize(("status", "reason"), [(404, "not-found"), (405, "method-not-allowed")])
+@pytest.mark.parametrize("lock", ["auto", "on"])
+async def test_lock_without_sessions(lock: str, status: int, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An agent without sessions (an older one, or a proxy refusing the endpoint) answers 404 or
+    405 to session create: `--lock auto` writes without a lock and says so once; `--lock on`
+    reports (counted every time it asks, logged once) and never writes."""
+    async with consul_agents() as (url, _):
+        metrics = Metrics()
+        caplog.set_level(logging.INFO)
+        rule = await fault(url, {"path": "^/v1/session/create$", "method": "PUT", "status": status,
+                                 "body": "method PUT not allowed" if status == 405 else "404 page not found"})
+        async with leadership(url, metrics, optional=lock == "auto") as (lead, _):
+            if lock == "auto":
+                await until(lead.writer_event.is_set, what="writer without a lock")
+                assert lead.unlocked and lead.may_write() and lead.role is Role.WRITER
+                assert await hits(url, rule) == 1  # not asked again: this is the answer, not an outage
+                [said] = lock_logs(caplog, "writer without a lock")
+                assert str(status) in said and "run a single instance" in said
+            else:
+                await until(lambda: "offers no sessions" in lead.detail, what="the refusal reported")
+                await until(lambda: errors(metrics, "consul", "session_create", "report", reason) >= 2,
+                            within=3.0, what="asked again after retry_seconds")
+                assert not lead.unlocked and not lead.may_write() and lead.role is Role.STANDBY
+                assert not lead.writer_event.is_set()
+                assert len(lock_logs(caplog, "--lock on needs them", logging.ERROR)) == 1
+            assert errors(metrics, "consul", "session_create", "report", reason) == await hits(url, rule)
+            assert metrics.registry.get_sample_value("mcr_retries_total", {"system": "consul"}) is None
+        assert refusals_logged(caplog, url) == []  # the leadership says what it means, not service.errors
+        assert await live_sessions(url) == []
 
 
 # ---------------------------------------------------------------- Docker, through aiohttp
