@@ -95,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.run(serve())
         return 0
+    from service.errors import CallError
     from service.runtime import sync_once
 
-    drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
+    try:
+        drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
+    except CallError as exc:  # Marathon refused or could not answer (e.g. no frameworkId): one line, no traceback
+        print(f"marathon-consul-registrar: sync: {redact.redact(str(exc))}", file=sys.stderr)
+        return 1
     print(redact.redact(json.dumps(drift.as_dict(), indent=2, sort_keys=True)))
     return 1 if drift.unreachable else 0
 

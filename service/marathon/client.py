@@ -378,12 +378,28 @@ class MarathonClient:
         return obj if isinstance(obj, dict) else {}
 
     async def framework_id(self) -> str:
-        """Marathon's Mesos framework id (`/v2/info`): the identity of this Marathon cluster."""
-        value = (await self.info()).get("frameworkId")
-        if not isinstance(value, str) or not value:
-            raise MarathonError("GET", "/v2/info", 200, reason="no frameworkId in the answer (not registered with "
-                                                              "Mesos yet?)", classified=_NOT_READY)
-        return value
+        """Marathon's Mesos framework id (`/v2/info`): the identity of this Marathon cluster.
+
+        A Marathon not registered with Mesos yet answers without one (or `null`): RETRY, the
+        start-up loop asks again. Any other value cannot name the cluster (a proxy's own JSON, a
+        value that is not a string): REPORT (garbage), the error says what came and that
+        `--cluster-id` names the cluster instead. Both are counted under `call="info"`."""
+        obj = await self._call("info", "GET", "/v2/info")
+        value = obj.get("frameworkId") if isinstance(obj, dict) else None
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(obj, dict) and value in (None, ""):
+            classified = _NOT_READY
+            reason = "no frameworkId in the answer: Marathon is not registered with Mesos yet (or set --cluster-id)"
+        else:
+            shown = json.dumps(value if isinstance(obj, dict) else obj)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            what = f"frameworkId is {shown}, not a string" if isinstance(obj, dict) else \
+                f"the answer is {shown}, not a JSON object"
+            classified, reason = GARBAGE, f"{what}: it cannot name this cluster; set --cluster-id"
+        error = MarathonError("GET", str(self.current.url("/v2/info")), 200, reason=reason, classified=classified)
+        self._record("info", self.current, classified, str(error))
+        raise error
 
     async def event_transport(self) -> EventTransport:
         """`callback` when Marathon runs the http_callback subscriber (≤ 1.4, docs/architecture.md §6.1), else `sse`."""

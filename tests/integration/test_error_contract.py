@@ -11,12 +11,17 @@ The simulators run in the test's event loop, on addresses no other test uses (12
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import socket
+import sys
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -50,6 +55,7 @@ AGENT_A, AGENT_B = "127.0.0.40", "127.0.0.41"
 ENGINE = "127.0.0.42"
 MARATHON = "127.0.0.43"
 ATTEMPTS = 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port(host: str) -> int:
@@ -593,6 +599,67 @@ async def test_marathon(row: Row, caplog: pytest.LogCaptureFixture) -> None:
         await answered(url, rule, row)
         assert errors(metrics, "marathon", row.call, row.verdict or "retry", row.reason) == row.answers
         assert len(refusals_logged(caplog, url)) == (1 if row.verdict == "report" else 0)
+
+
+INFO_ROWS = [  # /v2/info answered 200 with this body -> framework_id(): verdict, reason, what the error says
+    ('{"name": "marathon", "version": "1.10.0"}', "retry", "unavailable", "not registered with Mesos yet"),
+    ('{"name": "marathon", "version": "1.10.0", "frameworkId": null}', "retry", "unavailable",
+     "not registered with Mesos yet"),
+    ('{"frameworkId": ""}', "retry", "unavailable", "not registered with Mesos yet"),
+    ('{"frameworkId": 42}', "report", "garbage", "frameworkId is 42, not a string"),
+    ('{"frameworkId": {"value": "f-1"}}', "report", "garbage", 'frameworkId is {"value": "f-1"}, not a string'),
+    ('["not", "an object"]', "report", "garbage", "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("body", "verdict", "reason", "said"), INFO_ROWS)
+async def test_marathon_framework_id(body: str, verdict: str, reason: str, said: str,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The cluster identity (no --cluster-id) comes from /v2/info's frameworkId. Absent or null (a
+    Marathon not registered with Mesos yet) is worth asking again; a value that is not a string
+    cannot name the cluster: a refusal. Either way the error says why and names --cluster-id,
+    never a KeyError or a misleading "no frameworkId"."""
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        assert await client.framework_id()  # the simulator's own answer
+        rule = await fault(url, {"path": "^/v2/info$", "method": "GET", "mode": "garbage", "body": body})
+        with caplog.at_level(logging.INFO), pytest.raises(MarathonError) as raised:
+            await client.framework_id()
+        assert (raised.value.verdict.value, raised.value.cause) == (verdict, reason)
+        assert said in str(raised.value) and "--cluster-id" in str(raised.value) and url in str(raised.value)
+        assert await hits(url, rule) == 1  # a 200 is not retried by the client; the start-up loop asks again
+        assert errors(metrics, "marathon", "info", verdict, reason) == 1
+        assert len(refusals_logged(caplog, url)) == (1 if verdict == "report" else 0)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service", *args, stdout=PIPE, stderr=PIPE,
+                                                env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    try:
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+async def test_sync_without_a_usable_framework_id_says_why_in_one_line_and_cluster_id_is_the_way_out() -> None:
+    async with consul_agents() as (url_a, _), marathon_sim() as url:
+        await fault(url, {"path": "^/v2/info$", "method": "GET", "mode": "garbage", "body": '{"frameworkId": 42}'})
+        consul = f"http://{{host}}:{url_a.rsplit(':', 1)[1]}"
+        code, out, err = await run_cli("sync", "--dry-run", "--marathon", url, "--consul", consul)
+        assert (code, out) == (1, ""), err
+        assert "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]  # after the refusal's log line
+        assert last.startswith("marathon-consul-registrar: sync: Marathon GET"), err
+        assert "frameworkId is 42, not a string" in last and "set --cluster-id" in last
+        code, out, err = await run_cli("sync", "--dry-run", "--marathon", url, "--consul", consul,
+                                       "--cluster-id", "contract")
+        assert code == 0, err
+        assert "missing" in json.loads(out)
 
 
 async def test_marathon_404_for_an_unknown_app_is_done() -> None:
