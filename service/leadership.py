@@ -385,10 +385,14 @@ class Leadership:
             self._on_change(role, reason)
 
 
-def _holder_fields(value: bytes) -> dict[str, Any] | None:
+def _holder_fields(value: object) -> dict[str, Any] | None:
+    """The lock key's value (the JSON object naming its holder, `holder_value`), or None when it
+    is absent or not such an object (a key written by someone else)."""
+    if not isinstance(value, (str, bytes, bytearray)) or not value:
+        return None
     try:
         fields = json.loads(value)
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError included
         return None
     return fields if isinstance(fields, dict) else None
 
@@ -396,9 +400,4 @@ def _holder_fields(value: bytes) -> dict[str, Any] | None:
 def _decode(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     if entry is None:
         return None
-    raw = entry.get("Value")
-    try:
-        value = json.loads(raw) if raw else None
-    except (ValueError, TypeError):
-        value = None
-    return {"session": entry.get("Session"), "holder": value if isinstance(value, dict) else None}
+    return {"session": entry.get("Session"), "holder": _holder_fields(entry.get("Value"))}
