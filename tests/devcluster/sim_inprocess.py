@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
 from aiohttp import web
 
 from devcluster.consul_sim.acl import AclStore
@@ -45,11 +46,11 @@ class Served:
 
 
 @asynccontextmanager
-async def consul() -> AsyncIterator[Served]:
-    """Two Consul agents (node-a on HOST1, node-b on HOST2) sharing one catalog, as the simulator's
-    `__main__` runs them; no check runner."""
-    port = free_port(HOST1)
-    state = State("dc1", [(HOST1, port, "node-a"), (HOST2, port, "node-b")])
+async def consul(hosts: tuple[str, str] = (HOST1, HOST2)) -> AsyncIterator[Served]:
+    """Two Consul agents (node-a on the first host, node-b on the second) sharing one catalog and
+    one port, as the simulator's `__main__` runs them; no check runner."""
+    port = free_port(hosts[0])
+    state = State("dc1", [(hosts[0], port, "node-a"), (hosts[1], port, "node-b")])
     sim = Sim(state, AclStore(None, []))
     runners = []
     try:
@@ -58,7 +59,7 @@ async def consul() -> AsyncIterator[Served]:
             await runner.setup()
             await web.TCPSite(runner, agent.host, agent.port).start()
             runners.append(runner)
-        yield Served([f"http://{HOST1}:{port}", f"http://{HOST2}:{port}"], consul=sim)
+        yield Served([f"http://{host}:{port}" for host in hosts], consul=sim)
     finally:
         for runner in runners:
             await runner.cleanup()
@@ -88,6 +89,16 @@ async def docker() -> AsyncIterator[Served]:
     running = await start([(HOST1, 0), (HOST2, 0)])
     try:
         yield Served([f"http://{r.host}:{r.port}" for r in running], docker=running)
+    finally:
+        await stop(running)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Running]:
+    """One simulated Docker engine on 127.0.0.1 (a fixture: import it into the test module)."""
+    running = await start([("127.0.0.1", 0)])
+    try:
+        yield running[0]
     finally:
         await stop(running)
 

@@ -17,20 +17,14 @@ import pytest
 
 from devcluster.docker_sim import Running, start, stop
 from devcluster.docker_sim import templates as t
+from tests.devcluster import sim_inprocess
+
+sim = sim_inprocess.sim  # the fixture: one simulated Docker engine
 
 V = "/v1.41"
 EXEC_KEYS = ["ID", "Running", "ExitCode", "ProcessConfig", "OpenStdin", "OpenStderr", "OpenStdout", "CanRemove",
              "ContainerID", "DetachKeys", "Pid"]  # the order the 20.10 engine answered
 ETHWE = ["ip", "-4", "-o", "addr", "show", "dev", "ethwe"]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Running]:
-    running = await start([("127.0.0.1", 0)])
-    try:
-        yield running[0]
-    finally:
-        await stop(running)
 
 
 @pytest.fixture

@@ -28,9 +28,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from devcluster.consul_sim.acl import AclStore
-from devcluster.consul_sim.http_api import Sim, make_app
-from devcluster.consul_sim.state import State
 from devcluster.docker_sim import start, stop
 from devcluster.marathon_sim.bus import EventBus
 from devcluster.marathon_sim.config import SimConfig
@@ -49,6 +46,7 @@ from service.marathon.sse import EventStream
 from service.metrics import Metrics
 from service.model import Container, HealthCheck, Registration, Task, TaskState
 from service.reconcile import Reconciler, ReconcileSettings
+from tests.devcluster import sim_inprocess
 from tests.unit.fakes import FakeLookup, FakeMarathon, web_app
 
 AGENT_A, AGENT_B = "127.0.0.40", "127.0.0.41"
@@ -67,20 +65,8 @@ def free_port(host: str) -> int:
 @asynccontextmanager
 async def consul_agents() -> AsyncIterator[list[str]]:
     """Two simulated agents (node-a, node-b) sharing one catalog."""
-    port = free_port(AGENT_A)
-    state = State("dc1", [(AGENT_A, port, "node-a"), (AGENT_B, port, "node-b")])
-    sim = Sim(state, AclStore(None, []))
-    runners = []
-    try:
-        for agent in state.agents.values():
-            runner = web.AppRunner(make_app(sim, agent), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, agent.host, agent.port).start()
-            runners.append(runner)
-        yield [f"http://{AGENT_A}:{port}", f"http://{AGENT_B}:{port}"]
-    finally:
-        for runner in runners:
-            await runner.cleanup()
+    async with sim_inprocess.consul((AGENT_A, AGENT_B)) as served:
+        yield served.urls
 
 
 @asynccontextmanager

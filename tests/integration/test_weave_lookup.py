@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,20 +16,14 @@ from service.desired import desired_registrations
 from service.docker_lookup import ContainerLookup
 from service.metrics import Metrics
 from service.model import AddressMode, App, Naming, PortMapping, Task
+from tests.devcluster import sim_inprocess
+
+sim = sim_inprocess.sim  # the fixture: one simulated Docker engine
 
 NETWORKS = ("weave", "bridge")
 WEAVE_CALLS = ("/containers/{id}/json", "HEAD /containers/{id}/archive", "/containers/{id}/archive",
                "/containers/{id}/exec", "/exec/{id}/start", "/exec/{id}/json")
 HEAD, GET = "HEAD /containers/{id}/archive", "/containers/{id}/archive"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Running]:
-    running = await start([("127.0.0.1", 0)])
-    try:
-        yield running[0]
-    finally:
-        await stop(running)
 
 
 async def create(r: Running, *specs: dict[str, Any]) -> list[dict[str, str]]:
