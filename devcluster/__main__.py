@@ -21,8 +21,12 @@ from devcluster.topology import (
     CONSUL_HTTP_PORT,
     MARATHON_LISTEN,
     MARATHON_URL,
+    PROXY_SLAVE,
     RUN_DIR,
     SLAVES,
+    WEAVE_PROXY_DIR,
+    WEAVE_PROXY_PORT,
+    WEAVE_PROXY_RANGE,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +107,8 @@ def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
             # deploy/marathon.json names Marathon as a node resolves it through Consul DNS in a cluster
             "--extra-host", f"marathon.service.consul:{listen[0]}"]
     for s in SLAVES:
-        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}"]
+        proxy = f"+weave-proxy={WEAVE_PROXY_DIR}" if s.layout == "proxy" else ""
+        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}{proxy}"]
     if tls_dir is not None:  # HTTPS with basic auth
         argv += ["--tls-cert", str(tls_dir / "marathon.pem"), "--tls-key", str(tls_dir / "marathon.key"),
                  "--http-credentials", TLS_MARATHON_CREDENTIALS]
@@ -120,11 +125,16 @@ def tls_registrar_options(tls_dir: Path) -> list[str]:
             "--consul-client-cert", str(tls_dir / "client.pem"), "--consul-client-key", str(tls_dir / "client.key")]
 
 
+def weave_proxy_argv() -> list[str]:
+    return ["devcluster.weave_proxy_sim", "--docker", PROXY_SLAVE.docker_local_url,
+            "--listen", f"{PROXY_SLAVE.host}:{WEAVE_PROXY_PORT}", "--range", WEAVE_PROXY_RANGE]
+
+
 def up(marathon_version: str, tls: bool = False) -> None:
-    """Start the world; with `tls`, slave 2's dockerd speaks TLS only (2376, --tlsverify), the
-    Consul agents HTTPS with client certificates required, Marathon HTTPS with basic auth, all
-    with certificates from a CA made now (devcluster/pki.py). Slave 1 stays plain on 2375: a
-    registrar needs --docker per slave then, or per-slave runs; the TLS tests use slave 2."""
+    """Start the world; with `tls`, every slave's dockerd speaks TLS only on its TCP port (2376,
+    --tlsverify), the Consul agents HTTPS with client certificates required, Marathon HTTPS with
+    basic auth, all with certificates from a CA made now (devcluster/pki.py). The slaves' unix
+    sockets stay (the Marathon simulator and the tests use them, as a Mesos slave uses its local one)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     tls_dir = None
     env = dict(os.environ)
@@ -136,15 +146,17 @@ def up(marathon_version: str, tls: bool = False) -> None:
                            marathon_host=MARATHON_LISTEN[0])
         env["DEVCLUSTER_TLS_DIR"] = str(tls_dir)
     subprocess.run(["bash", str(HERE / "slaves-up.sh")], check=True, stdout=subprocess.DEVNULL, env=env)
+    _start("weave-proxy", weave_proxy_argv(), (PROXY_SLAVE.host, WEAVE_PROXY_PORT))
     _start("consul-sim", consul_sim_argv(tls_dir), (SLAVES[0].host, CONSUL_HTTP_PORT))
     _start("marathon-sim", marathon_sim_argv(marathon_version, tls_dir=tls_dir), MARATHON_LISTEN)
     print("test world is up" + (" with TLS" if tls_dir else ""))
     if tls_dir is not None:
-        print(f"  certificates: {tls_dir}; slave 2's Docker API: tcp://127.0.0.3:2376 (TLS, client certificate)")
+        print(f"  certificates: {tls_dir}; the slaves' Docker APIs: tcp://<host>:2376 (TLS, client certificate)")
         print("  registrar: python -m service serve " + " ".join(tls_registrar_options(tls_dir)))
     for s in SLAVES:
-        print(f"  {s.name}: host {s.host}, docker {s.docker_url}, consul agent {s.consul_url}, "
-              f"overlay network '{s.overlay_network}'")
+        docker = f"tcp://{s.host}:2376 (TLS)" if tls_dir else s.docker_url
+        print(f"  {s.name}: host {s.host}, Weave layout '{s.layout}', docker {docker}, consul agent {s.consul_url}"
+              + (f", Weave proxy (--rewrite-inspect) {s.weave_proxy_url}" if s.weave_proxy_url else ""))
     print(f"  marathon simulator {marathon_version}: {MARATHON_URL}")
     print(f"  consul DNS: dig @{CONSUL_DNS[0]} -p {CONSUL_DNS[1]} web.service.consul")
     print(f"  logs and pid files: {RUN_DIR}")
@@ -154,6 +166,7 @@ def down() -> None:
     _stop("registrar")  # the demo's, if it ran
     _stop("marathon-sim")
     _stop("consul-sim")
+    _stop("weave-proxy")
     subprocess.run(["bash", str(HERE / "slaves-down.sh")], check=False, stdout=subprocess.DEVNULL)
     print("test world is down")
 
@@ -164,7 +177,7 @@ def main() -> None:
     p_up = sub.add_parser("up", help="start slaves, Consul simulator and Marathon simulator")
     p_up.add_argument("--marathon-version", choices=["1.4", "1.10"], default="1.10")
     p_up.add_argument("--tls", action="store_true",
-                      help="slave 2's dockerd with --tlsverify, Consul agents over HTTPS with client certificates, "
+                      help="every slave's dockerd with --tlsverify on 2376, Consul agents over HTTPS with client certificates, "
                            "Marathon over HTTPS with basic auth (certificates from a throw-away CA)")
     sub.add_parser("down", help="stop everything `up` started and remove its containers")
     args = parser.parse_args()

@@ -1,39 +1,74 @@
 #!/bin/bash
-# Verified topology for the test world: the article's layout (slave 1) + Weave 1.x network layout (slave 2)
+# The test world's three slaves, one per Weave layout (README "Topology"; reference docker-test-hosts, weave.md §8):
+#   slave 1 127.0.0.2  the article's layout: dockerd --bridge=weave, the overlay IP under Networks.bridge
+#   slave 2 127.0.0.3  Weave's network plugin layout: a Docker network `weave` on the same bridge
+#   slave 3 127.0.0.4  Weave's proxy layout: a docker0-like default bridge (172.17.0.0/16); the proxy stand-in
+#                      (devcluster/weave_proxy_sim.py, started by `python -m devcluster up`) attaches `ethwe`
 set -eu
 B=/var/lib/devcluster
 # the overlay bridge, as weave would create it
 ip link show weave >/dev/null 2>&1 || { ip link add weave type bridge; ip addr add 10.32.0.1/12 dev weave; ip link set weave up; }
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Each slave's Docker API: plain on 2375; with DEVCLUSTER_TLS_DIR (python -m devcluster up --tls) TLS-only on
+# Docker's TLS port 2376, client certificates required (--tlsverify), certificates from devcluster/pki.py.
+# The unix socket (the tests' and the Marathon simulator's way in, as Mesos uses the local socket) stays.
+tcp() {
+  if [ -n "${DEVCLUSTER_TLS_DIR:-}" ]; then
+    T=$DEVCLUSTER_TLS_DIR
+    echo "--host tcp://$1:2376 --tlsverify --tlscacert $T/ca.pem --tlscert $T/dockerd-$1.pem --tlskey $T/dockerd-$1.key"
+  else
+    echo "--host tcp://$1:2375"
+  fi
+}
 # slave 1: dockerd --bridge=weave (Docker's default network IS the overlay), containers in 10.32.1.0/24,
 # published ports on 127.0.0.2; it owns iptables (like a real slave)
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p $B/s1
-running $B/s1/pid || setsid dockerd --host unix://$B/s1.sock --host tcp://127.0.0.2:2375 --data-root $B/s1/data --exec-root $B/s1/exec \
+running $B/s1/pid || setsid dockerd --host unix://$B/s1.sock $(tcp 127.0.0.2) --data-root $B/s1/data --exec-root $B/s1/exec \
   --pidfile $B/s1/pid --bridge weave --fixed-cidr 10.32.1.0/24 --ip 127.0.0.2 > $B/s1.log 2>&1 < /dev/null &
-# slave 2: own default bridge (pre-created, never --bridge none), no iptables of its own;
+# slave 2: own default bridge (pre-created, never --bridge none), no iptables of its own
 ip link show s2br0 >/dev/null 2>&1 || { ip link add s2br0 type bridge; ip addr add 172.31.0.1/16 dev s2br0; ip link set s2br0 up; }
 mkdir -p $B/s2
-# With DEVCLUSTER_TLS_DIR (python -m devcluster up --tls) slave 2's API is TLS-only on Docker's TLS port
-# 2376, client certificates required (--tlsverify), with certificates from devcluster/pki.py.
-S2_TCP="--host tcp://127.0.0.3:2375"
-if [ -n "${DEVCLUSTER_TLS_DIR:-}" ]; then
-  T=$DEVCLUSTER_TLS_DIR
-  S2_TCP="--host tcp://127.0.0.3:2376 --tlsverify --tlscacert $T/ca.pem --tlscert $T/dockerd-127.0.0.3.pem --tlskey $T/dockerd-127.0.0.3.key"
-fi
-running $B/s2/pid || setsid dockerd --host unix://$B/s2.sock $S2_TCP --data-root $B/s2/data --exec-root $B/s2/exec \
+running $B/s2/pid || setsid dockerd --host unix://$B/s2.sock $(tcp 127.0.0.3) --data-root $B/s2/data --exec-root $B/s2/exec \
   --pidfile $B/s2/pid --bridge s2br0 --ip 127.0.0.3 --iptables=false --ip-masq=false > $B/s2.log 2>&1 < /dev/null &
-for s in s1 s2; do
+# slave 3: docker0 as a slave of the proxy layout has it (172.17.0.0/16, Docker's own default), no iptables of its own
+ip link show s3docker0 >/dev/null 2>&1 || { ip link add s3docker0 type bridge; ip addr add 172.17.0.1/16 dev s3docker0; ip link set s3docker0 up; }
+mkdir -p $B/s3
+running $B/s3/pid || setsid dockerd --host unix://$B/s3.sock $(tcp 127.0.0.4) --data-root $B/s3/data --exec-root $B/s3/exec \
+  --pidfile $B/s3/pid --bridge s3docker0 --ip 127.0.0.4 --iptables=false --ip-masq=false > $B/s3.log 2>&1 < /dev/null &
+for s in s1 s2 s3; do
   for _ in $(seq 300); do docker -H unix://$B/$s.sock version >/dev/null 2>&1 && continue 2; sleep 0.1; done
   echo "slave $s: dockerd not ready after 30 s, see $B/$s.log" >&2; exit 1
 done
-# image
+# images: busybox (a shell and the applets the tests use), and one without a shell (only /httpd, a static
+# busybox called by its applet name, and /www): for the Weave lookup that starts no process in the container
+R=$(mktemp -d)
 if ! docker -H unix://$B/s1.sock image inspect local/busybox:1 >/dev/null 2>&1; then
-  R=$(mktemp -d); mkdir -p $R/bin; cp /bin/busybox $R/bin/; for c in sh sleep httpd nc cat env ip echo mkdir ls true kill printf; do ln -sf busybox $R/bin/$c; done
-  tar -C $R -c . | docker -H unix://$B/s1.sock import - local/busybox:1 >/dev/null; rm -rf $R
+  mkdir -p $R/bb/bin; cp /bin/busybox $R/bb/bin/; for c in sh sleep httpd nc cat env ip echo mkdir ls true kill printf; do ln -sf busybox $R/bb/bin/$c; done
+  tar -C $R/bb -c . | docker -H unix://$B/s1.sock import - local/busybox:1 >/dev/null
 fi
-docker -H unix://$B/s2.sock image inspect local/busybox:1 >/dev/null 2>&1 || docker -H unix://$B/s1.sock save local/busybox:1 | docker -H unix://$B/s2.sock load -q >/dev/null
+if ! docker -H unix://$B/s1.sock image inspect local/noshell:1 >/dev/null 2>&1; then
+  mkdir -p $R/ns/www; cp /bin/busybox $R/ns/httpd; echo ok > $R/ns/www/index.html
+  tar -C $R/ns -c . | docker -H unix://$B/s1.sock import -c 'CMD ["/httpd", "-f", "-p", "80", "-h", "/www"]' - local/noshell:1 >/dev/null
+fi
+rm -rf $R
+for s in s2 s3; do
+  for i in local/busybox:1 local/noshell:1; do
+    docker -H unix://$B/$s.sock image inspect $i >/dev/null 2>&1 || docker -H unix://$B/s1.sock save $i | docker -H unix://$B/$s.sock load -q >/dev/null
+  done
+done
 # slave 2's `weave` network on the same bridge, its own range, ports on 127.0.0.3
 docker -H unix://$B/s2.sock network inspect weave >/dev/null 2>&1 || docker -H unix://$B/s2.sock network create --driver bridge \
   --subnet 10.32.0.0/12 --gateway 10.32.0.1 --ip-range 10.32.2.0/24 \
   -o com.docker.network.bridge.name=weave -o com.docker.network.bridge.host_binding_ipv4=127.0.0.3 weave >/dev/null
+# slave 3's proxy volume /w (reference weave.md §1.4, §8 step 2): `w` waits, as weavewait does, until the
+# attach's last step (the 224.0.0.0/4 route on ethwe) and then execs the command; with its own static
+# busybox, so it works in images without a shell
+W=$B/weave-w
+mkdir -p $W; cp /bin/busybox $W/busybox
+cat > $W/w <<'WAIT'
+#!/w/busybox sh
+while ! /w/busybox ip route show | /w/busybox grep -q '^224\.0\.0\.0/4 dev ethwe'; do /w/busybox usleep 20000; done
+exec "$@"
+WAIT
+chmod 755 $W/w $W/busybox
 echo up

@@ -18,6 +18,9 @@ class Slave:
     host: str
     docker_socket: str
     overlay_network: str
+    # "bridge" (the article's), "plugin" (a Docker network `weave`) or "proxy" (Weave's Docker API
+    # proxy: containers on a docker0-like bridge, the Weave IP on `ethwe`, unknown to Docker)
+    layout: str = "bridge"
 
     @property
     def docker_url(self) -> str:
@@ -28,16 +31,29 @@ class Slave:
         return f"unix://{self.docker_socket}"
 
     @property
+    def weave_proxy_url(self) -> str | None:
+        """The slave's Weave proxy with `--rewrite-inspect` (proxy layout only), on Weave's TCP port."""
+        return f"tcp://{self.host}:{WEAVE_PROXY_PORT}" if self.layout == "proxy" else None
+
+    @property
     def consul_url(self) -> str:
         return f"http://{self.host}:{CONSUL_HTTP_PORT}"
 
 
 # slave 1: the article's layout (dockerd --bridge=weave), so the overlay IP is under Networks.bridge;
-# slave 2: the Weave 1.x plugin layout, a Docker network named `weave` on the same bridge.
+# slave 2: the Weave 1.x plugin layout, a Docker network named `weave` on the same bridge;
+# slave 3: Weave's recommended layout, the Docker API proxy (devcluster/weave_proxy_sim.py): containers
+#   on the default bridge (docker0-like, 172.17.0.0/16), wrapped in /w/w, then attached to the `weave`
+#   bridge with an `ethwe` from the allocator's range -- an IP Docker never learns.
 SLAVES = (
-    Slave("slave1", "127.0.0.2", str(STATE_DIR / "s1.sock"), "bridge"),
-    Slave("slave2", "127.0.0.3", str(STATE_DIR / "s2.sock"), "weave"),
+    Slave("slave1", "127.0.0.2", str(STATE_DIR / "s1.sock"), "bridge", "bridge"),
+    Slave("slave2", "127.0.0.3", str(STATE_DIR / "s2.sock"), "weave", "plugin"),
+    Slave("slave3", "127.0.0.4", str(STATE_DIR / "s3.sock"), "bridge", "proxy"),
 )
+PROXY_SLAVE = SLAVES[2]
+WEAVE_PROXY_PORT = 12375  # Weave's default TCP port for the proxy (reference weave.md §3)
+WEAVE_PROXY_RANGE = "10.32.3.0/24"  # the allocator's range on slave 3 (inside the overlay 10.32.0.0/12)
+WEAVE_PROXY_DIR = STATE_DIR / "weave-w"  # the proxy's /w volume: the weavewait stand-in and a static busybox
 
 CONSUL_HTTP_PORT = 8500
 CONSUL_DNS = ("127.0.0.1", 8600)

@@ -145,14 +145,25 @@ def managed_instances() -> list[dict]:
 
 
 def overlay_ip(task: dict) -> str:
-    """The task container's overlay IP, read straight from its slave's Docker engine."""
+    """The task container's overlay IP, read straight from its slave's Docker engine; on the Weave
+    proxy's slave, where Docker does not know it, from the kernel: `ethwe` in the container's
+    network namespace (waiting for the attach)."""
     slave = next(s for s in SLAVES if s.host == task["host"])
     client = docker.DockerClient(base_url=slave.docker_local_url)
     try:
         [c] = client.api.containers(filters={"label": f"MESOS_TASK_ID={task['id']}"})
-        return c["NetworkSettings"]["Networks"][slave.overlay_network]["IPAddress"]
+        if slave.layout != "proxy":
+            return c["NetworkSettings"]["Networks"][slave.overlay_network]["IPAddress"]
+        pid = str(client.api.inspect_container(c["Id"])["State"]["Pid"])
     finally:
         client.close()
+
+    def ethwe() -> str | None:
+        out = subprocess.run(["nsenter", "-t", pid, "-n", "ip", "-4", "-o", "addr", "show", "dev", "ethwe"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        return out[3].split("/")[0] if len(out) > 3 else None
+
+    return wait_for(ethwe, 20, what=f"ethwe of {task['id']}")
 
 
 def dig(name: str, rtype: str = "A") -> list[str]:

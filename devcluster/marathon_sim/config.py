@@ -16,16 +16,20 @@ class SlaveConfig:
     host: str
     docker_url: str
     overlay_network: str
+    # Weave's proxy layout: the host directory of the proxy's `/w` volume. Containers of non-host apps
+    # are created as the proxy's create interceptor makes them (reference weave.md §1.4, §1.5).
+    weave_proxy_dir: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> SlaveConfig:
-        """`HOST=DOCKER_URL:OVERLAY_NETWORK`; the network is split off at the *last* colon because
-        the Docker URL has colons of its own."""
+        """`HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR]`; the network is split off at the
+        *last* colon because the Docker URL has colons of its own."""
+        text, _, proxy = text.partition("+weave-proxy=")
         host, sep, rest = text.partition("=")
         url, sep2, network = rest.rpartition(":")
         if not sep or not sep2 or not host or not url or not network or "/" in network:
-            raise ValueError(f"--slave must be HOST=DOCKER_URL:OVERLAY_NETWORK, got {text!r}")
-        return cls(host=host, docker_url=url, overlay_network=network)
+            raise ValueError(f"--slave must be HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR], got {text!r}")
+        return cls(host=host, docker_url=url, overlay_network=network, weave_proxy_dir=proxy or None)
 
 
 @dataclass(frozen=True)

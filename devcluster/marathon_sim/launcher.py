@@ -26,6 +26,8 @@ from devcluster.marathon_sim.config import SlaveConfig
 log = logging.getLogger("marathon_sim.launcher")
 
 TASK_LABEL = "MESOS_TASK_ID"
+WEAVE_DOMAIN = "weave.local"  # weaveDNS's default domain (reference weave.md §1.5)
+WEAVE_PROXY_DNS = "172.17.0.1"  # the proxy adds the Docker bridge's IP as DNS server (§1.5): slave 3's docker0
 SIM_LABEL = "marathon-sim.pid"  # lets a test or an operator find what one simulator process launched
 
 
@@ -98,6 +100,8 @@ class SlaveDocker:
         else:
             kwargs["network"] = spec.network_mode
             kwargs["ports"] = dict(spec.ports)
+            if self.slave.weave_proxy_dir:
+                self._as_weave_proxy_creates(spec, kwargs)
         try:
             container = self.client.containers.create(**kwargs)
         except NotFound as exc:
@@ -112,6 +116,28 @@ class SlaveDocker:
             clash = "port is already allocated" in text or "address already in use" in text
             raise LaunchError(f"Failed to launch container: {text}", port_clash=clash) from exc
         return container.id
+
+    def _as_weave_proxy_creates(self, spec: LaunchSpec, kwargs: dict[str, Any]) -> None:
+        """What Weave's proxy makes of a create (reference weave.md §1.4, §1.5; W@v1.9.8
+        proxy/create_container_interceptor.go): the `/w` volume bound read-only, the entrypoint
+        wrapped in `/w/w` (the image's own entrypoint, and its Cmd when none was given), hostname
+        and domain `weave.local` when the name fits in 64, DNS through the bridge, search `.`."""
+        env = spec.env
+        if next((v for k, v in env.items() if k == "WEAVE_CIDR"), None) == "none":
+            return  # the proxy leaves it alone (§1.3)
+        image = self.client.api.inspect_image(spec.image).get("Config") or {}
+        entrypoint = spec.entrypoint if spec.entrypoint is not None else list(image.get("Entrypoint") or [])
+        if not entrypoint or entrypoint[0] != "/w/w":
+            kwargs["entrypoint"] = ["/w/w", *entrypoint]
+        if spec.command is None and image.get("Cmd"):
+            kwargs["command"] = list(image["Cmd"])
+        kwargs["volumes"] = {self.slave.weave_proxy_dir: {"bind": "/w", "mode": "ro"}}
+        if len(spec.name) + 1 + len(WEAVE_DOMAIN) <= 64:
+            kwargs["hostname"], kwargs["domainname"] = spec.name, WEAVE_DOMAIN
+            kwargs["dns_search"] = ["."]
+        else:
+            kwargs["dns_search"] = [WEAVE_DOMAIN]
+        kwargs["dns"] = [WEAVE_PROXY_DNS]
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.client.api.inspect_container(container_id)

@@ -301,6 +301,8 @@ class Scheduler:
             if t.active and t.host in counts:
                 counts[t.host] += 1
         candidates = list(self.slaves)
+        if rec is not None:
+            candidates = [s for s in candidates if self._may_run(rec.spec, s)]
         unique = rec is not None and any(isinstance(c, list) and c[:2] == ["hostname", "UNIQUE"]
                                          for c in rec.spec.constraints)
         if unique and rec is not None:
@@ -316,6 +318,20 @@ class Scheduler:
             if unique:
                 candidates.remove(slave)
         return out
+
+    @staticmethod
+    def _may_run(spec: AppSpec, slave: SlaveConfig) -> bool:
+        """Constraints `["hostname", "CLUSTER", value]` and `["hostname", "LIKE", regex]` (Marathon's
+        field `hostname` is the slave's host); and no app on a named container network goes to a
+        Weave-proxy slave: that slave has no such Docker network, and a cluster mixing layouts
+        keeps those apps off it with a constraint (reference weave.md §1.3)."""
+        for c in spec.constraints:
+            if isinstance(c, list) and len(c) == 3 and c[0] == "hostname":
+                if c[1] == "CLUSTER" and slave.host != c[2]:
+                    return False
+                if c[1] == "LIKE" and not re.fullmatch(str(c[2]), slave.host):
+                    return False
+        return not (slave.weave_proxy_dir and spec.container_networking)
 
     def launch(self, rec: AppRecord, n: int) -> list[Task]:
         if not self.slaves:
