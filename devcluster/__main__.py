@@ -177,8 +177,8 @@ def main() -> None:
     p_up = sub.add_parser("up", help="start slaves, Consul simulator and Marathon simulator")
     p_up.add_argument("--marathon-version", choices=["1.4", "1.10"], default="1.10")
     p_up.add_argument("--tls", action="store_true",
-                      help="every slave's dockerd with --tlsverify on 2376, Consul agents over HTTPS with client certificates, "
-                           "Marathon over HTTPS with basic auth (certificates from a throw-away CA)")
+                      help="every slave's dockerd with --tlsverify on 2376, Consul agents over HTTPS with client "
+                           "certificates, Marathon over HTTPS with basic auth (certificates from a throw-away CA)")
     sub.add_parser("down", help="stop everything `up` started and remove its containers")
     args = parser.parse_args()
     if args.command == "up":

@@ -1,8 +1,8 @@
 """The demo: the registrar against the local test world, ending with what it registered.
 
 Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devcluster down`) or, with
-`--as-app`, deploys it as the Marathon app of deploy/marathon.json from its image (2 instances, one
-per slave; the simulator removes them at `down`), then deploys /web/customer1/site1 with 3 instances
+`--as-app`, deploys it as the Marathon app of deploy/marathon.json from its image (2 instances, on two
+of the three slaves; the simulator removes them at `down`), then deploys /web/customer1/site1 with 3 instances
 and an HTTP health check, waits for Consul to hold 3 passing instances, then prints Consul's view,
 the DNS answer and one overlay IP's HTTP answer.
 """

@@ -47,7 +47,7 @@ def test_deploy_json_runs_as_the_app(image: str, version: str) -> None:
     with own_marathon(version) as m:
         start_registrar_app(m)
         tasks = m.running(SELF)
-        assert {t["host"] for t in tasks} == {s.host for s in SLAVES}  # hostname:UNIQUE
+        assert len({t["host"] for t in tasks}) == len(tasks) == 2  # hostname:UNIQUE, 2 of the 3 slaves
         for t in tasks:
             assert all(r["alive"] for r in t["healthCheckResults"]), t  # Marathon's /health check
             url = f"http://{t['host']}:{t['ports'][0]}"
@@ -107,7 +107,7 @@ def kill_container(task: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def second_tag(image: str, tag: str) -> Iterator[str]:
-    """A second tag of the locally built image on both slaves, for a rolling upgrade; untagged after."""
+    """A second tag of the locally built image on every slave, for a rolling upgrade; untagged after."""
     new = f"{NAME}:{tag}"
     for s in SLAVES:
         client = docker.DockerClient(base_url=s.docker_local_url)
@@ -192,7 +192,8 @@ def test_lifecycle(image: str) -> None:
             wait_for(lambda: deployed(m, SELF) and len(upgraded_tasks()) == 2 == len(urls(m)), 120,
                      interval=0.2, what="the rolling upgrade")
             assert fewest[0] >= 1, "minimumHealthCapacity 0.5: one instance stays up during the upgrade"
-            assert {t["host"] for t in m.running(SELF)} == {s.host for s in SLAVES}
+            hosts = [t["host"] for t in m.running(SELF)]
+            assert len(set(hosts)) == len(hosts) == 2, hosts  # hostname:UNIQUE
             wait_for(lambda: in_sync(m, APP, 2) and in_sync(m, "/web/customer2/site2", 1), 40,
                      what="every change in Consul after the upgrade")
             upgraded = [http("GET", f"{m.url}/v2/apps{SELF}")[1]["app"]["container"]["docker"]["image"]]
