@@ -101,14 +101,21 @@ def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
     return [*argv, "--dns", f"{CONSUL_DNS[0]}:{CONSUL_DNS[1]}"]
 
 
+def marathon_slave_args() -> list[str]:
+    """The Marathon simulator's `--slave` options for the world's slaves (the proxy slave's `/w`)."""
+    argv = []
+    for s in SLAVES:
+        proxy = f"+weave-proxy={WEAVE_PROXY_DIR}" if s.layout == "proxy" else ""
+        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}{proxy}"]
+    return argv
+
+
 def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
                       tls_dir: Path | None = None) -> list[str]:
     argv = ["devcluster.marathon_sim", "--listen", f"{listen[0]}:{listen[1]}", "--marathon-version", version,
             # deploy/marathon.json names Marathon as a node resolves it through Consul DNS in a cluster
             "--extra-host", f"marathon.service.consul:{listen[0]}"]
-    for s in SLAVES:
-        proxy = f"+weave-proxy={WEAVE_PROXY_DIR}" if s.layout == "proxy" else ""
-        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}{proxy}"]
+    argv += marathon_slave_args()
     if tls_dir is not None:  # HTTPS with basic auth
         argv += ["--tls-cert", str(tls_dir / "marathon.pem"), "--tls-key", str(tls_dir / "marathon.key"),
                  "--http-credentials", TLS_MARATHON_CREDENTIALS]

@@ -25,6 +25,7 @@ import docker
 import pytest
 from aiohttp import web
 
+from devcluster.__main__ import marathon_slave_args
 from devcluster.topology import SLAVES
 from tests.helpers import Process, http, wait_for
 
@@ -34,10 +35,7 @@ WEB_CMD = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h 
 
 
 def slave_args() -> list[str]:
-    out = []
-    for s in SLAVES:
-        out += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}"]
-    return out
+    return marathon_slave_args()
 
 
 def require_slaves() -> None:
