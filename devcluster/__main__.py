@@ -20,13 +20,16 @@ from devcluster.topology import (
     CONSUL_DNS,
     CONSUL_HTTP_PORT,
     MARATHON_LISTEN,
-    MARATHON_URL,
     PROXY_SLAVE,
     RUN_DIR,
     SLAVES,
+    TLS_MARATHON_CREDENTIALS,
+    TLS_MARK,
     WEAVE_PROXY_DIR,
     WEAVE_PROXY_PORT,
     WEAVE_PROXY_RANGE,
+    marathon_url,
+    world_tls_dir,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -87,8 +90,6 @@ def _stop(name: str, timeout: float = 10.0) -> None:
 
 
 TLS_DIR = RUN_DIR / "tls"
-# the TLS world's Marathon credentials (a test world's, printed by `up --tls`: nothing to protect)
-TLS_MARATHON_CREDENTIALS = "registrar:devcluster-marathon-pw"
 
 
 def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
@@ -122,10 +123,11 @@ def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
     return argv
 
 
-def tls_registrar_options(tls_dir: Path) -> list[str]:
-    """The registrar's options for the TLS world (what `up --tls` prints)."""
-    return ["--marathon", f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}",
-            "--marathon-cacert", str(tls_dir / "ca.pem"),
+def tls_registrar_options(tls_dir: Path, *, marathon: bool = True) -> list[str]:
+    """The registrar's options for the TLS world (what `up --tls` prints); without `marathon`, all
+    but the --marathon URL (for a caller that names its own Marathon, still one of this CA's)."""
+    url = ["--marathon", f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"]
+    return [*(url if marathon else []), "--marathon-cacert", str(tls_dir / "ca.pem"),
             "--docker", "tcp://{host}:2376", "--docker-tls", "verify",
             "--docker-cert-path", str(tls_dir / "docker/{host}"),
             "--consul-http-ssl", "true", "--consul-cacert", str(tls_dir / "ca.pem"),
@@ -143,6 +145,9 @@ def up(marathon_version: str, tls: bool = False) -> None:
     basic auth, all with certificates from a CA made now (devcluster/pki.py). The slaves' unix
     sockets stay (the Marathon simulator and the tests use them, as a Mesos slave uses its local one)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if _alive(RUN_DIR / "marathon-sim.pid") and bool(world_tls_dir()) != tls:
+        raise SystemExit(f"devcluster: the world is up {'with' if world_tls_dir() else 'without'} TLS; "
+                         f"`python -m devcluster down` first, then `up{' --tls' if tls else ''}`")
     tls_dir = None
     env = dict(os.environ)
     if tls:
@@ -152,6 +157,9 @@ def up(marathon_version: str, tls: bool = False) -> None:
             make_world_pki(tls_dir, slaves=[s.host for s in SLAVES], agents=[s.host for s in SLAVES],
                            marathon_host=MARATHON_LISTEN[0])
         env["DEVCLUSTER_TLS_DIR"] = str(tls_dir)
+        TLS_MARK.write_text(f"{tls_dir}\n")
+    else:
+        TLS_MARK.unlink(missing_ok=True)
     subprocess.run(["bash", str(HERE / "slaves-up.sh")], check=True, stdout=subprocess.DEVNULL, env=env)
     _start("weave-proxy", weave_proxy_argv(), (PROXY_SLAVE.host, WEAVE_PROXY_PORT))
     _start("consul-sim", consul_sim_argv(tls_dir), (SLAVES[0].host, CONSUL_HTTP_PORT))
@@ -161,10 +169,10 @@ def up(marathon_version: str, tls: bool = False) -> None:
         print(f"  certificates: {tls_dir}; the slaves' Docker APIs: tcp://<host>:2376 (TLS, client certificate)")
         print("  registrar: python -m service serve " + " ".join(tls_registrar_options(tls_dir)))
     for s in SLAVES:
-        docker = f"tcp://{s.host}:2376 (TLS)" if tls_dir else s.docker_url
+        docker = s.docker_url + (" (TLS)" if tls_dir else "")
         print(f"  {s.name}: host {s.host}, Weave layout '{s.layout}', docker {docker}, consul agent {s.consul_url}"
               + (f", Weave proxy (--rewrite-inspect) {s.weave_proxy_url}" if s.weave_proxy_url else ""))
-    print(f"  marathon simulator {marathon_version}: {MARATHON_URL}")
+    print(f"  marathon simulator {marathon_version}: {marathon_url()}")
     print(f"  consul DNS: dig @{CONSUL_DNS[0]} -p {CONSUL_DNS[1]} web.service.consul")
     print(f"  logs and pid files: {RUN_DIR}")
 
@@ -175,6 +183,7 @@ def down() -> None:
     _stop("consul-sim")
     _stop("weave-proxy")
     subprocess.run(["bash", str(HERE / "slaves-down.sh")], check=False, stdout=subprocess.DEVNULL)
+    TLS_MARK.unlink(missing_ok=True)
     print("test world is down")
 
 

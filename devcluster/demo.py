@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from devcluster.image import ROOT, ensure_image
-from devcluster.topology import MARATHON_URL, RUN_DIR, SLAVES
+from devcluster.topology import RUN_DIR, SLAVES, marathon_url, world_tls_dir
+from devcluster.world_http import open_url
 
 APP = "/web/customer1/site1"
 REGISTRAR = "http://127.0.0.1:8000"
@@ -41,9 +42,8 @@ APP_JSON = {
 
 def call(method: str, url: str, body: object = None) -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with open_url(method, url, data, {"Content-Type": "application/json"}, timeout=10) as resp:
             text = resp.read().decode()
             return resp.status, json.loads(text) if text else None
     except urllib.error.HTTPError as err:
@@ -79,25 +79,32 @@ def stop_local_registrar() -> None:
         pid_file.unlink(missing_ok=True)
 
 
-def start_registrar() -> None:
+def start_registrar(marathon: str) -> None:
+    """The registrar as a host process; in the TLS world with the options `devcluster up --tls` prints."""
+    from devcluster.__main__ import tls_registrar_options
+
     stop_local_registrar()
     pid_file = RUN_DIR / "registrar.pid"
     log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
+    tls_dir = world_tls_dir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--marathon", MARATHON_URL, "--listen", "127.0.0.1:8000",
+        [sys.executable, "-m", "service", "serve", "--marathon", marathon, "--listen", "127.0.0.1:8000",
+         *(tls_registrar_options(tls_dir, marathon=False) if tls_dir else []),
          "--callback-url", f"{REGISTRAR}/v1/events", "--resync-interval", "30",
          # the lock is held through slave 1's agent: the test world has no agent on 127.0.0.1
          "--lock-agent", SLAVES[0].consul_url],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(proc.pid))
     wait("the registrar to be ready", lambda: call("GET", f"{REGISTRAR}/ready")[0] == 200, 30)
-    print(f"registrar running (pid {proc.pid}), {REGISTRAR}/metrics, log {RUN_DIR / 'registrar.log'}")
+    print(f"registrar running (pid {proc.pid}), {REGISTRAR}/metrics, log {RUN_DIR / 'registrar.log'}"
+          + ("\n  over TLS: Marathon https with basic auth, Consul https with a client certificate, "
+             "Docker on 2376 with a client certificate" if tls_dir else ""))
 
 
 def _resolves_marathon_for_tasks(marathon: str) -> bool:
     """Whether the simulator gives its containers a name for itself (`--extra-host`, set by
     `devcluster up` since the registrar runs as an app): read from its command line."""
-    if marathon != MARATHON_URL:
+    if marathon != marathon_url():
         return True  # a simulator of the caller's own: the caller knows
     try:
         pid = int((RUN_DIR / "marathon-sim.pid").read_text())
@@ -144,13 +151,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devcluster.demo", description=__doc__)
     parser.add_argument("--as-app", action="store_true",
                         help="run the registrar as the Marathon app of deploy/marathon.json, from its image")
-    parser.add_argument("--marathon", default=MARATHON_URL, help="the Marathon simulator (default %(default)s)")
+    parser.add_argument("--marathon", help="the Marathon simulator (default: the world's, "
+                                           "https with basic auth in the TLS world)")
     args = parser.parse_args(argv)
-    marathon = args.marathon
+    marathon = args.marathon or marathon_url()
     if args.as_app:
+        if world_tls_dir():
+            raise SystemExit("demo: --as-app runs the image with deploy/marathon.json's plain options; the TLS world "
+                             "would need the certificates inside its containers. Run the demo without --as-app, "
+                             "or bring the world up without --tls")
         deploy_registrar_app(marathon)
     else:
-        start_registrar()
+        start_registrar(marathon)
     status, _ = call("GET", f"{marathon}/v2/apps{APP}")
     if status == 200:
         call("DELETE", f"{marathon}/v2/apps{APP}")

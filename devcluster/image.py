@@ -354,7 +354,7 @@ def ensure_image(engines: Sequence[str] | None = None, *, base: str | None = Non
     without it the Debian base is made here. An engine whose image carries the current key is left
     alone, so the second call costs a few `docker image inspect`s.
     """
-    engines = list(engines or [s.docker_url for s in SLAVES])
+    engines = list(engines or [s.docker_local_url for s in SLAVES])
     lock = lock or root / "requirements.lock"
     if not lock.is_file():
         raise SystemExit(f"devcluster.image: {lock} is missing (scripts/lock writes it)")
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     tag = ensure_image(args.engines, base=args.base, lock=args.lock, rebuild=args.rebuild or args.rebuild_base,
                        rebuild_base=args.rebuild_base, log=log)
-    engine = (args.engines or [SLAVES[0].docker_url])[0]
+    engine = (args.engines or [SLAVES[0].docker_local_url])[0]
     size = json.loads(_docker(engine, "image", "inspect", "--format", "{{json .Size}}", tag, stdout=subprocess.PIPE))
     print(f"{tag}: {size / 1e6:.1f} MB, ready in {time.monotonic() - started:.1f} s")
 

@@ -23,18 +23,18 @@ tcp() {
 # slave 1: dockerd --bridge=weave (Docker's default network IS the overlay), containers in 10.32.1.0/24,
 # published ports on 127.0.0.2; it owns iptables (like a real slave)
 mkdir -p $B/s1
-running $B/s1/pid || setsid dockerd --host unix://$B/s1.sock $(tcp 127.0.0.2) --data-root $B/s1/data --exec-root $B/s1/exec \
-  --pidfile $B/s1/pid --bridge weave --fixed-cidr 10.32.1.0/24 --ip 127.0.0.2 > $B/s1.log 2>&1 < /dev/null &
+running $B/s1/pid || { setsid dockerd --host unix://$B/s1.sock $(tcp 127.0.0.2) --data-root $B/s1/data --exec-root $B/s1/exec \
+  --pidfile $B/s1/pid --bridge weave --fixed-cidr 10.32.1.0/24 --ip 127.0.0.2 > $B/s1.log 2>&1 < /dev/null & }
 # slave 2: own default bridge (pre-created, never --bridge none), no iptables of its own
 ip link show s2br0 >/dev/null 2>&1 || { ip link add s2br0 type bridge; ip addr add 172.31.0.1/16 dev s2br0; ip link set s2br0 up; }
 mkdir -p $B/s2
-running $B/s2/pid || setsid dockerd --host unix://$B/s2.sock $(tcp 127.0.0.3) --data-root $B/s2/data --exec-root $B/s2/exec \
-  --pidfile $B/s2/pid --bridge s2br0 --ip 127.0.0.3 --iptables=false --ip-masq=false > $B/s2.log 2>&1 < /dev/null &
+running $B/s2/pid || { setsid dockerd --host unix://$B/s2.sock $(tcp 127.0.0.3) --data-root $B/s2/data --exec-root $B/s2/exec \
+  --pidfile $B/s2/pid --bridge s2br0 --ip 127.0.0.3 --iptables=false --ip-masq=false > $B/s2.log 2>&1 < /dev/null & }
 # slave 3: docker0 as a slave of the proxy layout has it (172.17.0.0/16, Docker's own default), no iptables of its own
 ip link show s3docker0 >/dev/null 2>&1 || { ip link add s3docker0 type bridge; ip addr add 172.17.0.1/16 dev s3docker0; ip link set s3docker0 up; }
 mkdir -p $B/s3
-running $B/s3/pid || setsid dockerd --host unix://$B/s3.sock $(tcp 127.0.0.4) --data-root $B/s3/data --exec-root $B/s3/exec \
-  --pidfile $B/s3/pid --bridge s3docker0 --ip 127.0.0.4 --iptables=false --ip-masq=false > $B/s3.log 2>&1 < /dev/null &
+running $B/s3/pid || { setsid dockerd --host unix://$B/s3.sock $(tcp 127.0.0.4) --data-root $B/s3/data --exec-root $B/s3/exec \
+  --pidfile $B/s3/pid --bridge s3docker0 --ip 127.0.0.4 --iptables=false --ip-masq=false > $B/s3.log 2>&1 < /dev/null & }
 for s in s1 s2 s3; do
   for _ in $(seq 300); do docker -H unix://$B/$s.sock version >/dev/null 2>&1 && continue 2; sleep 0.1; done
   echo "slave $s: dockerd not ready after 30 s, see $B/$s.log" >&2; exit 1

@@ -1,4 +1,10 @@
-"""Where every part of the test world lives; one place so tests, demo and bench agree."""
+"""Where every part of the test world lives; one place so tests, demo and bench agree.
+
+The world runs plain or with TLS (`python -m devcluster up --tls`); `up --tls` leaves a mark
+(`TLS_MARK`, holding the certificate directory) that `up` without it and `down` remove, so that the
+URLs here are the ones the running world serves: `https://` Consul agents and Marathon (with basic
+auth), Docker's TLS port 2376. Read the mark before starting a client, not once per process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,17 @@ from pathlib import Path
 
 STATE_DIR = Path("/var/lib/devcluster")
 RUN_DIR = STATE_DIR / "run"  # pid files and logs of the simulators
+TLS_MARK = RUN_DIR / "tls-world"  # present while the world runs with TLS: the certificate directory
+# the TLS world's Marathon credentials (a test world's, printed by `up --tls`: nothing to protect)
+TLS_MARATHON_CREDENTIALS = "registrar:devcluster-marathon-pw"
+
+
+def world_tls_dir() -> Path | None:
+    """The running world's certificate directory when it runs with TLS, else None."""
+    try:
+        return Path(TLS_MARK.read_text().strip())
+    except FileNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -24,7 +41,9 @@ class Slave:
 
     @property
     def docker_url(self) -> str:
-        return f"tcp://{self.host}:2375"
+        """The slave's Docker API over TCP: plain on 2375, or TLS-only on 2376 (client certificate
+        from `world_tls_dir()/docker/{host}`) in the TLS world."""
+        return f"tcp://{self.host}:{2376 if world_tls_dir() else 2375}"
 
     @property
     def docker_local_url(self) -> str:
@@ -37,7 +56,7 @@ class Slave:
 
     @property
     def consul_url(self) -> str:
-        return f"http://{self.host}:{CONSUL_HTTP_PORT}"
+        return f"{'https' if world_tls_dir() else 'http'}://{self.host}:{CONSUL_HTTP_PORT}"
 
 
 # slave 1: the article's layout (dockerd --bridge=weave), so the overlay IP is under Networks.bridge;
@@ -59,6 +78,14 @@ CONSUL_HTTP_PORT = 8500
 CONSUL_DNS = ("127.0.0.1", 8600)
 CONSUL_DATACENTER = "dc1"
 MARATHON_LISTEN = ("127.0.0.1", 8080)
-MARATHON_URL = f"http://{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"
+MARATHON_URL = f"http://{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"  # the plain world's
+
+
+def marathon_url() -> str:
+    """The world's Marathon simulator as the running world serves it (HTTPS with basic auth in the
+    TLS world, the credentials in the URL as the registrar's --marathon takes them)."""
+    if world_tls_dir():
+        return f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"
+    return MARATHON_URL
 IMAGE = "local/busybox:1"
 OVERLAY_CIDR = "10.32.0.0/12"

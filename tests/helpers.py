@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devcluster.topology import RUN_DIR, SLAVES
+from devcluster.topology import RUN_DIR, SLAVES, world_tls_dir
+from devcluster.world_http import open_url
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -49,9 +49,8 @@ def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | N
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     hdrs = {"Content-Type": "application/json"} if data is not None else {}
     hdrs.update(headers or {})
-    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with open_url(method, url, data, hdrs, timeout) as resp:
             status, text, h = resp.status, resp.read().decode(), dict(resp.headers)
     except urllib.error.HTTPError as err:
         status, text, h = err.code, err.read().decode(), dict(err.headers)
@@ -111,7 +110,9 @@ def world_is_up() -> bool:
         except OSError:
             return False
 
-    return all(listening(s.host, 2375) and listening(s.host, 8500) for s in SLAVES) and listening("127.0.0.1", 8080)
+    docker_port = 2376 if world_tls_dir() else 2375
+    return (all(listening(s.host, docker_port) and listening(s.host, 8500) for s in SLAVES)
+            and listening("127.0.0.1", 8080))
 
 
 def ensure_world() -> None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from devcluster.__main__ import marathon_sim_argv
-from devcluster.topology import MARATHON_URL, SLAVES
+from devcluster.__main__ import marathon_sim_argv, tls_registrar_options
+from devcluster.topology import SLAVES, TLS_MARATHON_CREDENTIALS, marathon_url, world_tls_dir
 from tests.helpers import ROOT, Process, free_port, http, wait_for
 
-CONSUL = SLAVES[0].consul_url
+CONSUL = SLAVES[0].consul_url  # the world's mode is read once, at collection: switch it before pytest starts
 NODE_OF_HOST = {s.host: s.name for s in SLAVES}
 WEB_CMD = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www"
 
@@ -110,7 +110,9 @@ def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 
                     callback_url: str | None = None) -> Registrar:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
+    tls_dir = world_tls_dir()  # the TLS world: certificates for Docker, Consul and Marathon (before `extra`)
     argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}",
+            *(tls_registrar_options(tls_dir, marathon=False) if tls_dir else []),
             "--callback-url", callback_url or f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
             "--log-level", "DEBUG",
             # the lock (--lock auto) is held through slave 1's agent: no agent listens on 127.0.0.1 here
@@ -178,7 +180,7 @@ def marathon_sim(version: str) -> Iterator[Marathon]:
     with no apps before and after, and an empty Consul before."""
     reset_consul()
     if version == "1.10":
-        m = Marathon(MARATHON_URL, "1.10")
+        m = Marathon(marathon_url(), "1.10")
         m.delete_all()
         yield m
         m.delete_all()
@@ -192,8 +194,11 @@ def private_marathon(version: str) -> Iterator[Marathon]:
     """A Marathon simulator of our own (its own framework id) on the world's slaves; its apps are
     deleted and the process stopped on the way out."""
     port = free_port()
-    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port)), f"marathon{version.replace('.', '')}-{port}")
-    m = Marathon(f"http://127.0.0.1:{port}", version)
+    tls_dir = world_tls_dir()  # in the TLS world, HTTPS with basic auth like the world's
+    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port), tls_dir=tls_dir),
+                   f"marathon{version.replace('.', '')}-{port}")
+    m = Marathon(f"https://{TLS_MARATHON_CREDENTIALS}@127.0.0.1:{port}" if tls_dir else f"http://127.0.0.1:{port}",
+                 version)
     try:
         wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what=f"marathon {version} simulator")
         yield m

@@ -21,7 +21,7 @@ from devcluster.topology import SLAVES
 
 pytestmark = pytest.mark.world
 
-ENGINES = [s.docker_url for s in SLAVES]
+ENGINES = [s.docker_local_url for s in SLAVES]
 SIZE_LIMIT = 150_000_000  # bytes, as `docker images` counts MB
 
 
