@@ -134,9 +134,14 @@ def tls_registrar_options(tls_dir: Path, *, marathon: bool = True) -> list[str]:
             "--consul-client-cert", str(tls_dir / "client.pem"), "--consul-client-key", str(tls_dir / "client.key")]
 
 
-def weave_proxy_argv() -> list[str]:
-    return ["devcluster.weave_proxy_sim", "--docker", PROXY_SLAVE.docker_local_url,
+def weave_proxy_argv(tls_dir: Path | None = None) -> list[str]:
+    argv = ["devcluster.weave_proxy_sim", "--docker", PROXY_SLAVE.docker_local_url,
             "--listen", f"{PROXY_SLAVE.host}:{WEAVE_PROXY_PORT}", "--range", WEAVE_PROXY_RANGE]
+    if tls_dir is not None:  # as `weave launch-proxy --tlsverify ...` with the slave's dockerd certificate
+        h = PROXY_SLAVE.host
+        argv += ["--tlsverify", "--tlscacert", str(tls_dir / "ca.pem"),
+                 "--tlscert", str(tls_dir / f"dockerd-{h}.pem"), "--tlskey", str(tls_dir / f"dockerd-{h}.key")]
+    return argv
 
 
 def up(marathon_version: str, tls: bool = False) -> None:
@@ -161,7 +166,7 @@ def up(marathon_version: str, tls: bool = False) -> None:
     else:
         TLS_MARK.unlink(missing_ok=True)
     subprocess.run(["bash", str(HERE / "slaves-up.sh")], check=True, stdout=subprocess.DEVNULL, env=env)
-    _start("weave-proxy", weave_proxy_argv(), (PROXY_SLAVE.host, WEAVE_PROXY_PORT))
+    _start("weave-proxy", weave_proxy_argv(tls_dir), (PROXY_SLAVE.host, WEAVE_PROXY_PORT))
     _start("consul-sim", consul_sim_argv(tls_dir), (SLAVES[0].host, CONSUL_HTTP_PORT))
     _start("marathon-sim", marathon_sim_argv(marathon_version, tls_dir=tls_dir), MARATHON_LISTEN)
     print("test world is up" + (" with TLS" if tls_dir else ""))

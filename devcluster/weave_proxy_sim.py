@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -245,7 +246,7 @@ class WeaveProxy:
         settings.update(IPAddress=got.ip, IPPrefixLen=got.prefix_len, MacAddress=got.mac)
 
 
-async def serve(proxy: WeaveProxy, host: str, port: int) -> None:
+async def serve(proxy: WeaveProxy, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     proxy.loop = asyncio.get_running_loop()
     app = web.Application(client_max_size=64 << 20)
     socket_path = proxy.engine_url.removeprefix("unix://")
@@ -253,10 +254,10 @@ async def serve(proxy: WeaveProxy, host: str, port: int) -> None:
     app.router.add_route("*", "/{tail:.*}", proxy.forward)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=tls).start()
     threading.Thread(target=proxy.follow_events, name="docker-events", daemon=True).start()
-    log.info("Weave proxy stand-in on tcp://%s:%d for %s (rewrite-inspect), range %s", host, port,
-             proxy.engine_url, proxy.alloc.default)
+    log.info("Weave proxy stand-in on tcp://%s:%d%s for %s (rewrite-inspect), range %s", host, port,
+             " (TLS, client certificate required)" if tls else "", proxy.engine_url, proxy.alloc.default)
     await asyncio.Event().wait()
 
 
@@ -268,11 +269,21 @@ def main() -> None:
     p.add_argument("--range", default="10.32.3.0/24", help="the allocator's range for WEAVE_CIDR net:default")
     p.add_argument("--bridge", default="weave")
     p.add_argument("--attach-delay", type=float, default=0.3, help="seconds from start event to attach")
+    # weave launch-proxy --tlsverify --tlscacert --tlscert --tlskey: the proxy takes Docker's TLS flags
+    p.add_argument("--tlsverify", action="store_true", help="TLS, client certificates from --tlscacert required")
+    p.add_argument("--tlscacert")
+    p.add_argument("--tlscert")
+    p.add_argument("--tlskey")
     a = p.parse_args()
+    tls = None
+    if a.tlsverify:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=a.tlscacert)
+        tls.verify_mode = ssl.CERT_REQUIRED
+        tls.load_cert_chain(a.tlscert, a.tlskey)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, _, port = a.listen.rpartition(":")
     proxy = WeaveProxy(a.docker, Allocator(a.range), bridge=a.bridge, delay=a.attach_delay)
-    asyncio.run(serve(proxy, host, int(port)))
+    asyncio.run(serve(proxy, host, int(port), tls))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from devcluster.topology import world_tls_dir
 
 
 @functools.lru_cache(maxsize=4)
-def _client_context(tls_dir: Path) -> ssl.SSLContext:
+def client_context(tls_dir: Path) -> ssl.SSLContext:
+    """Verifies the world's servers against its CA and presents the world's client certificate."""
     ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
     ctx.load_cert_chain(str(tls_dir / "client.pem"), str(tls_dir / "client.key"))
     return ctx
@@ -45,5 +46,5 @@ def open_url(method: str, url: str, data: bytes | None = None, headers: dict[str
     bare, auth = split_credentials(url)
     req = urllib.request.Request(bare, data=data, method=method, headers={**auth, **(headers or {})})
     tls_dir = world_tls_dir()
-    context = _client_context(tls_dir) if bare.startswith("https://") and tls_dir else None
+    context = client_context(tls_dir) if bare.startswith("https://") and tls_dir else None
     return urllib.request.urlopen(req, timeout=timeout, context=context)

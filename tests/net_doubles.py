@@ -15,7 +15,10 @@ import asyncio
 import contextlib
 import sys
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, TCPConnector, web
+
+from devcluster.topology import world_tls_dir
+from devcluster.world_http import client_context
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,7 +49,10 @@ async def tcp_relay(listen: tuple[str, int], target: tuple[str, int]) -> None:
 
 
 async def blackhole_events(listen: tuple[str, int], target: str) -> None:
-    session = ClientSession()
+    """An HTTP proxy to Marathon (`target`, https with user:password@ in the TLS world) whose event
+    stream never delivers an event."""
+    tls_dir = world_tls_dir()
+    session = ClientSession(connector=TCPConnector(ssl=client_context(tls_dir)) if tls_dir else None)
 
     async def events(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Accept") != "text/event-stream":

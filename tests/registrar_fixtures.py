@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -46,8 +47,20 @@ def app_json(app_id: str, instances: int, version: str, *, health: bool = True, 
 
 @dataclass
 class Marathon:
-    url: str
+    url: str  # as the registrar's --marathon takes it: https://user:password@... in the TLS world
     version: str
+
+    @property
+    def address(self) -> tuple[str, int]:
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.hostname or "", parts.port or 80
+
+    def url_at(self, host: str, port: int) -> str:
+        """This Marathon's URL (scheme, credentials) at another address: a relay or proxy in front of it."""
+        parts = urllib.parse.urlsplit(self.url)
+        credentials = parts.netloc.rpartition("@")[0]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}@{host}:{port}" if credentials
+                                                      else f"{host}:{port}"))
 
     def deploy(self, app_id: str, instances: int = 3, **kw: object) -> None:
         status, body, _ = http("POST", f"{self.url}/v2/apps", app_json(app_id, instances, self.version, **kw))
@@ -105,14 +118,19 @@ class Registrar:
         return status, body
 
 
+def world_options() -> list[str]:
+    """The registrar's options the running world needs besides --marathon: in the TLS world, the CA
+    and client certificates for Docker, Consul and Marathon (what `devcluster up --tls` prints)."""
+    tls_dir = world_tls_dir()
+    return tls_registrar_options(tls_dir, marathon=False) if tls_dir else []
+
+
 def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 3.0,
                     extra: list[str] | None = None, port: int | None = None,
                     callback_url: str | None = None) -> Registrar:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    tls_dir = world_tls_dir()  # the TLS world: certificates for Docker, Consul and Marathon (before `extra`)
-    argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}",
-            *(tls_registrar_options(tls_dir, marathon=False) if tls_dir else []),
+    argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}", *world_options(),
             "--callback-url", callback_url or f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
             "--log-level", "DEBUG",
             # the lock (--lock auto) is held through slave 1's agent: no agent listens on 127.0.0.1 here

@@ -7,7 +7,6 @@ edited behind its back, and random interleavings of duplicated, dropped and reor
 
 from __future__ import annotations
 
-import http.client as httpclient
 import json
 import random
 import signal
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from devcluster.topology import SLAVES
+from devcluster.world_http import open_url
 from service.marathon.sse import SSEParser
 from tests.helpers import Process, free_port, http, wait_for
 from tests.registrar_fixtures import (
@@ -98,10 +98,10 @@ def test_lost_events_are_repaired_by_the_next_resync(marathon: Marathon) -> None
         registrar = start_registrar(marathon.url, port=registrar_port, resync=4,
                                     callback_url=f"http://127.0.0.1:{relay_port}/v1/events")
     else:
-        target = marathon.url.removeprefix("http://")
+        target = "{}:{}".format(*marathon.address)  # TCP: in the TLS world, TLS goes through end to end
         relay = Process(["tests.net_doubles", "tcp", f"127.0.0.1:{relay_port}", target], f"relay-{relay_port}")
         wait_for(lambda: "relaying" in relay.tail(), 10, what="relay up")
-        registrar = start_registrar(f"http://127.0.0.1:{relay_port}", port=registrar_port, resync=4)
+        registrar = start_registrar(marathon.url_at("127.0.0.1", relay_port), port=registrar_port, resync=4)
     try:
         marathon.deploy(APPS[0], 2, health=False)
         wait_for(lambda: converged(marathon) and len(consul_view()) == 2, 30, what="2 registered before the cut")
@@ -120,7 +120,7 @@ def test_lost_events_are_repaired_by_the_next_resync(marathon: Marathon) -> None
             assert not converged(marathon), "cut off from Marathon the registrar cannot have seen the changes"
         relay = Process(["tests.net_doubles", "tcp", f"127.0.0.1:{relay_port}",
                          f"127.0.0.1:{registrar_port}" if marathon.version == "1.4"
-                         else marathon.url.removeprefix("http://")], f"relay-{relay_port}")
+                         else "{}:{}".format(*marathon.address)], f"relay-{relay_port}")
         wait_for(lambda: "relaying" in relay.tail(), 10, what="relay back")
         # one resync period (4 s) plus its run time; the 1.4 registrar gets no event replay at all
         wait_for(lambda: converged(marathon), 15, what="converged within one resync after healing")
@@ -198,10 +198,7 @@ class EventRecorder:
     """Our own SSE client on the simulator: every event Marathon emitted, in order."""
 
     def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.conn = httpclient.HTTPConnection(host, int(port), timeout=60)
-        self.conn.request("GET", "/v2/events", headers={"Accept": "text/event-stream"})
-        self.resp = self.conn.getresponse()
+        self.resp = open_url("GET", f"{url}/v2/events", headers={"Accept": "text/event-stream"}, timeout=60)
         assert self.resp.status == 200
         self.events: list[bytes] = []
         self._stop = False
@@ -219,7 +216,7 @@ class EventRecorder:
 
     def close(self) -> list[bytes]:
         self._stop = True
-        self.conn.close()
+        self.resp.close()
         return list(self.events)
 
 
@@ -291,16 +288,17 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
 
 
 def test_sync_dry_run_reports_drift_per_agent_and_repairs_without(marathon14: Marathon) -> None:
-    from tests.registrar_fixtures import run_cli
+    from tests.registrar_fixtures import run_cli, world_options
 
     marathon14.deploy(APPS[0], 2, health=False)
     wait_for(lambda: settled(marathon14), 30, what="deployed")
-    args = ["--marathon", marathon14.url, "--log-level", "ERROR"]
+    args = ["--marathon", marathon14.url, *world_options(), "--log-level", "ERROR"]
     dry = run_cli("sync", "--dry-run", *args)
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
     assert report["counts"] == {"missing": 2, "orphan": 0, "drifted": 0}
-    assert sorted(report["missing"]) == sorted({f"http://{t['host']}:8500" for t in marathon14.running(APPS[0])})
+    agents = {s.host: s.consul_url for s in SLAVES}
+    assert sorted(report["missing"]) == sorted({agents[t["host"]] for t in marathon14.running(APPS[0])})
     assert consul_view() == {}, "--dry-run writes nothing"
     fixed = run_cli("sync", *args)
     assert fixed.returncode == 0, fixed.stderr

@@ -6,6 +6,10 @@ a Marathon token file; both files are rotated mid-run, and Marathon and Consul a
 (so error paths, retries and their messages run too). Then every log line, every endpoint, what
 Consul holds, `--help` and a configuration error are searched for each secret, in the forms it is
 sent in (plain, and base64 in the basic-auth header).
+
+In the TLS world (CI runs it there too) Marathon checks basic auth, so the world's own password is the
+Marathon secret and no Marathon token file is used (a token replaces basic auth); the private keys of
+the client and the servers are searched for as well.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from devcluster.topology import SLAVES
+from devcluster.topology import SLAVES, TLS_MARATHON_CREDENTIALS, world_tls_dir
 from tests.helpers import http, wait_for
 from tests.registrar_fixtures import (
     CONSUL,
@@ -56,11 +60,17 @@ def test_no_secret_in_logs_endpoints_consul_help_or_errors(marathon110: Marathon
     consul_file, marathon_file = tmp_path / "consul-token", tmp_path / "marathon-token"
     consul_file.write_text(CONSUL_FILE[0] + "\n")
     marathon_file.write_text(MARATHON_FILE[0] + "\n")
-    url = marathon110.url.replace("http://", f"http://ops:{PASSWORD}@")
+    tls_dir = world_tls_dir()
+    if tls_dir is None:  # the plain world's Marathon takes any credentials and any token
+        user, password = "ops", PASSWORD
+        url = marathon110.url.replace("http://", f"http://{user}:{password}@")
+        token_file = ["--marathon-token-file", str(marathon_file)]
+    else:  # the TLS world's checks basic auth, which a token file would replace: the world's own password
+        user, password = TLS_MARATHON_CREDENTIALS.split(":")
+        url, token_file = marathon110.url, []
     marathon_base, consul_bases = marathon110.url, [s.consul_url for s in SLAVES]
     registrar = start_registrar(url, events="sse", resync=2.0, extra=[
-        "--consul-token", CONSUL_ARG, "--consul-token-file", str(consul_file),
-        "--marathon-token-file", str(marathon_file)])
+        "--consul-token", CONSUL_ARG, "--consul-token-file", str(consul_file), *token_file])
     texts: dict[str, str] = {}
     try:
         marathon110.deploy(APP, 2)
@@ -88,10 +98,13 @@ def test_no_secret_in_logs_endpoints_consul_help_or_errors(marathon110: Marathon
     assert "503" in texts["log"] or "500" in texts["log"], "an error path was logged"
     env = {"MCR_MARATHON": url, "MCR_CONSUL_TOKEN": CONSUL_ARG, "CONSUL_HTTP_TOKEN": CONSUL_ARG}
     texts["help"] = run_cli("serve", "--help", env=env).stdout
-    bad = run_cli("serve", "--marathon", url.replace("http://", "ftp://"), "--consul-token", CONSUL_ARG)
+    bad = run_cli("serve", "--marathon", "ftp://" + url.split("://", 1)[1], "--consul-token", CONSUL_ARG)
     assert bad.returncode == 2
     texts["config error"] = bad.stderr
-    secrets = [PASSWORD, CONSUL_ARG, *CONSUL_FILE, *MARATHON_FILE,
-               base64.b64encode(f"ops:{PASSWORD}".encode()).decode()]
+    secrets = [password, CONSUL_ARG, *CONSUL_FILE, *(MARATHON_FILE if token_file else []),
+               base64.b64encode(f"{user}:{password}".encode()).decode()]
+    if tls_dir is not None:  # and the private keys: every base64 line of the client's and the servers'
+        secrets += [line for key in ("client.key", "consul.key", "marathon.key")
+                    for line in (tls_dir / key).read_text().splitlines() if len(line) >= 40]
     leaks = [(where, secret) for where, text in texts.items() for secret in secrets if secret in text]
     assert not leaks, leaks
