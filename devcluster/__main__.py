@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,12 +18,14 @@ import time
 from pathlib import Path
 
 from devcluster.topology import (
+    APP_MARATHON_HOSTS,
     CONSUL_DNS,
     CONSUL_HTTP_PORT,
     MARATHON_LISTEN,
     PROXY_SLAVE,
     RUN_DIR,
     SLAVES,
+    STATE_DIR,
     TLS_MARATHON_CREDENTIALS,
     TLS_MARK,
     WEAVE_PROXY_DIR,
@@ -92,6 +95,13 @@ def _stop(name: str, timeout: float = 10.0) -> None:
 TLS_DIR = RUN_DIR / "tls"
 
 
+def _any_part_alive() -> bool:
+    """Whether a part of the world runs (its pid file names a live process): a simulator or a dockerd."""
+    pid_files = [RUN_DIR / f"{name}.pid" for name in ("marathon-sim", "consul-sim", "weave-proxy")]
+    pid_files += [STATE_DIR / f"s{i}" / "pid" for i in range(1, len(SLAVES) + 1)]
+    return any(_alive(p) for p in pid_files)
+
+
 def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
     argv = ["devcluster.consul_sim"]
     for s in SLAVES:
@@ -158,9 +168,10 @@ def up(marathon_version: str, tls: bool = False) -> None:
     if tls:
         from devcluster.pki import make_world_pki
         tls_dir = TLS_DIR
-        if not (tls_dir / "ca.pem").exists():
+        if not _any_part_alive():  # a new CA for each world: nothing stale, and no certificate outlives 30 days
+            shutil.rmtree(tls_dir, ignore_errors=True)
             make_world_pki(tls_dir, slaves=[s.host for s in SLAVES], agents=[s.host for s in SLAVES],
-                           marathon_host=MARATHON_LISTEN[0])
+                           marathon_host=MARATHON_LISTEN[0], marathon_extra_hosts=APP_MARATHON_HOSTS.values())
         env["DEVCLUSTER_TLS_DIR"] = str(tls_dir)
         TLS_MARK.write_text(f"{tls_dir}\n")
     else:

@@ -10,7 +10,8 @@ key usage). Everything lives under one directory and is thrown away with it.
     ca.pem, ca.key                      the CA every server and client certificate chains to
     dockerd-<host>.pem/.key             a slave's dockerd server certificate (--tlsverify)
     consul.pem/.key                     the Consul simulator's agents (every agent IP, server.dc1.consul)
-    marathon.pem/.key                   the Marathon simulator (127.0.0.1, localhost)
+    marathon.pem/.key                   the Marathon simulators (127.0.0.1, the app tests' own, localhost,
+                                        marathon.service.consul: the name deploy/marathon.json uses)
     client.pem/.key                     the registrar's client certificate (Consul verify_incoming)
     docker/<host>/ca.pem,cert.pem,key.pem   DOCKER_CERT_PATH layout, per slave ({host} in the path)
 """
@@ -63,7 +64,7 @@ class CA:
 
 
 def make_world_pki(root: Path, *, slaves: Iterable[str], agents: Iterable[str],
-                   marathon_host: str = "127.0.0.1") -> CA:
+                   marathon_host: str = "127.0.0.1", marathon_extra_hosts: Iterable[str] = ()) -> CA:
     """The files listed in the module docstring, for `slaves` (dockerd hosts) and `agents` (IPs)."""
     ca = CA.create(root)
     client = ca.issue("client", san="DNS:marathon-consul-registrar", client=True)
@@ -76,7 +77,8 @@ def make_world_pki(root: Path, *, slaves: Iterable[str], agents: Iterable[str],
         shutil.copy(client.key, d / "key.pem")
     ips = ",".join(f"IP:{a}" for a in agents)
     ca.issue("consul", san=f"{ips},DNS:server.dc1.consul,DNS:localhost")
-    ca.issue("marathon", san=f"IP:{marathon_host},DNS:localhost")
+    extra = "".join(f",IP:{h}" for h in marathon_extra_hosts)
+    ca.issue("marathon", san=f"IP:{marathon_host}{extra},DNS:localhost,DNS:marathon.service.consul")
     return ca
 
 

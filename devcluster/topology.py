@@ -78,6 +78,8 @@ CONSUL_HTTP_PORT = 8500
 CONSUL_DNS = ("127.0.0.1", 8600)
 CONSUL_DATACENTER = "dc1"
 MARATHON_LISTEN = ("127.0.0.1", 8080)
+# the registrar-as-app tests' own Marathon simulators (tests/registrar_app.py), one per version
+APP_MARATHON_HOSTS = {"1.10": "127.0.0.10", "1.4": "127.0.0.11"}
 MARATHON_URL = f"http://{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"  # the plain world's
 
 

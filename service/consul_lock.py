@@ -68,7 +68,7 @@ class ConsulLockClient:
                 detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
                 message = f"consul agent {self.url}: {call} failed: {detail}"
                 record(self._metrics, system="consul", call=call, target=self.url, classified=classified,
-                       message=message)
+                       message=message, then="tried again at the lock's next round (acquire or renew)")
                 if classified.verdict is not RETRY or attempt >= self._attempts:
                     raise ConsulError(message, classified) from exc
             self._metrics.retries.labels("consul").inc()

@@ -188,8 +188,15 @@ class CallError(Exception):
         return self.verdict is REPORT
 
 
-def record(metrics: Metrics, *, system: str, call: str, target: str, classified: Classified, message: str) -> None:
+RESYNC_RETRIES = "not retried until the next resync"
+
+
+def record(metrics: Metrics, *, system: str, call: str, target: str, classified: Classified, message: str,
+           then: str = RESYNC_RETRIES) -> None:
     """Count one failed answer; log a REPORT once per distinct (system, target, call, reason).
+
+    `then` tells the operator what happens next, in the caller's words: a reconcile call waits for
+    the next resync, the lock tries at its next round, the event stream reconnects.
 
     `target` is the agent, engine or Marathon URL (never with credentials). RETRY answers are not
     logged here: the caller logs when its retries run out, and `mcr_retries_total` counts them;
@@ -204,5 +211,5 @@ def record(metrics: Metrics, *, system: str, call: str, target: str, classified:
         log.debug("%s", message)
         return
     metrics.reported_causes.add(key)
-    log.error("%s %s: %s refused (%s), not retried until the next resync; further occurrences are "
-              "counted in mcr_call_errors_total only: %s", system, target, call, classified.reason, message)
+    log.error("%s %s: %s refused (%s), %s; further occurrences are counted in mcr_call_errors_total only: %s",
+              system, target, call, classified.reason, then, message)

@@ -256,8 +256,10 @@ class Leadership:
                     "releasing it", self.settings.key, session)
         with contextlib.suppress(Exception):
             await self._client.release(self.settings.key, self._value, session, LOCK_FLAG)
-        with contextlib.suppress(Exception):
+        try:
             await self._client.destroy_session(session)
+        except Exception as exc:  # any failure has the same consequence, said there
+            _log_destroy_failed(session, exc, self.settings.ttl_seconds)
 
     async def _renew_or_raise(self, last_sent: float) -> float:
         """Renew when half the TTL has passed since the last renew; returns when it was sent."""
@@ -377,12 +379,21 @@ class Leadership:
     async def _destroy_session(self) -> None:
         session, self._session = self._session, None
         if session is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._client.destroy_session(session), 5.0)
+            except Exception as exc:  # any failure has the same consequence, said there
+                _log_destroy_failed(session, exc, self.settings.ttl_seconds)
 
     def _notify(self, role: Role, reason: str) -> None:
         if self._on_change is not None:
             self._on_change(role, reason)
+
+
+def _log_destroy_failed(session: str, exc: BaseException, ttl: float) -> None:
+    """A session we could not destroy still ends, by its TTL; until then (and for its lock-delay)
+    no one takes the lock. Said once per failure, at warning: the hand-over is slower, not wrong."""
+    log.warning("could not destroy Consul session %s (%s): it ends by its TTL within %gs, and the next "
+                "holder waits that long plus the lock-delay", session, str(exc) or type(exc).__name__, 2 * ttl)
 
 
 def _holder_fields(value: object) -> dict[str, Any] | None:

@@ -8,12 +8,18 @@ framework id, so its lock and its registrations do not touch the world's Maratho
 
 The registrar runs with HOST networking, so its containers share the slaves' network namespace and
 reach `$HOST:8500`, both Docker APIs and the simulator the way a host process would.
+
+In the TLS world (`devcluster up --tls`) the JSON is deployed as an operator of a TLS cluster would
+deploy it (`deploy_json()`): the certificate directory mounted read-only into the container, the
+TLS settings in env under Docker's and Consul's own names, Marathon over HTTPS with basic auth;
+the own simulators serve HTTPS with the world's Marathon certificate.
 """
 
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +28,7 @@ import pytest
 
 from devcluster.__main__ import marathon_sim_argv
 from devcluster.image import ensure_image
-from devcluster.topology import SLAVES
+from devcluster.topology import APP_MARATHON_HOSTS, SLAVES, TLS_MARATHON_CREDENTIALS, world_tls_dir
 from tests.helpers import ROOT, Process, http, wait_for
 from tests.registrar_fixtures import Marathon, dig, managed_instances, overlay_ip
 
@@ -30,7 +36,26 @@ DEPLOY: dict[str, Any] = json.loads((ROOT / "deploy" / "marathon.json").read_tex
 SELF = DEPLOY["id"]
 APP = "/web/customer1/site1"
 DNS_NAME = "site1.customer1.web.service.dc1.consul"
-SIM_IP = {"1.10": "127.0.0.10", "1.4": "127.0.0.11"}
+SIM_IP = APP_MARATHON_HOSTS
+TLS_MOUNT = "/etc/marathon-consul-registrar/tls"  # where the TLS world's certificates are mounted
+
+
+def deploy_json() -> dict[str, Any]:
+    """deploy/marathon.json as deployed in the running world: unchanged in the plain world; in the
+    TLS world with the certificates mounted and the TLS settings added to its env."""
+    tls_dir = world_tls_dir()
+    if tls_dir is None:
+        return DEPLOY
+    app = copy.deepcopy(DEPLOY)
+    app["container"]["volumes"] = [{"containerPath": TLS_MOUNT, "hostPath": str(tls_dir), "mode": "RO"}]
+    app["env"].update({
+        "MCR_MARATHON": DEPLOY["env"]["MCR_MARATHON"].replace("http://", f"https://{TLS_MARATHON_CREDENTIALS}@"),
+        "MCR_MARATHON_CACERT": f"{TLS_MOUNT}/ca.pem",
+        "MCR_DOCKER": "tcp://{host}:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": f"{TLS_MOUNT}/docker/{{host}}",
+        "CONSUL_HTTP_SSL": "true", "CONSUL_CACERT": f"{TLS_MOUNT}/ca.pem",
+        "CONSUL_CLIENT_CERT": f"{TLS_MOUNT}/client.pem", "CONSUL_CLIENT_KEY": f"{TLS_MOUNT}/client.key",
+    })
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +69,10 @@ def image() -> str:
 @contextlib.contextmanager
 def own_marathon(version: str) -> Iterator[Marathon]:
     ip = SIM_IP[version]
-    argv = marathon_sim_argv(version, (ip, 8080))  # with --extra-host marathon.service.consul:<ip>
+    tls_dir = world_tls_dir()  # HTTPS with basic auth in the TLS world (its certificate names these IPs)
+    argv = marathon_sim_argv(version, (ip, 8080), tls_dir=tls_dir)  # with --extra-host marathon.service.consul:<ip>
     proc = Process(argv, f"marathon-app-{version}")
-    m = Marathon(f"http://{ip}:8080", version)
+    m = Marathon(f"https://{TLS_MARATHON_CREDENTIALS}@{ip}:8080" if tls_dir else f"http://{ip}:8080", version)
     try:
         wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what="marathon simulator")
         yield m
@@ -103,7 +129,7 @@ def dns_answers(n: int) -> bool:
 
 
 def start_registrar_app(m: Marathon) -> None:
-    status, body, _ = http("POST", f"{m.url}/v2/apps", DEPLOY)
+    status, body, _ = http("POST", f"{m.url}/v2/apps", deploy_json())
     assert status == 201, (status, body)
     wait_for(lambda: deployed(m, SELF) and len(m.running(SELF)) == 2, 90, interval=0.5,
              what="the registrar's deployment (2 tasks, healthy and ready)")

@@ -127,6 +127,8 @@ class AppSpec:
     minimum_health_capacity: float = 1.0
     maximum_over_capacity: float = 1.0
     constraints: list[Any] = field(default_factory=list)
+    # Docker host volumes (container.volumes with hostPath): {"containerPath", "hostPath", "mode"}
+    volumes: list[dict[str, str]] = field(default_factory=list)
     # readiness checks (HTTP only, as Marathon's ReadinessCheckExecutor): kept as given, echoed back
     readiness_checks: list[dict[str, Any]] = field(default_factory=list)
     task_kill_grace_period_seconds: float | None = None  # None: Mesos' default kill (no grace here)
@@ -341,6 +343,8 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, defa
             errors.add("/container/docker/parameters", "error.expected.jsarray of {key, value}")
             params = []
         spec.parameters = params
+        if "volumes" in container:
+            spec.volumes = _parse_volumes(container["volumes"], errors)
 
     # which network: the 1.5+ `networks` wins over the 1.4 `docker.network` (Marathon rejects both)
     networks = body.get("networks")
@@ -403,6 +407,36 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, defa
     else:
         spec.port_definitions = []
         spec.port_mappings = _parse_port_mappings(raw_mappings or [], spec.network, errors)
+
+
+def _parse_volumes(raw: Any, errors: _Errors) -> list[dict[str, str]]:
+    """Docker host volumes (what `docker run -v hostPath:containerPath:ro|rw` does). Persistent,
+    external and secret volumes, and a relative hostPath (a path in the Mesos sandbox), are not
+    simulated: refused, not dropped."""
+    if not isinstance(raw, list):
+        errors.add("/container/volumes", "error.expected.jsarray")
+        return []
+    out = []
+    for i, v in enumerate(raw):
+        p = f"/container/volumes({i})"
+        if not isinstance(v, dict):
+            errors.add(p, "error.expected.jsobject")
+            continue
+        if any(k in v for k in ("persistent", "external", "secret")):
+            errors.add(p, "only Docker host volumes (hostPath) are supported by the simulator")
+            continue
+        for key in ("containerPath", "hostPath", "mode"):
+            if v.get(key) is None:
+                errors.add(f"{p}/{key}", "error.path.missing")
+            elif not isinstance(v[key], str) or not v[key]:
+                errors.add(f"{p}/{key}", "must not be empty")
+        if isinstance(v.get("mode"), str) and v["mode"] and v["mode"] not in ("RO", "RW"):
+            errors.add(f"{p}/mode", "error.unknown.enum.literal")
+        if isinstance(v.get("hostPath"), str) and v["hostPath"] and not v["hostPath"].startswith("/"):
+            errors.add(f"{p}/hostPath", "a sandbox-relative hostPath is not supported by the simulator")
+        if all(isinstance(v.get(k), str) and v[k] for k in ("containerPath", "hostPath", "mode")):
+            out.append({"containerPath": v["containerPath"], "hostPath": v["hostPath"], "mode": v["mode"]})
+    return out
 
 
 def _parse_port_definitions(defs: Any, errors: _Errors) -> list[PortDefinition]:
@@ -586,7 +620,7 @@ def _render_new(spec: AppSpec, cfg: SimConfig) -> dict[str, Any]:
     }
     if spec.network != "host":
         container["portMappings"] = [_mapping_json(m, False) for m in spec.port_mappings]
-    container["volumes"] = []
+    container["volumes"] = [dict(v) for v in spec.volumes]
     out["container"] = container
     if spec.network == "host":
         out["networks"] = [{"mode": "host"}]
@@ -611,7 +645,7 @@ def _render_14(spec: AppSpec) -> dict[str, Any]:
         docker["portMappings"] = [_mapping_json(m, True) for m in spec.port_mappings]
     docker.update({"privileged": spec.privileged, "parameters": [dict(p) for p in spec.parameters],
                    "forcePullImage": spec.force_pull_image})
-    out["container"] = {"type": "DOCKER", "volumes": [], "docker": docker}
+    out["container"] = {"type": "DOCKER", "volumes": [dict(v) for v in spec.volumes], "docker": docker}
     if spec.container_networking:
         out["ipAddress"] = {"groups": [], "labels": {}, "discovery": {"ports": [
             {"number": m.container_port, "name": m.name or f"port{i}", "protocol": m.protocol}

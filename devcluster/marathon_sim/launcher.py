@@ -44,6 +44,7 @@ class LaunchSpec:
     privileged: bool = False
     force_pull: bool = False
     extra_hosts: dict[str, str] = field(default_factory=dict)  # name -> IP, Docker's --add-host
+    volumes: list[str] = field(default_factory=list)  # "hostPath:containerPath:ro|rw", as docker run -v
 
 
 class LaunchError(Exception):
@@ -91,6 +92,8 @@ class SlaveDocker:
         }
         if spec.extra_hosts:
             kwargs["extra_hosts"] = dict(spec.extra_hosts)
+        if spec.volumes:
+            kwargs["volumes"] = list(spec.volumes)
         if spec.entrypoint is not None:
             kwargs["entrypoint"] = spec.entrypoint
         if spec.command is not None:
@@ -131,7 +134,7 @@ class SlaveDocker:
             kwargs["entrypoint"] = ["/w/w", *entrypoint]
         if spec.command is None and image.get("Cmd"):
             kwargs["command"] = list(image["Cmd"])
-        kwargs["volumes"] = {self.slave.weave_proxy_dir: {"bind": "/w", "mode": "ro"}}
+        kwargs["volumes"] = [*kwargs.get("volumes", []), f"{self.slave.weave_proxy_dir}:/w:ro"]
         if len(spec.name) + 1 + len(WEAVE_DOMAIN) <= 64:
             kwargs["hostname"], kwargs["domainname"] = spec.name, WEAVE_DOMAIN
             kwargs["dns_search"] = ["."]

@@ -473,7 +473,8 @@ class Scheduler:
                           env=task_env(spec, task, task.container_name, effective, self.cfg), labels=labels,
                           network_mode=network_mode, ports=ports, privileged=spec.privileged,
                           force_pull=spec.force_pull_image,
-                          extra_hosts=dict(e.split(":", 1) for e in self.cfg.extra_hosts))
+                          extra_hosts=dict(e.split(":", 1) for e in self.cfg.extra_hosts),
+                          volumes=[f"{v['hostPath']}:{v['containerPath']}:{v['mode'].lower()}" for v in spec.volumes])
 
     async def kill_task(self, rec: AppRecord, task: Task) -> None:
         """Marathon asked: TASK_KILLING, remove the container (SIGKILL), TASK_KILLED."""

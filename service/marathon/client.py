@@ -49,7 +49,17 @@ from yarl import URL
 
 from service.backoff import Backoff
 from service.connect import tls_reason
-from service.errors import GARBAGE, GONE, RETRY, CallError, Classified, classify_status, classify_transport, record
+from service.errors import (
+    GARBAGE,
+    GONE,
+    RESYNC_RETRIES,
+    RETRY,
+    CallError,
+    Classified,
+    classify_status,
+    classify_transport,
+    record,
+)
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
@@ -313,8 +323,10 @@ class MarathonClient:
         raise error
 
     def _record(self, call: str, ep: Endpoint, classified: Classified, message: str) -> None:
+        # /v2/info is read before anything else (frameworkId, event transport): `serve` waits for it
+        then = "tried again, backing off, until Marathon answers" if call == "info" else RESYNC_RETRIES
         record(self.metrics, system="marathon", call=call, target=ep.display, classified=classified,
-               message=message)
+               message=message, then=then)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.metrics.retries.labels("marathon").inc()

@@ -290,7 +290,8 @@ class EventStream:
                     # (docs/architecture.md §8); the stream still reconnects for ever, backing off
                     record(self.metrics, system="marathon", call="events", target=self._display,
                            classified=classify_status(resp.status, body),
-                           message=f"Marathon event stream {url}: HTTP {resp.status}: {body}")
+                           message=f"Marathon event stream {url}: HTTP {resp.status}: {body}",
+                           then="the stream reconnects, backing off")
                     hint = " (does Marathon see Accept: text/event-stream?)" if resp.status == 405 else ""
                     raise _StreamFailed(f"{url} answered HTTP {resp.status}{hint}: {body}",
                                         failover=resp.status >= 500)

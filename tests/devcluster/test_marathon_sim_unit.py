@@ -127,3 +127,30 @@ def test_callback_backoff_doubles_resets_and_never_overflows() -> None:
     for _ in range(2000):
         backoff = limit.record("ConnectionRefusedError")
     assert backoff == 2.0 ** 40 and limit.failed == 2003
+
+
+VOLUME = {"containerPath": "/etc/mcr-tls", "hostPath": "/var/lib/certs", "mode": "RO"}
+
+
+def test_docker_host_volumes_are_kept_and_rendered_in_both_shapes() -> None:
+    spec = parse_app({"id": "/v", "container": {"type": "DOCKER", "volumes": [VOLUME],
+                                                "docker": {"image": "x", "network": "HOST"}}})
+    assert spec.volumes == [VOLUME]
+    assert render_app(spec, CFG10)["container"]["volumes"] == [VOLUME]
+    assert render_app(spec, CFG14)["container"]["volumes"] == [VOLUME]
+
+
+@pytest.mark.parametrize(("volume", "path", "error"), [
+    ({"containerPath": "/c", "hostPath": "/h"}, "/container/volumes(0)/mode", "error.path.missing"),
+    ({"containerPath": "/c", "hostPath": "/h", "mode": "RX"}, "/container/volumes(0)/mode",
+     "error.unknown.enum.literal"),
+    ({"hostPath": "/h", "mode": "RO"}, "/container/volumes(0)/containerPath", "error.path.missing"),
+    ({"containerPath": "/c", "hostPath": "certs", "mode": "RO"}, "/container/volumes(0)/hostPath",
+     "a sandbox-relative hostPath is not supported by the simulator"),
+    ({"containerPath": "data", "mode": "RW", "persistent": {"size": 10}}, "/container/volumes(0)",
+     "only Docker host volumes (hostPath) are supported by the simulator"),
+])
+def test_volumes_the_simulator_cannot_honour_are_422_not_dropped(volume: dict, path: str, error: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_app({"id": "/v", "container": {"volumes": [volume], "docker": {"image": "x"}}})
+    assert {"path": path, "errors": [error]} in info.value.details

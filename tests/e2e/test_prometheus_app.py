@@ -20,13 +20,10 @@ from typing import Any
 
 import pytest
 
+from devcluster.topology import world_tls_dir
 from tests.helpers import ROOT, Process, free_port, http, wait_for
 from tests.registrar_app import APP, SELF, image, in_sync, own_marathon, start_registrar_app, urls
 from tests.registrar_fixtures import Marathon, reset_consul
-
-# deploy/marathon.json's options are the plain world's (the TLS world would need certificates in the image's
-# containers); the TLS pass of CI runs -m 'not plain_world'
-pytestmark = pytest.mark.plain_world
 
 __all__ = ["image"]  # the fixture
 
@@ -42,10 +39,19 @@ def _replace(text: str, pattern: str, new: str) -> str:
 
 
 def config_copy(tmp: Path, marathon_url: str) -> Path:
-    """The shipped config and rules, with the test's Marathon and short intervals."""
+    """The shipped config and rules, with the test's Marathon and short intervals; in the TLS world
+    with basic_auth and the world's CA for Marathon service discovery (Prometheus' own http client
+    options, as the config's comment says)."""
     config = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
-    config = _replace(config, r"http://marathon\.service\.consul:8080", marathon_url)
+    parts = urllib.parse.urlsplit(marathon_url)
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    config = _replace(config, r"http://marathon\.service\.consul:8080", bare)
     config = _replace(config, r"(scrape_interval|evaluation_interval|refresh_interval): \d+[smh]", r"\1: 1s")
+    tls_dir = world_tls_dir()
+    if tls_dir is not None:
+        config = _replace(config, r"(?m)^(\s+)refresh_interval: 1s$",
+                          rf"\g<0>\n\1basic_auth: {{username: {parts.username}, password: {parts.password}}}"
+                          rf"\n\1tls_config: {{ca_file: {tls_dir / 'ca.pem'}}}")
     (tmp / "rules").mkdir()
     rules = (ROOT / "deploy" / "prometheus" / "rules" / "registrar.yml").read_text()
     (tmp / "rules" / "registrar.yml").write_text(_replace(rules, r"\bfor: \d+[smh]", "for: 2s"))

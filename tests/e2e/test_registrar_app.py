@@ -23,6 +23,7 @@ from tests.registrar_app import (
     DEPLOY,
     DNS_NAME,
     SELF,
+    deploy_json,
     deployed,
     dns_answers,
     image,
@@ -37,10 +38,6 @@ from tests.registrar_app import (
     writer,
 )
 from tests.registrar_fixtures import Marathon, dig, reset_consul
-
-# deploy/marathon.json's options are the plain world's (the TLS world would need certificates in the image's
-# containers); the TLS pass of CI runs -m 'not plain_world'
-pytestmark = pytest.mark.plain_world
 
 __all__ = ["image"]  # the fixture
 
@@ -178,8 +175,8 @@ def test_lifecycle(image: str) -> None:
             wait_for(lambda: len(m.running(SELF)) == 2 and old not in urls(m), 40, what="Marathon replaced it")
 
             # 2. rolling upgrade to another tag; a deployment and two scalings meanwhile
-            body = {"container": {**DEPLOY["container"], "docker": {**DEPLOY["container"]["docker"],
-                                                                     "image": new_image}}}
+            container = deploy_json()["container"]
+            body = {"container": {**container, "docker": {**container["docker"], "image": new_image}}}
             before = set(urls(m))
             fewest = [2]
 

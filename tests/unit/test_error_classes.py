@@ -84,3 +84,16 @@ def test_record_counts_every_answer_and_logs_a_report_once_per_cause(caplog: pyt
                                            "reason": "timeout"}) == 1
     assert value("mcr_call_errors_total", {"system": "consul", "call": "deregister", "verdict": "done",
                                            "reason": "gone"}) == 1
+
+
+def test_a_report_says_what_happens_next_in_the_callers_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A reconcile call waits for the next resync; the lock, the event stream and /v2/info do not,
+    and their report must not say they do."""
+    denied = Classified(REPORT, "acl-denied")
+    with caplog.at_level(logging.ERROR, logger="service.errors"):
+        record(Metrics(), system="consul", call="register", target="http://a:8500", classified=denied, message="403")
+        record(Metrics(), system="consul", call="session_create", target="http://a:8500", classified=denied,
+               message="403", then="tried again at the lock's next round (acquire or renew)")
+    register, lock = (r.getMessage() for r in caplog.records)
+    assert "not retried until the next resync" in register
+    assert "lock's next round" in lock and "resync" not in lock

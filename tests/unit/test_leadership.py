@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from typing import Any
 
@@ -199,6 +200,26 @@ async def test_stop_releases_the_key_before_destroying_the_session() -> None:
     assert not lead.may_write()
     assert consul.calls.index(f"release {sid}") < consul.calls.index(f"destroy {sid}")
     await asyncio.wait_for(task, 2.0)
+
+
+async def test_a_session_that_cannot_be_destroyed_on_stop_is_said_with_what_it_costs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The key is still released; the session ends by its TTL, and the log says so (not silence)."""
+    consul = FakeConsul()
+
+    async def refuse(session_id: str) -> None:
+        raise ConnectionError("agent unreachable")
+
+    consul.destroy_session = refuse  # type: ignore[method-assign]
+    lead, task = await start(consul)
+    await until(lead.may_write)
+    sid = consul.entry["Session"]  # type: ignore[index]
+    with caplog.at_level(logging.WARNING, logger="service.leadership"):
+        await lead.stop()
+    await asyncio.wait_for(task, 2.0)
+    assert consul.entry is not None and consul.entry["Session"] is None, "the key is released all the same"
+    [line] = [r.getMessage() for r in caplog.records if "could not destroy" in r.getMessage()]
+    assert sid in line and "agent unreachable" in line and "by its TTL within 1.2s" in line
 
 
 @pytest.mark.parametrize("cluster", ["1b2c-framework-id", "prod"])
