@@ -1,7 +1,7 @@
 """Who writes: one holder of a Consul lock among several registrar instances (DESIGN §2.9).
 
 Several instances may run (the deploy JSON asks for two); exactly one writes to Consul. The lock is
-Consul's own recipe (docs/architecture.md, "Leadership"; hashicorp/consul `api/lock.go`):
+Consul's own recipe (docs/architecture.md §3.1 "Leadership"; hashicorp/consul `api/lock.go`):
 
 1. a session: `PUT /v1/session/create` with `TTL`, `LockDelay`, `Behavior: release` and the default
    node check `serfHealth` of the agent we talk to. Both bounds are wanted on purpose: the TTL ends
