@@ -20,11 +20,11 @@ from typing import Any
 
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
 from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
+from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 from service.redact import redact
 from service.tokens import TokenFileError, read_token
 
 # a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
-_CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class ConfigError(ValueError):
@@ -288,8 +288,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if lock_delay > 60:
         raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum 60")
     cluster_id = (args.cluster_id or "").strip() or None
-    if cluster_id is not None and not _CLUSTER_ID.fullmatch(cluster_id):
-        raise ConfigError(f"--cluster-id: {cluster_id!r} must be 1-128 of letters, digits, '.', '_' or '-'")
+    if cluster_id is not None and not CLUSTER_ID.fullmatch(cluster_id):
+        raise ConfigError(f"--cluster-id: {cluster_id!r} must be {CLUSTER_ID_RULE}")
     allow_name_override = NameOverride(_choice("allow-name-override", args.allow_name_override,
                                                tuple(m.value for m in NameOverride)))
     consul_token_file = _token_file("consul-token-file", args.consul_token_file)

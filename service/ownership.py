@@ -14,11 +14,13 @@ agent holds into ours, another cluster's (never read back, changed or removed), 
 (written by a version before cluster ids: adopted only where its task is in our Marathon, never
 deleted otherwise). The agent-side filter asks for the marker only; the cluster is told apart
 here, since Consul's filter language cannot say "this key equals X or is absent" portably.
-This module is pure strings: `model`, `desired` and `consul_registry` import it, it imports nothing.
+This module is pure strings (and one regular expression): `model`, `desired` and
+`consul_registry` import it, it imports nothing of ours.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
@@ -35,6 +37,11 @@ META_CLUSTER_ID = "marathon-cluster-id"
 
 # The Meta pairs that make a registration ours. Every one must match for `is_ours`.
 OWNER_MARKER: Mapping[str, str] = {META_MANAGED_BY: MANAGED_BY}
+
+# A cluster identity (--cluster-id, or Marathon's frameworkId): a path segment of the lock key and a
+# Meta value, so one rule for both (a Mesos framework id, `<master uuid>-<number>`, fits it)
+CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+CLUSTER_ID_RULE = "1-128 of letters, digits, '.', '_' or '-'"
 
 SERVICE_ID_PREFIX = "mcr-"
 MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than reading every check

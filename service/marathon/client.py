@@ -63,6 +63,7 @@ from service.errors import (
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.metrics import Metrics
 from service.model import App, Task
+from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 
 log = logging.getLogger(__name__)
 
@@ -398,11 +399,15 @@ class MarathonClient:
         `--cluster-id` names the cluster instead. Both are counted under `call="info"`."""
         obj = await self._call("info", "GET", "/v2/info")
         value = obj.get("frameworkId") if isinstance(obj, dict) else None
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and CLUSTER_ID.fullmatch(value):
             return value
         if isinstance(obj, dict) and value in (None, ""):
             classified = _NOT_READY
             reason = "no frameworkId in the answer: Marathon is not registered with Mesos yet (or set --cluster-id)"
+        elif isinstance(value, str):  # it would be a lock key's path segment and a Meta value
+            shown = json.dumps(value) if len(value) <= 80 else json.dumps(value[:77]) + "..."
+            classified, reason = GARBAGE, (f"frameworkId {shown} is not {CLUSTER_ID_RULE}: it cannot name this "
+                                           "cluster; set --cluster-id")
         else:
             shown = json.dumps(value if isinstance(obj, dict) else obj)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."

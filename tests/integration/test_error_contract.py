@@ -595,6 +595,9 @@ INFO_ROWS = [  # /v2/info answered 200 with this body -> framework_id(): verdict
     ('{"frameworkId": 42}', "report", "garbage", "frameworkId is 42, not a string"),
     ('{"frameworkId": {"value": "f-1"}}', "report", "garbage", 'frameworkId is {"value": "f-1"}, not a string'),
     ('["not", "an object"]', "report", "garbage", "not a JSON object"),
+    # a string that cannot be the lock key's path segment nor a Meta value
+    ('{"frameworkId": "a/b c"}', "report", "garbage", "frameworkId \"a/b c\" is not 1-128 of letters"),
+    ('{"frameworkId": "' + "f" * 129 + '"}', "report", "garbage", "is not 1-128 of letters"),
 ]
 
 
