@@ -8,6 +8,7 @@ whose pid file names a live process is left alone.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from devcluster.topology import (
     APP_MARATHON_HOSTS,
@@ -142,6 +144,25 @@ def tls_registrar_options(tls_dir: Path, *, marathon: bool = True) -> list[str]:
             "--docker-cert-path", str(tls_dir / "docker/{host}"),
             "--consul-http-ssl", "true", "--consul-cacert", str(tls_dir / "ca.pem"),
             "--consul-client-cert", str(tls_dir / "client.pem"), "--consul-client-key", str(tls_dir / "client.key")]
+
+
+TLS_MOUNT = "/etc/marathon-consul-registrar/tls"  # where an app of the registrar finds the certificates
+
+
+def as_tls_app(app: dict[str, Any], tls_dir: Path) -> dict[str, Any]:
+    """deploy/marathon.json as an operator of the TLS world deploys it: the certificate directory
+    mounted read-only (the registrar's keys are its image user's, devcluster/pki.py), Marathon over
+    HTTPS with basic auth, and the TLS settings in env under Docker's and Consul's own names."""
+    app = copy.deepcopy(app)
+    app["container"]["volumes"] = [{"containerPath": TLS_MOUNT, "hostPath": str(tls_dir), "mode": "RO"}]
+    app["env"].update({
+        "MCR_MARATHON": app["env"]["MCR_MARATHON"].replace("http://", f"https://{TLS_MARATHON_CREDENTIALS}@"),
+        "MCR_MARATHON_CACERT": f"{TLS_MOUNT}/ca.pem",
+        "MCR_DOCKER": "tcp://{host}:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": f"{TLS_MOUNT}/docker/{{host}}",
+        "CONSUL_HTTP_SSL": "true", "CONSUL_CACERT": f"{TLS_MOUNT}/ca.pem",
+        "CONSUL_CLIENT_CERT": f"{TLS_MOUNT}/client.pem", "CONSUL_CLIENT_KEY": f"{TLS_MOUNT}/client.key",
+    })
+    return app
 
 
 def weave_proxy_argv(tls_dir: Path | None = None) -> list[str]:

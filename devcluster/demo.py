@@ -123,6 +123,10 @@ def deploy_registrar_app(marathon: str) -> None:
     print("making the image current on the slaves (the first time builds it: minutes)")
     ensure_image(log=lambda msg: print(f"  {msg}"))
     spec = json.loads((ROOT / "deploy" / "marathon.json").read_text())
+    tls_dir = world_tls_dir()
+    if tls_dir is not None:  # the certificates mounted, the TLS settings in env (devcluster.__main__.as_tls_app)
+        from devcluster.__main__ import as_tls_app
+        spec = as_tls_app(spec, tls_dir)
     app_url = f"{marathon}/v2/apps{spec['id']}"
     if call("GET", app_url)[0] == 200:
         call("DELETE", app_url)
@@ -156,10 +160,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     marathon = args.marathon or marathon_url()
     if args.as_app:
-        if world_tls_dir():
-            raise SystemExit("demo: --as-app runs the image with deploy/marathon.json's plain options; the TLS world "
-                             "would need the certificates inside its containers. Run the demo without --as-app, "
-                             "or bring the world up without --tls")
         deploy_registrar_app(marathon)
     else:
         start_registrar(marathon)

@@ -18,12 +18,15 @@ key usage). Everything lives under one directory and is thrown away with it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+IMAGE_UID = 10001  # the registrar image's user and group (Dockerfile)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -66,6 +69,7 @@ class CA:
 def make_world_pki(root: Path, *, slaves: Iterable[str], agents: Iterable[str],
                    marathon_host: str = "127.0.0.1", marathon_extra_hosts: Iterable[str] = ()) -> CA:
     """The files listed in the module docstring, for `slaves` (dockerd hosts) and `agents` (IPs)."""
+    slaves = list(slaves)
     ca = CA.create(root)
     client = ca.issue("client", san="DNS:marathon-consul-registrar", client=True)
     for host in slaves:
@@ -75,6 +79,10 @@ def make_world_pki(root: Path, *, slaves: Iterable[str], agents: Iterable[str],
         shutil.copy(ca.ca.cert, d / "ca.pem")
         shutil.copy(client.cert, d / "cert.pem")
         shutil.copy(client.key, d / "key.pem")
+    # the registrar's private keys belong to the image's user (Dockerfile: USER 10001), as an operator
+    # mounting them into its container makes them; root on the host reads them all the same
+    for key in [client.key, *(root / "docker" / h / "key.pem" for h in slaves)]:
+        os.chown(key, IMAGE_UID, IMAGE_UID)
     ips = ",".join(f"IP:{a}" for a in agents)
     ca.issue("consul", san=f"{ips},DNS:server.dc1.consul,DNS:localhost")
     extra = "".join(f",IP:{h}" for h in marathon_extra_hosts)

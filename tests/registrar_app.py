@@ -19,14 +19,13 @@ the own simulators serve HTTPS with the world's Marathon certificate.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from devcluster.__main__ import marathon_sim_argv
+from devcluster.__main__ import as_tls_app, marathon_sim_argv
 from devcluster.image import ensure_image
 from devcluster.topology import APP_MARATHON_HOSTS, SLAVES, TLS_MARATHON_CREDENTIALS, world_tls_dir
 from tests.helpers import ROOT, Process, http, wait_for
@@ -37,25 +36,13 @@ SELF = DEPLOY["id"]
 APP = "/web/customer1/site1"
 DNS_NAME = "site1.customer1.web.service.dc1.consul"
 SIM_IP = APP_MARATHON_HOSTS
-TLS_MOUNT = "/etc/marathon-consul-registrar/tls"  # where the TLS world's certificates are mounted
 
 
 def deploy_json() -> dict[str, Any]:
     """deploy/marathon.json as deployed in the running world: unchanged in the plain world; in the
-    TLS world with the certificates mounted and the TLS settings added to its env."""
+    TLS world with the certificates mounted and the TLS settings in its env (`as_tls_app`)."""
     tls_dir = world_tls_dir()
-    if tls_dir is None:
-        return DEPLOY
-    app = copy.deepcopy(DEPLOY)
-    app["container"]["volumes"] = [{"containerPath": TLS_MOUNT, "hostPath": str(tls_dir), "mode": "RO"}]
-    app["env"].update({
-        "MCR_MARATHON": DEPLOY["env"]["MCR_MARATHON"].replace("http://", f"https://{TLS_MARATHON_CREDENTIALS}@"),
-        "MCR_MARATHON_CACERT": f"{TLS_MOUNT}/ca.pem",
-        "MCR_DOCKER": "tcp://{host}:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": f"{TLS_MOUNT}/docker/{{host}}",
-        "CONSUL_HTTP_SSL": "true", "CONSUL_CACERT": f"{TLS_MOUNT}/ca.pem",
-        "CONSUL_CLIENT_CERT": f"{TLS_MOUNT}/client.pem", "CONSUL_CLIENT_KEY": f"{TLS_MOUNT}/client.key",
-    })
-    return app
+    return as_tls_app(DEPLOY, tls_dir) if tls_dir else DEPLOY
 
 
 @pytest.fixture(scope="module")

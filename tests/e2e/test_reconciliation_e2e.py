@@ -251,7 +251,7 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
         with marathon_sim(version) as m:
             register_foreign()
             if version == "1.4":  # Marathon posts to a dead URL: the test is the only deliverer
-                registrar = start_registrar(m.url, events="callback", resync=3,
+                registrar = start_registrar(m.url, events="callback", resync=1,
                                             callback_url=f"http://127.0.0.1:{free_port()}/v1/events")
                 proxy = None
             else:  # REST through a proxy whose event stream is silent: the test is the only deliverer
@@ -259,7 +259,7 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
                 proxy = Process(["tests.net_doubles", "blackhole-events", f"127.0.0.1:{proxy_port}", m.url],
                                 f"blackhole-{proxy_port}")
                 wait_for(lambda: "proxying" in proxy.tail(), 10, what="proxy up")
-                registrar = start_registrar(f"http://127.0.0.1:{proxy_port}", events="sse", resync=3)
+                registrar = start_registrar(f"http://127.0.0.1:{proxy_port}", events="sse", resync=1)
             recorder: EventRecorder | None = None
             try:
                 recorder = EventRecorder(m.url)

@@ -64,7 +64,7 @@ def test_deploy_scale_fail_delete_on_both_slaves(sim10: Sim) -> None:
             assert ip.startswith("10.32.")
             # on the overlay, natural port; behind the proxy's /w/w the command starts only once ethwe is
             # attached (TASK_RUNNING comes before), so httpd may not listen yet when ethwe appears
-            wait_for(lambda: get(f"http://{ip}:80/") == "ok", 10, what=f"httpd on {ip}:80")
+            wait_for(lambda ip=ip: get(f"http://{ip}:80/") == "ok", 10, what=f"httpd on {ip}:80")
             assert get(f"http://{slave.host}:{task['ports'][0]}/") == "ok"  # on the slave's host port
 
         # scale to 1: two tasks go TASK_KILLING -> TASK_KILLED, their containers disappear
