@@ -66,18 +66,18 @@ async def consul(hosts: tuple[str, str] = (HOST1, HOST2)) -> AsyncIterator[Serve
 
 
 @asynccontextmanager
-async def marathon(version: tuple[int, int] = (1, 10)) -> AsyncIterator[Served]:
-    """A Marathon simulator with no slaves on HOST1."""
-    port = free_port(HOST1)
-    cfg = SimConfig(version=version, listen_host=HOST1, listen_port=port)
+async def marathon(version: tuple[int, int] = (1, 10), host: str = HOST1) -> AsyncIterator[Served]:
+    """A Marathon simulator with no slaves (apps of 0 instances) on `host`."""
+    port = free_port(host)
+    cfg = SimConfig(version=version, listen_host=host, listen_port=port)
     bus = EventBus()
     registry = Registry(cfg)
     api = Api(cfg, registry, Scheduler(cfg, registry, bus, {}), EventStreams(cfg, bus), None)
     runner = web.AppRunner(api.build(), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, HOST1, port).start()
-        yield Served([f"http://{HOST1}:{port}"], marathon=api)
+        await web.TCPSite(runner, host, port).start()
+        yield Served([f"http://{host}:{port}"], marathon=api)
     finally:
         await api.sched.shutdown()
         await runner.cleanup()

@@ -29,12 +29,6 @@ import pytest
 from aiohttp import web
 
 from devcluster.docker_sim import start, stop
-from devcluster.marathon_sim.bus import EventBus
-from devcluster.marathon_sim.config import SimConfig
-from devcluster.marathon_sim.http_api import Api
-from devcluster.marathon_sim.scheduler import Scheduler
-from devcluster.marathon_sim.sse import EventStreams
-from devcluster.marathon_sim.state import Registry
 from service.consul_lock import ConsulLockClient
 from service.consul_registry import AgentClient, ConsulAgents, ConsulError
 from service.docker_lookup import ContainerLookup, DockerLookupError
@@ -72,19 +66,8 @@ async def consul_agents() -> AsyncIterator[list[str]]:
 @asynccontextmanager
 async def marathon_sim() -> AsyncIterator[str]:
     """A Marathon 1.10 simulator without slaves (apps of 0 instances)."""
-    port = free_port(MARATHON)
-    cfg = SimConfig(version=(1, 10), listen_host=MARATHON, listen_port=port)
-    bus = EventBus()
-    registry = Registry(cfg)
-    api = Api(cfg, registry, Scheduler(cfg, registry, bus, {}), EventStreams(cfg, bus), None)
-    runner = web.AppRunner(api.build(), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, MARATHON, port).start()
-        yield f"http://{MARATHON}:{port}"
-    finally:
-        await api.sched.shutdown()
-        await runner.cleanup()
+    async with sim_inprocess.marathon(host=MARATHON) as served:
+        yield served.urls[0]
 
 
 async def fault(base: str, rule: dict[str, Any]) -> int:
