@@ -138,12 +138,19 @@ def marathon_sim_argv(version: str, listen: tuple[str, int] = MARATHON_LISTEN,
 def tls_registrar_options(tls_dir: Path, *, marathon: bool = True) -> list[str]:
     """The registrar's options for the TLS world (what `up --tls` prints); without `marathon`, all
     but the --marathon URL (for a caller that names its own Marathon, still one of this CA's)."""
-    url = ["--marathon", f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"]
+    url = ["--marathon", marathon_url(tls=True)]
     return [*(url if marathon else []), "--marathon-cacert", str(tls_dir / "ca.pem"),
             "--docker", "tcp://{host}:2376", "--docker-tls", "verify",
             "--docker-cert-path", str(tls_dir / "docker/{host}"),
             "--consul-http-ssl", "true", "--consul-cacert", str(tls_dir / "ca.pem"),
             "--consul-client-cert", str(tls_dir / "client.pem"), "--consul-client-key", str(tls_dir / "client.key")]
+
+
+def world_registrar_options() -> list[str]:
+    """The registrar's options the running world needs besides --marathon: in the TLS world, the CA
+    and client certificates for Docker, Consul and Marathon; none in the plain world."""
+    tls_dir = world_tls_dir()
+    return tls_registrar_options(tls_dir, marathon=False) if tls_dir else []
 
 
 TLS_MOUNT = "/etc/marathon-consul-registrar/tls"  # where an app of the registrar finds the certificates
@@ -181,8 +188,9 @@ def up(marathon_version: str, tls: bool = False) -> None:
     basic auth, all with certificates from a CA made now (devcluster/pki.py). The slaves' unix
     sockets stay (the Marathon simulator and the tests use them, as a Mesos slave uses its local one)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    if _alive(RUN_DIR / "marathon-sim.pid") and bool(world_tls_dir()) != tls:
-        raise SystemExit(f"devcluster: the world is up {'with' if world_tls_dir() else 'without'} TLS; "
+    running_tls = bool(world_tls_dir())
+    if _alive(RUN_DIR / "marathon-sim.pid") and running_tls != tls:
+        raise SystemExit(f"devcluster: the world is up {'with' if running_tls else 'without'} TLS; "
                          f"`python -m devcluster down` first, then `up{' --tls' if tls else ''}`")
     tls_dir = None
     env = dict(os.environ)

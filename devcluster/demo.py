@@ -81,15 +81,14 @@ def stop_local_registrar() -> None:
 
 def start_registrar(marathon: str) -> None:
     """The registrar as a host process; in the TLS world with the options `devcluster up --tls` prints."""
-    from devcluster.__main__ import tls_registrar_options
+    from devcluster.__main__ import world_registrar_options
 
     stop_local_registrar()
     pid_file = RUN_DIR / "registrar.pid"
     log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
-    tls_dir = world_tls_dir()
+    options = world_registrar_options()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--marathon", marathon, "--listen", "127.0.0.1:8000",
-         *(tls_registrar_options(tls_dir, marathon=False) if tls_dir else []),
+        [sys.executable, "-m", "service", "serve", "--marathon", marathon, "--listen", "127.0.0.1:8000", *options,
          "--callback-url", f"{REGISTRAR}/v1/events", "--resync-interval", "30",
          # the lock is held through slave 1's agent: the test world has no agent on 127.0.0.1
          "--lock-agent", SLAVES[0].consul_url],
@@ -98,7 +97,7 @@ def start_registrar(marathon: str) -> None:
     wait("the registrar to be ready", lambda: call("GET", f"{REGISTRAR}/ready")[0] == 200, 30)
     print(f"registrar running (pid {proc.pid}), {REGISTRAR}/metrics, log {RUN_DIR / 'registrar.log'}"
           + ("\n  over TLS: Marathon https with basic auth, Consul https with a client certificate, "
-             "Docker on 2376 with a client certificate" if tls_dir else ""))
+             "Docker on 2376 with a client certificate" if options else ""))
 
 
 def _resolves_marathon_for_tasks(marathon: str) -> bool:

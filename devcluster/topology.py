@@ -80,14 +80,14 @@ CONSUL_DATACENTER = "dc1"
 MARATHON_LISTEN = ("127.0.0.1", 8080)
 # the registrar-as-app tests' own Marathon simulators (tests/registrar_app.py), one per version
 APP_MARATHON_HOSTS = {"1.10": "127.0.0.10", "1.4": "127.0.0.11"}
-MARATHON_URL = f"http://{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"  # the plain world's
 
 
-def marathon_url() -> str:
-    """The world's Marathon simulator as the running world serves it (HTTPS with basic auth in the
-    TLS world, the credentials in the URL as the registrar's --marathon takes them)."""
-    if world_tls_dir():
-        return f"https://{TLS_MARATHON_CREDENTIALS}@{MARATHON_LISTEN[0]}:{MARATHON_LISTEN[1]}"
-    return MARATHON_URL
+def marathon_url(listen: tuple[str, int] = MARATHON_LISTEN, *, tls: bool | None = None) -> str:
+    """A Marathon simulator of the world (the world's own by default) as the registrar's --marathon
+    takes it: HTTPS with basic auth, the credentials in the URL, when `tls` (default: when the world
+    runs with TLS), else plain HTTP."""
+    if tls if tls is not None else world_tls_dir():
+        return f"https://{TLS_MARATHON_CREDENTIALS}@{listen[0]}:{listen[1]}"
+    return f"http://{listen[0]}:{listen[1]}"
 IMAGE = "local/busybox:1"
 OVERLAY_CIDR = "10.32.0.0/12"

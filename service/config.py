@@ -24,8 +24,6 @@ from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 from service.redact import redact
 from service.tokens import TokenFileError, read_token
 
-# a cluster id goes into a KV path and a Meta value: keep it to characters both take as they are
-
 
 class ConfigError(ValueError):
     """A bad option value; the message names the option and what is wrong."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devcluster.topology import RUN_DIR, SLAVES, world_tls_dir
+from devcluster.topology import RUN_DIR, SLAVES
 from devcluster.world_http import open_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,8 +110,7 @@ def world_is_up() -> bool:
         except OSError:
             return False
 
-    docker_port = 2376 if world_tls_dir() else 2375
-    return (all(listening(s.host, docker_port) and listening(s.host, 8500) for s in SLAVES)
+    return (all(listening(s.host, int(s.docker_url.rpartition(":")[2])) and listening(s.host, 8500) for s in SLAVES)
             and listening("127.0.0.1", 8080))
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from devcluster.__main__ import as_tls_app, marathon_sim_argv
 from devcluster.image import ensure_image
-from devcluster.topology import APP_MARATHON_HOSTS, SLAVES, TLS_MARATHON_CREDENTIALS, world_tls_dir
+from devcluster.topology import APP_MARATHON_HOSTS, SLAVES, marathon_url, world_tls_dir
 from tests.helpers import ROOT, Process, http, wait_for
 from tests.registrar_fixtures import Marathon, dig, managed_instances, overlay_ip
 
@@ -56,10 +56,10 @@ def image() -> str:
 @contextlib.contextmanager
 def own_marathon(version: str) -> Iterator[Marathon]:
     ip = SIM_IP[version]
-    tls_dir = world_tls_dir()  # HTTPS with basic auth in the TLS world (its certificate names these IPs)
-    argv = marathon_sim_argv(version, (ip, 8080), tls_dir=tls_dir)  # with --extra-host marathon.service.consul:<ip>
+    # HTTPS with basic auth in the TLS world (its certificate names these IPs)
+    argv = marathon_sim_argv(version, (ip, 8080), tls_dir=world_tls_dir())  # --extra-host marathon.service.consul:<ip>
     proc = Process(argv, f"marathon-app-{version}")
-    m = Marathon(f"https://{TLS_MARATHON_CREDENTIALS}@{ip}:8080" if tls_dir else f"http://{ip}:8080", version)
+    m = Marathon(marathon_url((ip, 8080)), version)
     try:
         wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what="marathon simulator")
         yield m

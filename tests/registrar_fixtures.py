@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from devcluster.__main__ import marathon_sim_argv, tls_registrar_options
-from devcluster.topology import SLAVES, TLS_MARATHON_CREDENTIALS, marathon_url, world_tls_dir
+from devcluster.__main__ import marathon_sim_argv, world_registrar_options
+from devcluster.topology import SLAVES, marathon_url, world_tls_dir
 from tests.helpers import ROOT, Process, free_port, http, wait_for
 
 CONSUL = SLAVES[0].consul_url  # the world's mode is read once, at collection: switch it before pytest starts
@@ -57,10 +57,7 @@ class Marathon:
 
     def url_at(self, host: str, port: int) -> str:
         """This Marathon's URL (scheme, credentials) at another address: a relay or proxy in front of it."""
-        parts = urllib.parse.urlsplit(self.url)
-        credentials = parts.netloc.rpartition("@")[0]
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}@{host}:{port}" if credentials
-                                                      else f"{host}:{port}"))
+        return marathon_url((host, port), tls=self.url.startswith("https://"))
 
     def deploy(self, app_id: str, instances: int = 3, **kw: object) -> None:
         status, body, _ = http("POST", f"{self.url}/v2/apps", app_json(app_id, instances, self.version, **kw))
@@ -118,19 +115,12 @@ class Registrar:
         return status, body
 
 
-def world_options() -> list[str]:
-    """The registrar's options the running world needs besides --marathon: in the TLS world, the CA
-    and client certificates for Docker, Consul and Marathon (what `devcluster up --tls` prints)."""
-    tls_dir = world_tls_dir()
-    return tls_registrar_options(tls_dir, marathon=False) if tls_dir else []
-
-
 def start_registrar(marathon_url: str, *, events: str = "auto", resync: float = 3.0,
                     extra: list[str] | None = None, port: int | None = None,
                     callback_url: str | None = None) -> Registrar:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}", *world_options(),
+    argv = ["service", "serve", "--marathon", marathon_url, "--listen", f"127.0.0.1:{port}", *world_registrar_options(),
             "--callback-url", callback_url or f"{url}/v1/events", "--events", events, "--resync-interval", str(resync),
             "--log-level", "DEBUG",
             # the lock (--lock auto) is held through slave 1's agent: no agent listens on 127.0.0.1 here
@@ -212,11 +202,10 @@ def private_marathon(version: str) -> Iterator[Marathon]:
     """A Marathon simulator of our own (its own framework id) on the world's slaves; its apps are
     deleted and the process stopped on the way out."""
     port = free_port()
-    tls_dir = world_tls_dir()  # in the TLS world, HTTPS with basic auth like the world's
-    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port), tls_dir=tls_dir),
+    # in the TLS world, HTTPS with basic auth like the world's
+    proc = Process(marathon_sim_argv(version, ("127.0.0.1", port), tls_dir=world_tls_dir()),
                    f"marathon{version.replace('.', '')}-{port}")
-    m = Marathon(f"https://{TLS_MARATHON_CREDENTIALS}@127.0.0.1:{port}" if tls_dir else f"http://127.0.0.1:{port}",
-                 version)
+    m = Marathon(marathon_url(("127.0.0.1", port)), version)
     try:
         wait_for(lambda: http("GET", f"{m.url}/v2/info")[0] == 200, 20, what=f"marathon {version} simulator")
         yield m

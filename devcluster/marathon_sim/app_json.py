@@ -425,17 +425,21 @@ def _parse_volumes(raw: Any, errors: _Errors) -> list[dict[str, str]]:
         if any(k in v for k in ("persistent", "external", "secret")):
             errors.add(p, "only Docker host volumes (hostPath) are supported by the simulator")
             continue
+        given: dict[str, str] = {}  # the fields that are non-empty strings
         for key in ("containerPath", "hostPath", "mode"):
-            if v.get(key) is None:
+            value = v.get(key)
+            if value is None:
                 errors.add(f"{p}/{key}", "error.path.missing")
-            elif not isinstance(v[key], str) or not v[key]:
+            elif not isinstance(value, str) or not value:
                 errors.add(f"{p}/{key}", "must not be empty")
-        if isinstance(v.get("mode"), str) and v["mode"] and v["mode"] not in ("RO", "RW"):
+            else:
+                given[key] = value
+        if given.get("mode", "RO") not in ("RO", "RW"):
             errors.add(f"{p}/mode", "error.unknown.enum.literal")
-        if isinstance(v.get("hostPath"), str) and v["hostPath"] and not v["hostPath"].startswith("/"):
+        if not given.get("hostPath", "/").startswith("/"):
             errors.add(f"{p}/hostPath", "a sandbox-relative hostPath is not supported by the simulator")
-        if all(isinstance(v.get(k), str) and v[k] for k in ("containerPath", "hostPath", "mode")):
-            out.append({"containerPath": v["containerPath"], "hostPath": v["hostPath"], "mode": v["mode"]})
+        if len(given) == 3:
+            out.append(given)
     return out
 
 

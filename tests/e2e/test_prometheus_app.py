@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devcluster.topology import world_tls_dir
+from devcluster.world_http import split_credentials
 from tests.helpers import ROOT, Process, free_port, http, wait_for
 from tests.registrar_app import APP, SELF, image, in_sync, own_marathon, start_registrar_app, urls
 from tests.registrar_fixtures import Marathon, reset_consul
@@ -43,12 +44,12 @@ def config_copy(tmp: Path, marathon_url: str) -> Path:
     with basic_auth and the world's CA for Marathon service discovery (Prometheus' own http client
     options, as the config's comment says)."""
     config = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
-    parts = urllib.parse.urlsplit(marathon_url)
-    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    bare, _ = split_credentials(marathon_url)
     config = _replace(config, r"http://marathon\.service\.consul:8080", bare)
     config = _replace(config, r"(scrape_interval|evaluation_interval|refresh_interval): \d+[smh]", r"\1: 1s")
     tls_dir = world_tls_dir()
     if tls_dir is not None:
+        parts = urllib.parse.urlsplit(marathon_url)
         config = _replace(config, r"(?m)^(\s+)refresh_interval: 1s$",
                           rf"\g<0>\n\1basic_auth: {{username: {parts.username}, password: {parts.password}}}"
                           rf"\n\1tls_config: {{ca_file: {tls_dir / 'ca.pem'}}}")
