@@ -426,6 +426,8 @@ async def test_lock(row: Row, caplog: pytest.LogCaptureFixture) -> None:
                     assert await live_sessions(url) == []
                 else:  # the session lingers until its TTL; the next holder need not wait for it
                     assert await live_sessions(url) == [held_by]
+                    [said] = lock_logs(caplog, "could not destroy Consul session")  # and the log says so
+                    assert held_by in said and "by its TTL" in said
         assert refusals_logged(caplog, url) == []  # retries are not refusals
 
 
