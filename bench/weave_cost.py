@@ -23,10 +23,10 @@ from typing import Any
 import docker
 
 from devcluster.docker_sim.templates import weave_hosts
-from service.docker_engine import DockerEngines
+from service.docker.engine import DockerEngines
+from service.docker.weave_proxy import WeaveCache, WeaveProxy
 from service.metrics import Metrics
 from service.model import DEFAULT_OVERLAY_CIDRS
-from service.weave_proxy import WeaveCache, WeaveProxy
 
 IMAGE = "local/busybox:1"
 WEAVE_IP = "10.32.9.9"

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.consul_registry import OwnedService
-from service.model import App, Container, Registration, Task
+from service.model import App, Container, OwnedService, Registration, Task
 
 
 class MarathonApps(Protocol):

@@ -27,10 +27,12 @@ Only failures pass through here: a successful call allocates nothing for the con
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import consul
@@ -213,3 +215,10 @@ def record(metrics: Metrics, *, system: str, call: str, target: str, classified:
     metrics.reported_causes.add(key)
     log.error("%s %s: %s refused (%s), %s; further occurrences are counted in mcr_call_errors_total only: %s",
               system, target, call, classified.reason, then, message)
+
+
+def consume_exception(task: asyncio.Future[Any]) -> None:
+    """Waiters get the error; this only keeps asyncio from logging it when none are left (or when
+    nobody ends up waiting, as for the reconciler's unused early lookups)."""
+    if not task.cancelled():
+        task.exception()

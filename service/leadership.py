@@ -56,7 +56,7 @@ class SessionsUnavailable(Exception):
 
 
 class SessionKV(Protocol):
-    """The Consul calls the lock needs (implemented by `consul_lock_client.ConsulLockClient`)."""
+    """The Consul calls the lock needs (implemented by `service.consul.lock.ConsulLockClient`)."""
 
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str: ...
 

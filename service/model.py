@@ -9,6 +9,7 @@ versions' worth of shapes. Everything here is hashable and comparable, which is 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -279,6 +280,68 @@ class Registration:
         if self.checks:
             body["Checks"] = [c.to_consul() for c in self.checks]
         return body
+
+
+# -- Does a registration an agent holds match ours? (docs/architecture.md §4, §6.3) ------------------
+# Pure values and rules: the resync's diff and the ledger compare with them, the Consul client only
+# parses into them.
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration_seconds(value: object) -> float | None:
+    """Consul echoes durations in Go's canonical form ("1m0s" for our "60s"); compare by value."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, (int, float)):
+        return value / 1e9  # a JSON number is nanoseconds
+    text = str(value)
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.lstrip("+"):
+        return None
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return seconds or None
+
+
+def same_check(desired: ConsulCheck, actual: ConsulCheck, actual_type: str) -> bool:
+    """Does the agent's check match what we want? Fields Consul does not echo back count as equal
+    (older agents return no `Definition`), fields it does echo must match."""
+    if (desired.check_id, desired.name, desired.notes) != (actual.check_id, actual.name, actual.notes):
+        return False
+    if actual_type and actual_type != desired.kind:
+        return False
+    for name in ("http", "tcp"):
+        if getattr(actual, name) is not None and getattr(actual, name) != getattr(desired, name):
+            return False
+    for name in ("interval", "timeout", "ttl"):
+        got = go_duration_seconds(getattr(actual, name))
+        if got is not None and got != go_duration_seconds(getattr(desired, name)):
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedService:
+    """One of our registrations as an agent holds it, with its checks' live state."""
+
+    registration: Registration
+    check_types: Mapping[str, str]  # check id -> "http" | "tcp" | "ttl" | ...
+    check_status: Mapping[str, str]  # check id -> passing | warning | critical
+
+    def matches(self, desired: Registration) -> bool:
+        actual = self.registration
+        if (actual.service_id, actual.name, actual.tags, actual.address, actual.port, actual.meta) != (
+            desired.service_id, desired.name, desired.tags, desired.address, desired.port, desired.meta
+        ):
+            return False
+        if len(actual.checks) != len(desired.checks):
+            return False
+        by_id = {c.check_id: c for c in actual.checks}
+        return all(
+            c.check_id in by_id and same_check(c, by_id[c.check_id], self.check_types.get(c.check_id, ""))
+            for c in desired.checks
+        )
 
 
 @dataclass(frozen=True, slots=True)

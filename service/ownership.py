@@ -15,7 +15,7 @@ agent holds into ours, another cluster's (never read back, changed or removed), 
 deleted otherwise). The agent-side filter asks for the marker only; the cluster is told apart
 here, since Consul's filter language cannot say "this key equals X or is absent" portably.
 This module is pure strings (and one regular expression): `model`, `desired` and
-`consul_registry` import it, it imports nothing of ours.
+`service.consul` import it, it imports nothing of ours.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ from service import version
 from service.backoff import Backoff
 from service.config import Config
 from service.connect import ssl_context
-from service.consul_lock import ConsulLockClient
-from service.consul_registry import ConsulAgents
-from service.docker_lookup import ContainerLookup
+from service.consul.agents import ConsulAgents
+from service.consul.lock import ConsulLockClient
+from service.docker.lookup import ContainerLookup
 from service.intake import EventIntake
 from service.leadership import Leadership, LockSettings, Role, holder_value, lock_key
 from service.marathon.client import MarathonClient

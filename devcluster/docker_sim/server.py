@@ -1,5 +1,5 @@
-"""HTTP face of the simulator: the Docker Engine API subset `service/docker_lookup.py` and
-`service/weave_proxy.py` use (through `service/docker_engine.py`), and the control API (`/_sim/...`,
+"""HTTP face of the simulator: the Docker Engine API subset `service/docker/lookup.py` and
+`service/docker/weave_proxy.py` use (through `service/docker/engine.py`), and the control API (`/_sim/...`,
 outside any path Docker defines) that tests and the bench drive it with."""
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from service.consul_registry import OwnedService
 from service.desired import ttl_check_statuses
-from service.model import Registration, Skip, Task
+from service.model import OwnedService, Registration, Skip, Task
 
 KINDS = ("missing", "orphan", "drifted")
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from service.consul_registry import OwnedService
-from service.model import Registration
+from service.model import OwnedService, Registration
 
 
 class Ledger:

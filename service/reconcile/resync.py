@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory
-from service.consul_registry import OwnedService
 from service.metrics import Metrics
-from service.model import Registration, Skip, Task
+from service.model import OwnedService, Registration, Skip, Task
 from service.reconcile.diff import Drift, diff
 from service.reconcile.ledger import Ledger
 from service.reconcile.work import AppSnapshot, Repair

@@ -25,10 +25,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-from service.consul_registry import OwnedService
 from service.errors import CallError
 from service.metrics import Metrics
-from service.model import Registration, Task
+from service.model import OwnedService, Registration, Task
 from service.reconcile.diff import in_place
 from service.reconcile.ledger import Ledger
 from service.reconcile.work import (

@@ -12,8 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from service.consul_registry import OwnedService
-from service.model import App, Task
+from service.model import App, OwnedService, Task
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from service.clients import ConsulAgent, ConsulAgentDirectory, ContainerSource, MarathonApps
-from service.consul_registry import ConsulError, OwnedService
 from service.desired import desired_registrations
-from service.docker_lookup import DockerLookupError, consume_exception
+from service.errors import CallError, consume_exception
 from service.metrics import Metrics
-from service.model import AddressMode, App, Container, Registration, Skip, Task, TaskState
+from service.model import AddressMode, App, Container, OwnedService, Registration, Skip, Task, TaskState
 from service.naming import service_identity
 from service.ownership import Claim, claim
 from service.reconcile.settings import ReconcileSettings
@@ -115,7 +114,7 @@ class WorldReader:
         for host in sorted(known):
             try:
                 return set(await self.agents.agent(host).catalog_node_addresses())
-            except ConsulError as exc:
+            except CallError as exc:
                 log.warning("catalog read via %s failed: %s", host, exc)
         return set()
 
@@ -143,17 +142,17 @@ class WorldReader:
 
     # ---------------------------------------------------------------- the per-app reads
     async def read_agents(self, hosts: Iterable[str], app_id: str
-                          ) -> tuple[dict[str, OwnedService], dict[str, ConsulError]]:
+                          ) -> tuple[dict[str, OwnedService], dict[str, CallError]]:
         """`app_id`'s registrations on the agents of `hosts`, and the hosts whose agent failed (with
         the error, whose verdict tells a refusal from an outage)."""
         owned: dict[str, OwnedService] = {}
-        unreachable: dict[str, ConsulError] = {}
+        unreachable: dict[str, CallError] = {}
         agents: dict[int, ConsulAgent] = {id(a): a for a in (self.agents.agent(h) for h in hosts)}
 
         async def read(agent: ConsulAgent) -> None:
             try:
                 owned.update(await agent.owned(app_id))
-            except ConsulError as exc:
+            except CallError as exc:
                 unreachable[agent.host] = exc
 
         await asyncio.gather(*(read(a) for a in agents.values()))
@@ -164,7 +163,7 @@ class WorldReader:
             return None
         try:
             return await self.lookup.find(host, task_id)
-        except DockerLookupError as exc:
+        except CallError as exc:
             if exc.reported:
                 return Skip(task_id=task_id, reason="docker-refused", detail=str(exc), retry=True, reported=True)
             return Skip(task_id=task_id, reason="docker-unreachable", detail=str(exc), retry=True)

@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory
-from service.consul_registry import ConsulError, OwnedService
 from service.desired import ttl_check_statuses
+from service.errors import CallError
 from service.metrics import Metrics
-from service.model import Registration, Task
+from service.model import OwnedService, Registration, Task
 from service.reconcile.ledger import Ledger
 
 
-class NotWriter(ConsulError):
+class NotWriter(CallError):
     """This instance does not hold the Consul lock (any more): the write was not made. A RETRY (the
     default verdict): a standby's queue is cleared anyway, and a writer again resyncs first."""
 
@@ -51,7 +51,7 @@ class ConsulWriter:
             self._gate()
             try:
                 await self._agents.agent(reg.agent_host).register(reg)
-            except ConsulError:
+            except CallError:
                 self._metrics.registrations.labels("error").inc()
                 raise
         self._metrics.registrations.labels("updated" if replacing else "created").inc()
@@ -64,7 +64,7 @@ class ConsulWriter:
             self._gate()
             try:
                 await self._agents.agent(reg.agent_host).deregister(reg.service_id)
-            except ConsulError:
+            except CallError:
                 self._metrics.deregistrations.labels("error").inc()
                 raise
         self._metrics.deregistrations.labels("ok").inc()
@@ -77,7 +77,7 @@ class ConsulWriter:
             self._gate()
             try:
                 await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
-            except ConsulError as exc:
+            except CallError as exc:
                 if exc.cause == "gone":  # the check, so the registration, was removed behind our back:
                     self._ledger.forget(reg)  # the task's retry compares with a ledger without it
                 raise

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from devcluster.docker_sim import Running, start, stop
-from service.docker_lookup import ContainerLookup
+from service.docker.lookup import ContainerLookup
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]

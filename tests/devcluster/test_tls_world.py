@@ -17,7 +17,7 @@ import pytest
 from devcluster.__main__ import TLS_MARATHON_CREDENTIALS, tls_registrar_options
 from devcluster.pki import make_world_pki
 from service.connect import TLSOptions, ssl_context
-from service.consul_registry import AgentClient, ConsulError
+from service.consul.agents import AgentClient, ConsulError
 from service.marathon.client import MarathonClient, MarathonError
 from service.metrics import Metrics
 from tests.helpers import Process, free_port, wait_for

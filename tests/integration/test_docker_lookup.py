@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from devcluster.docker_sim.templates import weave_hosts
-from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.docker.lookup import ContainerLookup, DockerLookupError
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,9 +29,9 @@ import pytest
 from aiohttp import web
 
 from devcluster.docker_sim import start, stop
-from service.consul_lock import ConsulLockClient
-from service.consul_registry import AgentClient, ConsulAgents, ConsulError
-from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.consul.agents import AgentClient, ConsulAgents, ConsulError
+from service.consul.lock import ConsulLockClient
+from service.docker.lookup import ContainerLookup, DockerLookupError
 from service.errors import CallError
 from service.leadership import Leadership, LockSettings, Role, holder_value, lock_key
 from service.marathon.client import MarathonClient, MarathonError

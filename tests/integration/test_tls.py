@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from service.connect import TLSOptions, ssl_context
-from service.consul_registry import AgentClient, ConsulError
-from service.docker_lookup import ContainerLookup, DockerLookupError
+from service.consul.agents import AgentClient, ConsulError
+from service.docker.lookup import ContainerLookup, DockerLookupError
 from service.marathon.client import MarathonClient, MarathonError
 from service.metrics import Metrics
 from tests.pki import PKI, Cert, make_pki, serve, server_context
@@ -216,7 +216,7 @@ async def test_consul_token_file_rotation_takes_effect_without_a_restart(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent client asks the token file at every request; py-consul's own reading of
     CONSUL_HTTP_TOKEN (which would override whatever it is given) does not get in the way."""
-    from service.consul_lock import ConsulLockClient
+    from service.consul.lock import ConsulLockClient
     from service.tokens import TokenFile
 
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token-ignored")

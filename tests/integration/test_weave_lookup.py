@@ -13,7 +13,7 @@ import pytest
 
 from devcluster.docker_sim import Running, start, stop
 from service.desired import desired_registrations
-from service.docker_lookup import ContainerLookup
+from service.docker.lookup import ContainerLookup
 from service.metrics import Metrics
 from service.model import AddressMode, App, Naming, PortMapping, Task
 from tests.devcluster import sim_inprocess
@@ -160,7 +160,7 @@ async def test_image_without_ip_is_not_exec_ed_again(sim: Running, caplog: pytes
     await create(sim, {"task_id": "web.1", "weave_proxy": True, "weave_rewrite_hosts": False, "ip_binary": False})
     lk = lookup(sim, weave_exec=True)
     try:
-        with caplog.at_level(logging.WARNING, logger="service.docker_lookup"):
+        with caplog.at_level(logging.WARNING, logger="service.docker.lookup"):
             for _ in range(3):
                 c = await lk.find("s", "web.1")
                 assert c is not None and c.weave_pending == "weave-ip-not-attached"
@@ -178,7 +178,7 @@ async def test_outside_overlay_is_logged_and_counted_once(sim: Running, caplog: 
     metrics = Metrics()
     lk = lookup(sim, metrics)
     try:
-        with caplog.at_level(logging.WARNING, logger="service.docker_lookup"):
+        with caplog.at_level(logging.WARNING, logger="service.docker.lookup"):
             for _ in range(3):
                 for task_id in ("docker0.1", "weave.1", "fine.1"):
                     assert await lk.find("s", task_id) is not None

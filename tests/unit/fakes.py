@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.consul_registry import ConsulError, OwnedService
+from service.consul.agents import ConsulError, OwnedService
 from service.model import App, Container, HealthCheck, PortMapping, Registration, Task
 from service.ownership import META_APP_ID, is_ours
 

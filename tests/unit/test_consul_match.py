@@ -1,5 +1,5 @@
 """"Does the agent's registration match ours?": the equality that decides every write of a resync
-(service/consul_registry.py: go_duration_seconds, same_check, OwnedService.matches)."""
+(service/model.py: go_duration_seconds, same_check, OwnedService.matches)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.consul_registry import OwnedService, go_duration_seconds, same_check
-from service.model import ConsulCheck, Registration
+from service.model import ConsulCheck, OwnedService, Registration, go_duration_seconds, same_check
 
 
 @pytest.mark.parametrize("value,seconds", [

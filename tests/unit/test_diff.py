@@ -6,8 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.consul_registry import OwnedService
-from service.model import ConsulCheck, Registration, Skip, Task
+from service.model import ConsulCheck, OwnedService, Registration, Skip, Task
 from service.ownership import ownership_meta
 from service.reconcile.diff import diff
 

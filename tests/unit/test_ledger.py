@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from service.consul_registry import OwnedService
-from service.model import ConsulCheck, Registration
+from service.model import ConsulCheck, OwnedService, Registration
 from service.ownership import ownership_meta
 from service.reconcile.ledger import Ledger
 

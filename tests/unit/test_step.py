@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from service.consul_registry import ConsulError
-from service.docker_lookup import DockerLookupError
+from service.consul.agents import ConsulError
+from service.docker.lookup import DockerLookupError
 from service.errors import REPORT, Classified
 from service.marathon.client import MarathonError
 from service.metrics import Metrics

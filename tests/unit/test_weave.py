@@ -14,6 +14,16 @@ import pytest
 from devcluster.docker_sim import templates as t
 from service.config import ConfigError
 from service.desired import desired_registrations
+from service.docker.weave_proxy import (
+    _newer,
+    demux_stream,
+    path_stat,
+    rewritten_ip,
+    tar_single_file,
+    weave_hosts_ips,
+    weave_proxied_entry,
+    weave_proxied_inspect,
+)
 from service.model import (
     DEFAULT_OVERLAY_CIDRS,
     AddressMode,
@@ -24,16 +34,6 @@ from service.model import (
     Registration,
     Skip,
     Task,
-)
-from service.weave_proxy import (
-    _newer,
-    demux_stream,
-    path_stat,
-    rewritten_ip,
-    tar_single_file,
-    weave_hosts_ips,
-    weave_proxied_entry,
-    weave_proxied_inspect,
 )
 from tests.registrar_fixtures import run_cli
 from tests.unit.test_config import parse

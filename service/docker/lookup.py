@@ -1,6 +1,6 @@
 """Find a Marathon task's container, and its overlay IPs, on the task's slave (DESIGN §2.7): task id
 -> Container, from cached per-slave listings. The Engine API calls (sessions, version, errors) are
-service.docker_engine's; the Weave IPs of Weave-proxied containers are service.weave_proxy's.
+service.docker.engine's; the Weave IPs of Weave-proxied containers are service.docker.weave_proxy's.
 
 Why one listing per slave, not one call per event
     `GET /containers/json?filters={"label":["MESOS_TASK_ID"]}` returns every labelled task container
@@ -51,9 +51,10 @@ from typing import Any
 from urllib.parse import quote
 
 from service.connect import TLSOptions
-from service.docker_engine import DockerEngines, Engine
-from service.docker_engine import DockerLookupError as DockerLookupError
-from service.docker_engine import consume_exception as consume_exception
+from service.docker.engine import DockerEngines, Engine
+from service.docker.engine import DockerLookupError as DockerLookupError
+from service.docker.weave_proxy import WeaveCache, WeaveProxy, weave_proxied_entry
+from service.errors import consume_exception as consume_exception
 from service.metrics import Metrics
 from service.model import (
     DEFAULT_OVERLAY_CIDRS,
@@ -63,7 +64,6 @@ from service.model import (
     Cidr,
     Container,
 )
-from service.weave_proxy import WeaveCache, WeaveProxy, weave_proxied_entry
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class ContainerLookup:
             weave_proxied=bool(entry.get("Weave")),
         )
 
-    # ---- what a lookup returns: Weave IPs (service.weave_proxy), the overlay judgement ----------
+    # ---- what a lookup returns: Weave IPs (service.docker.weave_proxy), the overlay judgement ----------
 
     async def _finish(self, e: _Slave, c: Container) -> Container:
         """`c` with its Weave IP when it is proxied; judge (log and count) its overlay address once."""

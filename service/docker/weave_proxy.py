@@ -1,5 +1,5 @@
 """The Weave IPs of containers started through Weave's Docker API proxy (issue 12; the facts are in
-reference/weave.md), which Docker itself does not know: service.docker_lookup asks here for every
+reference/weave.md), which Docker itself does not know: service.docker.lookup asks here for every
 running proxied container it finds, so the lookup stays one listing per slave for the others.
 
 Weave-proxied containers
@@ -25,7 +25,7 @@ Weave-proxied containers
     when a listing shows it stopped or gone); lookups run single-flight per container and at most
     INSPECT_CONCURRENCY at a time per engine. Containers whose addresses all lie outside
     `--overlay-cidr` are logged and counted once (`mcr_overlay_addresses_rejected_total`, by
-    service.docker_lookup, which judges every container's address).
+    service.docker.lookup, which judges every container's address).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.docker_engine import DockerEngines, DockerLookupError, Engine, consume_exception
+from service.docker.engine import DockerEngines, DockerLookupError, Engine, consume_exception
 from service.metrics import Metrics
 from service.model import WEAVE_LOOKUP_FAILED, WEAVE_NOT_ATTACHED, Cidr, in_overlay
 

@@ -1,6 +1,6 @@
 """Talk to one slave's Docker Engine API: its session, its API version, and one error contract for
-every call. The container lookup (service.docker_lookup) and the Weave proxy support
-(service.weave_proxy) make their calls through here.
+every call. The container lookup (service.docker.lookup) and the Weave proxy support
+(service.docker.weave_proxy) make their calls through here.
 
 Why aiohttp and not the Docker SDK
     The registrar must register deployment bursts at >= 1,000 tasks/s on 2 cores (5,000
@@ -36,6 +36,7 @@ import aiohttp
 
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context, tls_reason
 from service.errors import CONFIG, GARBAGE, GONE, CallError, Classified, classify_status, classify_transport, record
+from service.errors import consume_exception as consume_exception
 from service.metrics import Metrics
 
 INSPECT_CONCURRENCY = 16  # per engine; the reference saw 50 concurrent inspects served in ~6 ms
@@ -179,10 +180,3 @@ class DockerEngines:
                         raise self.fail(e, "version", GARBAGE, "/version has no ApiVersion")
                     e.prefix = f"/v{api}"
         return e.prefix
-
-
-def consume_exception(task: asyncio.Future[Any]) -> None:
-    """Waiters get the error; this only keeps asyncio from logging it when none are left (or when
-    nobody ends up waiting, as for the reconciler's unused early lookups)."""
-    if not task.cancelled():
-        task.exception()

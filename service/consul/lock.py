@@ -1,6 +1,6 @@
 """The Consul session and KV calls of the leader lock, through py-consul's asyncio client.
 
-Kept apart from `consul_registry` (which writes registrations into many agents) because the lock
+Kept apart from `service.consul.agents` (which writes registrations into many agents) because the lock
 talks to one agent only, and its answers mean different things: a 404 on renew is "the session is
 gone" (the lock is lost), not "already deregistered". py-consul raises `consul.exceptions.NotFound`
 for it (reference/consul-sessions.md §7). Every call has a timeout longer than the blocking wait it
@@ -18,21 +18,16 @@ and 404 on renew is "the session is gone".
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import consul
 import consul.exceptions
 
-from service.connect import TLSOptions, consul_client, tls_reason
-from service.consul_registry import CALL_BACKOFF, ConsulError
-from service.errors import GONE, NOT_FOUND, RETRY, Classified, classify_consul, record
+from service.connect import TLSOptions, consul_client
+from service.consul.call import ConsulCall, ConsulError
+from service.errors import GONE, NOT_FOUND, RETRY, Classified
 from service.leadership import SessionsUnavailable
 from service.metrics import Metrics
 from service.tokens import TokenSource, static
-
-T = TypeVar("T")
 
 # 404 on renew: Consul no longer knows the session, the lock is lost; the lock's loop contends again
 SESSION_GONE = Classified(RETRY, "gone")
@@ -46,44 +41,25 @@ class ConsulLockClient:
         self.url = url
         self._timeout = timeout
         self._metrics = metrics if metrics is not None else Metrics()
-        self._attempts = max(1, attempts)
+        self._call = ConsulCall(url, metrics=self._metrics, attempts=attempts,
+                                then="tried again at the lock's next round (acquire or renew)")
         # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=wait_seconds * 17 / 16 + timeout, limit=8)
 
-    async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call, retrying RETRY answers with back-off up to `attempts` in all (as
-        `consul_registry.AgentClient._call`); every failed answer is counted."""
-        attempt = 1
-        while True:
-            try:
-                return await fn()
-            except Exception as exc:
-                classified = classify_consul(exc)
-                if classified is None:
-                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
-                if call == "session_create" and classified.reason == "method-not-allowed":
-                    self._count(call, classified)  # the leadership says what it means (--lock auto or on)
-                    raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered {exc}") from exc
-                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
-                message = f"consul agent {self.url}: {call} failed: {detail}"
-                record(self._metrics, system="consul", call=call, target=self.url, classified=classified,
-                       message=message, then="tried again at the lock's next round (acquire or renew)")
-                if classified.verdict is not RETRY or attempt >= self._attempts:
-                    raise ConsulError(message, classified) from exc
-            self._metrics.retries.labels("consul").inc()
-            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
-            attempt += 1
-
-    def _count(self, call: str, classified: Classified) -> None:
-        self._metrics.call_errors.labels("consul", call, classified.verdict.value, classified.reason).inc()
-
     async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
         # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)
-        sid = await self._call("session_create", lambda: self._client.session.create(
-            name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"))
+        try:
+            sid = await self._call("session_create", lambda: self._client.session.create(
+                name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"),
+                counted_only=frozenset({"method-not-allowed"}))
+        except ConsulError as exc:
+            if exc.cause != "method-not-allowed":
+                raise
+            # counted; the leadership says what it means (--lock auto or on)
+            raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered {exc.__cause__}") from exc
         if sid is None:  # py-consul answers None for a 404: no such endpoint on this agent
-            self._count("session_create", NOT_FOUND)
+            self._call.count("session_create", NOT_FOUND)
             raise SessionsUnavailable(f"{self.url}: PUT /v1/session/create answered 404")
         return str(sid)
 
@@ -96,13 +72,13 @@ class ConsulLockClient:
             return True
 
         if not await self._call("session_renew", renew):
-            self._count("session_renew", SESSION_GONE)
+            self._call.count("session_renew", SESSION_GONE)
             return False
         return True
 
     async def destroy_session(self, session_id: str) -> None:
         if not await self._call("session_destroy", lambda: self._client.session.destroy(session_id)):
-            self._count("session_destroy", GONE)  # py-consul's False is a 404: already gone, as wanted
+            self._call.count("session_destroy", GONE)  # py-consul's False is a 404: already gone, as wanted
 
     async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
         got_index, entry = await self._call("kv_get", lambda: self._client.kv.get(

@@ -3,8 +3,9 @@
 Registrations go into the agent on the task's host (docs/architecture.md §6.3), so this module is a directory of
 agents keyed by host, built from the `--consul` URL template. Reading back is the other half of
 level-triggered reconciliation: `AgentClient.owned()` returns the registrations carrying our
-ownership Meta (`service.ownership`), parsed back into `Registration` values so that "nothing to do" is an equality test
-(`same_registration`). Anything without our `managed-by` Meta is never returned, so never touched.
+ownership Meta (`service.ownership`), parsed back into `OwnedService` values, whose `matches`
+(in `service.model`) decides "nothing to do". Anything without our `managed-by` Meta is never
+returned, so never touched. Every call goes through `service.consul.call.ConsulCall`.
 
 Every call has a timeout and bounded, backed-off retries of what `service.errors` classifies as
 RETRY; anything else, or a RETRY still failing after the last attempt, raises `ConsulError` with
@@ -16,51 +17,20 @@ is refused, REPORT).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-from service.backoff import Backoff
-from service.connect import TLSOptions, consul_client, tls_reason
-from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, CallError, Classified, classify_consul, record
+from service.connect import TLSOptions, consul_client
+from service.consul.call import ConsulCall
+from service.consul.call import ConsulError as ConsulError
+from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, Classified, record
 from service.metrics import Metrics
-from service.model import ConsulCheck, Registration
+from service.model import ConsulCheck, OwnedService, Registration
 from service.ownership import checks_filter, owned_filter
 from service.tokens import TokenSource, static
 
-T = TypeVar("T")
-# Between attempts of one agent call: short, since the whole key is retried later anyway.
-CALL_BACKOFF = Backoff(initial=0.1, cap=2.0)
-
-
 _CHECK_GONE = Classified(RETRY, "gone")
-
-
-class ConsulError(CallError):
-    """A Consul agent call failed (a REPORT answer, or RETRY answers until the attempts ran out);
-    the message names the agent and the call, `verdict`/`cause` say what the answer meant."""
-
-
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def go_duration_seconds(value: object) -> float | None:
-    """Consul echoes durations in Go's canonical form ("1m0s" for our "60s"); compare by value."""
-    if value in (None, "", 0):
-        return None
-    if isinstance(value, (int, float)):
-        return value / 1e9  # a JSON number is nanoseconds
-    text = str(value)
-    parts = _GO_DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text.lstrip("+"):
-        return None
-    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    return seconds or None
 
 
 def _check_from_consul(obj: Mapping[str, Any]) -> ConsulCheck:
@@ -78,46 +48,6 @@ def _check_from_consul(obj: Mapping[str, Any]) -> ConsulCheck:
     )
 
 
-def same_check(desired: ConsulCheck, actual: ConsulCheck, actual_type: str) -> bool:
-    """Does the agent's check match what we want? Fields Consul does not echo back count as equal
-    (older agents return no `Definition`), fields it does echo must match."""
-    if (desired.check_id, desired.name, desired.notes) != (actual.check_id, actual.name, actual.notes):
-        return False
-    if actual_type and actual_type != desired.kind:
-        return False
-    for field in ("http", "tcp"):
-        if getattr(actual, field) is not None and getattr(actual, field) != getattr(desired, field):
-            return False
-    for field in ("interval", "timeout", "ttl"):
-        got = go_duration_seconds(getattr(actual, field))
-        if got is not None and got != go_duration_seconds(getattr(desired, field)):
-            return False
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class OwnedService:
-    """One of our registrations as an agent holds it, with its checks' live state."""
-
-    registration: Registration
-    check_types: Mapping[str, str]  # check id -> "http" | "tcp" | "ttl" | ...
-    check_status: Mapping[str, str]  # check id -> passing | warning | critical
-
-    def matches(self, desired: Registration) -> bool:
-        actual = self.registration
-        if (actual.service_id, actual.name, actual.tags, actual.address, actual.port, actual.meta) != (
-            desired.service_id, desired.name, desired.tags, desired.address, desired.port, desired.meta
-        ):
-            return False
-        if len(actual.checks) != len(desired.checks):
-            return False
-        by_id = {c.check_id: c for c in actual.checks}
-        return all(
-            c.check_id in by_id and same_check(c, by_id[c.check_id], self.check_types.get(c.check_id, ""))
-            for c in desired.checks
-        )
-
-
 class AgentClient:
     """One Consul agent (the one on `host`)."""
 
@@ -126,82 +56,33 @@ class AgentClient:
         self.host = host
         self.url = url
         self._metrics = metrics
-        self._attempts = attempts
+        self._call = ConsulCall(url, metrics=metrics, attempts=attempts)
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=timeout, limit=64)
         self._node_name: str | None = None
 
-    async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call, retrying RETRY answers with back-off up to `attempts` in all. A plain loop, no
-        tenacity: building tenacity's retry state per call was ~3% of a burst's CPU, and the
-        success path must cost nothing beyond the call itself."""
-        attempt = 1
-        while True:
-            try:
-                return await self._timed(call, fn)
-            except Exception as exc:
-                classified = classify_consul(exc)
-                if classified is None:
-                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
-                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
-                error = self._fail(call, classified, detail)
-                if classified.verdict is not RETRY or attempt >= self._attempts:
-                    raise error from exc
-            self._metrics.retries.labels("consul").inc()
-            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
-            attempt += 1
-
-    async def _timed(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
-        started = time.perf_counter()
-        try:
-            return await fn()
-        finally:
-            self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
-
-    def _fail(self, call: str, classified: Classified, detail: str) -> ConsulError:
-        """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
-        message = f"consul agent {self.url}: {call} failed: {detail}"
-        record(self._metrics, system="consul", call=call, target=self.url, classified=classified, message=message)
-        return ConsulError(message, classified)
-
-    @contextlib.contextmanager
-    def _shape(self, call: str) -> Iterator[None]:
-        """JSON that is not the shape Consul answers (a proxy's own JSON, a truncated object) is
-        garbage, a REPORT: never an AttributeError out of our parsing."""
-        try:
-            yield
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            raise self._fail(call, GARBAGE, f"unexpected answer: {type(exc).__name__}: {exc}") from exc
-
-    def _answered(self, call: str, value: T | None) -> T:
-        """py-consul returns None where the agent answered 404 to a read that must exist (a proxy
-        refusing the endpoint, an agent too old for it): a REPORT, never an empty answer."""
-        if value is None:
-            raise self._fail(call, NOT_FOUND, "404 (the endpoint is not there)")
-        return value
-
     async def node_name(self) -> str:
         """The agent's node name: two host names can lead to one agent, the node name tells."""
         if self._node_name is None:
-            me = self._answered("agent_self", await self._call("agent_self", self._client.agent.self))
-            with self._shape("agent_self"):
+            me = self._call.answered("agent_self", await self._call("agent_self", self._client.agent.self))
+            with self._call.shape("agent_self"):
                 self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
         return self._node_name
 
     async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
         """Our registrations on this agent (optionally of one app), by service id."""
         expr = owned_filter(app_id)
-        services = self._answered("agent_services", await self._call(
+        services = self._call.answered("agent_services", await self._call(
             "agent_services", lambda: self._client.agent.services(filter_expr=expr)))
         if not isinstance(services, dict):
-            raise self._fail("agent_services", GARBAGE, f"unexpected answer: {type(services).__name__}, not a map")
+            raise self._call.fail("agent_services", GARBAGE, f"unexpected answer: {type(services).__name__}, not a map")
         if not services:
             return {}
-        checks = self._answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
+        checks = self._call.answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
             filter_expr=checks_filter(services) if app_id is not None else None)))
         if not isinstance(checks, dict):
-            raise self._fail("agent_checks", GARBAGE, f"unexpected answer: {type(checks).__name__}, not a map")
-        with self._shape("agent_services"):
+            raise self._call.fail("agent_checks", GARBAGE, f"unexpected answer: {type(checks).__name__}, not a map")
+        with self._call.shape("agent_services"):
             return self._parse_owned(services, checks)
 
     def _parse_owned(self, services: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, OwnedService]:
@@ -234,7 +115,7 @@ class AgentClient:
             replace_existing_checks=True,
         ))
         if not made:  # py-consul's False is a 404: the register endpoint itself is refused
-            raise self._fail("register", NOT_FOUND, "404 (the endpoint is not there)")
+            raise self._call.fail("register", NOT_FOUND, "404 (the endpoint is not there)")
 
     async def deregister(self, service_id: str) -> bool:
         """True if the agent had it; an unknown id (404, which py-consul returns as False) is
@@ -252,13 +133,13 @@ class AgentClient:
         update = {"passing": self._client.agent.check.ttl_pass, "warning": self._client.agent.check.ttl_warn,
                   "critical": self._client.agent.check.ttl_fail}[status]
         if not await self._call("check_update", lambda: update(check_id, notes=output)):
-            raise self._fail("check_update", _CHECK_GONE, f"404: check {check_id} is not on the agent")
+            raise self._call.fail("check_update", _CHECK_GONE, f"404: check {check_id} is not on the agent")
 
     async def catalog_node_addresses(self) -> list[str]:
         """Addresses of every node in the catalog: where orphans may live though no task runs there."""
         _, nodes = await self._call("catalog_nodes", self._client.catalog.nodes)
-        with self._shape("catalog_nodes"):
-            return [n["Address"] for n in self._answered("catalog_nodes", nodes) if n.get("Address")]
+        with self._call.shape("catalog_nodes"):
+            return [n["Address"] for n in self._call.answered("catalog_nodes", nodes) if n.get("Address")]
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,0 +1,106 @@
+"""The one wrapper every Consul call goes through, for the agents' client and the lock's alike.
+
+It times the call (`mcr_consul_request_seconds{call}`), classifies a failed answer by the error
+contract (`service.errors`, docs/architecture.md §8), counts it (and logs a REPORT once), and
+retries RETRY answers with back-off up to `attempts` in all. Anything raised that is not an answer
+of Consul's (an `AttributeError` of ours) is not classified and stays loud.
+
+One wrapper, so that the lock's calls cannot drift from the agents' (they once had a copy of this
+loop that had lost the latency timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from service.backoff import Backoff
+from service.connect import tls_reason
+from service.errors import GARBAGE, NOT_FOUND, RESYNC_RETRIES, RETRY, CallError, Classified, classify_consul, record
+from service.metrics import Metrics
+
+T = TypeVar("T")
+# Between attempts of one agent call: short, since the whole key is retried later anyway.
+CALL_BACKOFF = Backoff(initial=0.1, cap=2.0)
+
+
+class ConsulError(CallError):
+    """A Consul agent call failed (a REPORT answer, or RETRY answers until the attempts ran out);
+    the message names the agent and the call, `verdict`/`cause` say what the answer meant."""
+
+
+class ConsulCall:
+    """Calls to one agent (`url`): timed, classified, counted, retried.
+
+    `then` says, in the caller's words, what happens after a refused call (the reconciler's next
+    resync, the lock's next round); it goes into the one log line of a REPORT."""
+
+    def __init__(self, url: str, *, metrics: Metrics, attempts: int, then: str = RESYNC_RETRIES) -> None:
+        self.url = url
+        self._metrics = metrics
+        self._attempts = max(1, attempts)
+        self._then = then
+
+    async def __call__(self, call: str, fn: Callable[[], Awaitable[T]], *,
+                       counted_only: frozenset[str] = frozenset()) -> T:
+        """One call, retrying RETRY answers with back-off up to `attempts` in all. A plain loop, no
+        tenacity: building tenacity's retry state per call was ~3% of a burst's CPU, and the
+        success path must cost nothing beyond the call itself.
+
+        A failed answer whose reason is in `counted_only` is counted, neither logged nor retried,
+        and raised at once: the caller gives it a meaning of its own and says so itself."""
+        attempt = 1
+        while True:
+            try:
+                return await self._timed(call, fn)
+            except Exception as exc:
+                classified = classify_consul(exc)
+                if classified is None:
+                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
+                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
+                if classified.reason in counted_only:
+                    self.count(call, classified)
+                    raise ConsulError(f"consul agent {self.url}: {call} failed: {detail}", classified) from exc
+                error = self.fail(call, classified, detail)
+                if classified.verdict is not RETRY or attempt >= self._attempts:
+                    raise error from exc
+            self._metrics.retries.labels("consul").inc()
+            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
+            attempt += 1
+
+    async def _timed(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        try:
+            return await fn()
+        finally:
+            self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
+
+    def count(self, call: str, classified: Classified) -> None:
+        """Count an answer without logging it (its caller logs what it means)."""
+        self._metrics.call_errors.labels("consul", call, classified.verdict.value, classified.reason).inc()
+
+    def fail(self, call: str, classified: Classified, detail: str) -> ConsulError:
+        """Count (and, for a REPORT, log once) a failed answer; the error to raise for it."""
+        message = f"consul agent {self.url}: {call} failed: {detail}"
+        record(self._metrics, system="consul", call=call, target=self.url, classified=classified, message=message,
+               then=self._then)
+        return ConsulError(message, classified)
+
+    @contextlib.contextmanager
+    def shape(self, call: str) -> Iterator[None]:
+        """JSON that is not the shape Consul answers (a proxy's own JSON, a truncated object) is
+        garbage, a REPORT: never an AttributeError out of our parsing."""
+        try:
+            yield
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise self.fail(call, GARBAGE, f"unexpected answer: {type(exc).__name__}: {exc}") from exc
+
+    def answered(self, call: str, value: T | None) -> T:
+        """py-consul returns None where the agent answered 404 to a read that must exist (a proxy
+        refusing the endpoint, an agent too old for it): a REPORT, never an empty answer."""
+        if value is None:
+            raise self.fail(call, NOT_FOUND, "404 (the endpoint is not there)")
+        return value
