@@ -1,8 +1,11 @@
 """Operator-facing configuration: the `serve` options of the README, each also read from MCR_<OPTION>.
 
 Precedence: command line, then `MCR_<OPTION>` env, then the default (which may itself come from the
-Marathon-provided env: `$HOST`, `$PORT0`, and Consul's `CONSUL_HTTP_TOKEN`). Validation happens
-here, once, so a bad value stops the process at start with one line naming the option.
+Marathon-provided env: `$HOST`, `$PORT0`, and Consul's and Docker's own names such as
+`CONSUL_HTTP_TOKEN`). A default that depends on another option (`DERIVED`: the lock agent from
+`--consul`, the callback URL from `--listen`) is derived in `config_from_args`, after flags and env
+are merged, so it follows that option however it was given. Validation happens here, once, so a
+bad value stops the process at start with one line naming the option.
 """
 
 from __future__ import annotations
@@ -140,14 +143,22 @@ def secret_values(config: Config) -> list[str]:
     return [v for v in values if v]
 
 
+# options whose default is derived from other options once all are merged: what --help shows
+DERIVED = {
+    "lock-agent": "--consul with {host} = $HOST (127.0.0.1 without $HOST)",
+    "callback-url": "http://$HOST:<--listen's port>/v1/events with $HOST (https with --listen-tls-cert)",
+}
+# the Marathon-provided env a derivation reads, carried in the parsed arguments
+_DERIVED_ENV = "derived_env"
+
+
 def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
     port0 = env.get("PORT0")
-    host = env.get("HOST")
     return {
         "marathon": "http://127.0.0.1:8080",
         "events": "auto",
         "listen": f"0.0.0.0:{port0}" if port0 else "0.0.0.0:8000",
-        "callback-url": f"http://{host}:{port0}/v1/events" if host and port0 else None,
+        "callback-url": None,  # derived: DERIVED
         "consul": "http://{host}:8500",
         "consul-token": env.get("CONSUL_HTTP_TOKEN"),
         "docker": "tcp://{host}:2375",
@@ -161,7 +172,7 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "lock": "auto",
         "lock-ttl": "15",
         "lock-delay": "15",
-        "lock-agent": _lock_agent_default(env),
+        "lock-agent": None,  # derived: DERIVED
         "cluster-id": None,
         "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
         "weave-exec-lookup": "false",
@@ -185,13 +196,16 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
     }
 
 
-def _lock_agent_default(env: Mapping[str, str]) -> str:
+def _lock_agent_default(consul: str, host: str | None) -> str:
     """The agent on this instance's own host (Marathon sets $HOST), so the session is bound to the
     health of the node the instance runs on; else the agent template's fixed URL, else loopback."""
-    template = env.get(env_name("consul"), "http://{host}:8500")
-    if "{host}" not in template:
-        return template
-    return template.replace("{host}", env.get("HOST") or "127.0.0.1")
+    return consul.replace("{host}", host or "127.0.0.1")
+
+
+def _callback_url_default(host: str | None, port: int, tls: bool) -> str | None:
+    """Where this process listens, by the node name Marathon knows it by ($HOST; deploy/README.md:
+    HOST networking, so that is the address it really listens on). Nothing without $HOST."""
+    return f"{'https' if tls else 'http'}://{host}:{port}/v1/events" if host else None
 
 
 def env_name(option: str) -> str:
@@ -201,9 +215,13 @@ def env_name(option: str) -> str:
 def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     defaults = _defaults(env)
+    parser.set_defaults(**{_DERIVED_ENV: {"HOST": env.get("HOST") or None}})
     for option, help_text in OPTIONS.items():
         default = env.get(env_name(option), defaults[option])
-        shown = "(none)" if default is None else ("***" if option in SECRET_OPTIONS and default else redact(default))
+        if default is None:
+            shown = DERIVED.get(option, "(none)")
+        else:
+            shown = "***" if option in SECRET_OPTIONS and default else redact(default)
         flag: dict[str, Any] = {"nargs": "?", "const": "true"} if option in FLAGS else {}
         parser.add_argument(f"--{option}", default=default, metavar=option.split("-")[-1].upper(),
                             help=f"{help_text} [env {env_name(option)}; default {shown}]", **flag)
@@ -262,10 +280,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen: {args.listen!r} is not HOST:PORT")
     events = _choice("events", args.events, ("auto", "callback", "sse"))
+    derived_env: Mapping[str, str | None] = getattr(args, _DERIVED_ENV, None) or {}
+    listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
     callback_url = args.callback_url or None
     if callback_url:
         _url("callback-url", callback_url, ("http", "https"))
-    elif events == "callback":
+    else:
+        callback_url = _callback_url_default(derived_env.get("HOST"), int(port), bool(listen_cert and listen_key))
+    if callback_url is None and events == "callback":
         raise ConfigError("--callback-url: required with --events callback (or run under Marathon with $HOST/$PORT0)")
     networks = tuple(n.strip() for n in str(args.networks).split(",") if n.strip())
     if not networks:
@@ -292,7 +314,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                                tuple(m.value for m in NameOverride)))
     consul_token_file = _token_file("consul-token-file", args.consul_token_file)
     marathon_token_file = _token_file("marathon-token-file", args.marathon_token_file)
-    consul_url, lock_agent = args.consul, args.lock_agent
+    consul_url = _url("consul", args.consul, ("http", "https"))
+    lock_agent = args.lock_agent or _lock_agent_default(consul_url, derived_env.get("HOST"))
     consul_tls = None
     if _bool("consul-http-ssl", args.consul_http_ssl):
         consul_url, lock_agent = _https(consul_url), _https(lock_agent)
@@ -315,12 +338,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     marathon_tls = None
     if any(u.startswith("https://") for u in marathon) or args.marathon_cacert:
         marathon_tls = _tls("marathon", TLSOptions(ca_file=_file("marathon-cacert", args.marathon_cacert)))
-    listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
     if bool(listen_cert) != bool(listen_key):
         raise ConfigError("--listen-tls-cert: needs --listen-tls-key too (and the other way round)")
     if listen_cert and listen_key and callback_url and callback_url.startswith("http://"):
-        # Marathon cannot post plain HTTP to a TLS listener: the $HOST/$PORT0 default (and an
-        # explicit http:// URL) is meant for this server, so it speaks the server's scheme
+        # Marathon cannot post plain HTTP to a TLS listener: an explicit http:// URL is meant for
+        # this server (as the derived default is), so it speaks the server's scheme
         callback_url = "https://" + callback_url[len("http://"):]
     if listen_cert and listen_key:
         _file("listen-tls-cert", listen_cert)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from service.config import OPTIONS, env_name
+from service.config import DERIVED, OPTIONS, env_name
 from tests.helpers import ROOT
 
 ROWS = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `--")]
@@ -40,3 +40,17 @@ def test_every_option_has_a_row_naming_its_env_variable(option: str) -> None:
 @pytest.mark.parametrize("option", sorted(NATIVE_ENV))
 def test_tls_options_name_the_docker_or_consul_variable_they_read(option: str) -> None:
     assert NATIVE_ENV[option] in row_of(option), f"--{option}'s row does not mention ${NATIVE_ENV[option]}"
+
+
+def test_every_row_names_an_option_serve_takes() -> None:
+    for row in ROWS:
+        for option in re.findall(r"`--([a-z-]+)`", row.split(" | ")[0]):
+            assert option in OPTIONS, f"README documents --{option}, which serve does not take"
+
+
+@pytest.mark.parametrize("option", sorted(DERIVED))
+def test_derived_defaults_name_what_they_derive_from_as_help_does(option: str) -> None:
+    """`--help` and the README say the same thing about a default taken from other options."""
+    default_cell = row_of(option).split(" | ")[1]
+    for source in re.findall(r"--[a-z-]+|\$[A-Z0-9_]+|\{host\}", DERIVED[option]):
+        assert source in default_cell, f"--{option}'s README default does not mention {source}"
