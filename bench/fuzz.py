@@ -135,7 +135,7 @@ async def harness(*, marathon_latency: float = 0.0) -> AsyncIterator[Harness]:
             lookup.by_task[task_id] = Container(id=f"c{n}", task_id=task_id, network_ips={"weave": f"10.32.0.{n}"})
             lookup.hosts[task_id] = host
     metrics = Metrics()
-    reconciler = Reconciler(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics,  # type: ignore[arg-type]
+    reconciler = Reconciler(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics,
                             settings=ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=3))
     reconciler.start()
     app = make_app(intake=EventIntake(reconciler, metrics), reconciler=reconciler, metrics=metrics,

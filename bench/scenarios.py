@@ -172,7 +172,7 @@ async def smoke() -> Result:
 
 # ---- resync + memory ----------------------------------------------------------------------------
 
-async def _resync_now(sims: Sims, reg: Target) -> dict[str, float]:
+async def _resync_now(sims: Sims, reg: Target) -> dict[str, Any]:
     """Drop Marathon's event stream: the registrar reconnects and resyncs (no replay on SSE).
     Returns the registrar's own resync duration (its histogram's sum delta) and the wall time."""
     before = await _metrics(reg)
@@ -205,7 +205,7 @@ async def _owned(sims: Sims) -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-async def _drift(sims: Sims, fraction: float) -> dict[str, int]:
+async def _drift(sims: Sims, fraction: float) -> dict[str, Any]:
     """Make `fraction` of the registrations wrong, in thirds: missing, orphan (ours, no task), changed."""
     owned = await _owned(sims)
     ids = sorted(owned)
@@ -360,7 +360,9 @@ async def _run_steady(sims: Sims, target: Target, apps: list[str], seconds: floa
     dereg_t: dict[str, float] = {}
     for op, sid, _a, mono, _w in entries:
         (reg_t if op == "register" else dereg_t).setdefault(sid, mono)
-    lat_run, lat_kill, missing = [], [], 0
+    lat_run: list[float] = []
+    lat_kill: list[float] = []
+    missing = 0
     never_running = killed_first = 0
     for (tid, state), sent in relay.sent.items():
         got = (reg_t if state == "TASK_RUNNING" else dereg_t).get(service_id(tid))

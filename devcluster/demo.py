@@ -65,7 +65,7 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
 def _check_target(check: dict[str, Any]) -> str:
     """What a check probes (the slave's mapped host port), or its name for the node's own check."""
     definition = check.get("Definition") or {}
-    return definition.get("HTTP") or definition.get("TCP") or check["Name"]
+    return str(definition.get("HTTP") or definition.get("TCP") or check["Name"])
 
 
 def stop_local_registrar() -> None:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"deployed {APP} with 3 instances")
     consul = SLAVES[0].consul_url
 
-    def three_passing():
+    def three_passing() -> list[dict[str, Any]] | None:
         status, body = call("GET", f"{consul}/v1/health/service/web?passing=1")
         return body if status == 200 and isinstance(body, list) and len(body) == 3 else None
 

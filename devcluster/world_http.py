@@ -47,4 +47,5 @@ def open_url(method: str, url: str, data: bytes | None = None, headers: dict[str
     req = urllib.request.Request(bare, data=data, method=method, headers={**auth, **(headers or {})})
     tls_dir = world_tls_dir()
     context = client_context(tls_dir) if bare.startswith("https://") and tls_dir else None
-    return urllib.request.urlopen(req, timeout=timeout, context=context)
+    response: HTTPResponse = urllib.request.urlopen(req, timeout=timeout, context=context)
+    return response

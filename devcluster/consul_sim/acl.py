@@ -17,6 +17,7 @@ and a name no rule matches gets the default policy. The anonymous token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from devcluster.consul_sim.validation import ApiError
@@ -136,15 +137,15 @@ class AclStore:
         return Authorizer(token, self.default_policy, enabled=True)
 
 
-def token_from_request(query: dict[str, str] | object, headers: object) -> str:
+def token_from_request(query: Mapping[str, str], headers: Mapping[str, str]) -> str:
     """HTTP `parseTokenInternal`: ?token=, then X-Consul-Token, then Authorization: Bearer."""
-    tok = query.get("token", "")  # type: ignore[attr-defined]
+    tok = query.get("token", "")
     if tok:
         return tok
-    tok = headers.get("X-Consul-Token", "")  # type: ignore[attr-defined]
+    tok = headers.get("X-Consul-Token", "")
     if tok:
         return tok
-    auth = headers.get("Authorization", "")  # type: ignore[attr-defined]
+    auth = headers.get("Authorization", "")
     scheme, _, rest = auth.strip().partition(" ")
     if scheme.lower() == "bearer" and rest.strip():
         return rest.strip().split()[0]

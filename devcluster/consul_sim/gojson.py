@@ -155,7 +155,8 @@ class _Parser:
             elif ord(c) < 0x20:
                 raise self.err(c, "in string literal")
             self.i += 1
-        return json.loads(self.s[start:self.i])
+        text: str = json.loads(self.s[start:self.i])
+        return text
 
     def number(self) -> GoNumber:
         start = self.i

@@ -498,7 +498,7 @@ async def health_checks(r: Request) -> web.StreamResponse:
     authz = r.authz()
     name = r.arg
     idx = await r.block(lambda: r.state.index_for_name(name))
-    out = []
+    out: list[dict[str, Any]] = []
     for agent, svc in r.state.instances(name):
         if authz.allowed("service", svc.spec.name, "read"):
             out.extend(views.check(c) for c in r.state.service_checks(agent, svc))

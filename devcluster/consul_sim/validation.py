@@ -92,7 +92,7 @@ def _type_name(t: Any) -> str:
         return "[]" + _type_name(t[1])
     if t[0] == "map":
         return "map[string]" + _type_name(t[1])
-    return "structs." + t[1]
+    return f"structs.{t[1]}"
 
 
 def _type_err(ctx: _Ctx, v: object, t: Any, path: str, detail: str = "") -> None:

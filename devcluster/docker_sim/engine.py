@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -342,7 +343,7 @@ def _compile_filters(param: str) -> Any:
         raise FilterError(f"invalid filter: {exc}") from exc
     if not isinstance(raw, dict):
         raise FilterError("invalid filter: not an object")
-    tests = []
+    tests: list[Callable[..., bool]] = []
     for key, values in raw.items():
         # both the list form and the legacy {"value": true} map form
         vals = list(values) if isinstance(values, list | dict) else [values]

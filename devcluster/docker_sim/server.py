@@ -269,7 +269,7 @@ async def start(
             site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
             server = site._server
-            bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+            bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[attr-defined]
             out.append(Running(host, bound, engine, runner))
     except BaseException:
         await stop(out)

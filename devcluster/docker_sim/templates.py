@@ -99,7 +99,7 @@ def inspect(
     the Weave proxy changes at create (reference/weave.md §1.4, §1.5): entrypoint, `/w` bind,
     hostname/domain, DNS."""
     cdir = f"{DATA_ROOT}/containers/{cid}"
-    exposed = {k: {} for k in port_bindings}
+    exposed: dict[str, dict[str, Any]] = {k: {} for k in port_bindings}
     process = [*(entrypoint or []), *COMMAND]
     return {
         "Id": cid, "Created": created_iso, "Path": process[0], "Args": process[1:],

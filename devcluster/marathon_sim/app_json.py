@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from devcluster.marathon_sim.config import SimConfig
 
@@ -165,6 +165,10 @@ def _num(v: float) -> float | int:
 # parsing
 
 
+class ErrorSink(Protocol):
+    def add(self, path: str, msg: str) -> None: ...
+
+
 class _Errors:
     def __init__(self) -> None:
         self.details: list[dict[str, Any]] = []
@@ -177,7 +181,7 @@ class _Errors:
         self.details.append({"path": path, "errors": [msg]})
 
 
-def normalize_id(raw: Any, errors: _Errors, path: str = "/id") -> str:
+def normalize_id(raw: Any, errors: ErrorSink, path: str = "/id") -> str:
     """Absolute form, empty segments dropped, `.`/`..` resolved, each segment checked (§6.1)."""
     if not isinstance(raw, str) or not raw.strip("/"):
         errors.add(path, "error.path.missing" if raw is None else "must not be empty")

@@ -75,7 +75,7 @@ async def probe(task: Task, spec: AppSpec, check: HealthCheck, docker: SlaveDock
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
-                               ssl=insecure if scheme == "https" else None) as resp:
+                               ssl=insecure if scheme == "https" else True) as resp:
             if 200 <= resp.status < 400 or (check.ignore_http1xx and 100 <= resp.status < 200):
                 return None
             return f"{resp.status} {resp.reason}"

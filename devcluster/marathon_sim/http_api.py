@@ -118,7 +118,8 @@ class Api:
         leader = self.cfg.standby_of
         path = request.path
         if not leader or not path.startswith("/v2/") or path == "/v2/leader":
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
         leader = leader.rstrip("/")
         if path == "/v2/events":
             location = f"{leader}/v2/events" + (f"?{request.query_string}" if request.query_string else "")

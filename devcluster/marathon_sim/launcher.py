@@ -118,7 +118,7 @@ class SlaveDocker:
             text = str(exc)
             clash = "port is already allocated" in text or "address already in use" in text
             raise LaunchError(f"Failed to launch container: {text}", port_clash=clash) from exc
-        return container.id
+        return str(container.id)
 
     def _as_weave_proxy_creates(self, spec: LaunchSpec, kwargs: dict[str, Any]) -> None:
         """What Weave's proxy makes of a create (reference weave.md §1.4, §1.5; W@v1.9.8
@@ -143,7 +143,8 @@ class SlaveDocker:
         kwargs["dns"] = [WEAVE_PROXY_DNS]
 
     def inspect(self, container_id: str) -> dict[str, Any]:
-        return self.client.api.inspect_container(container_id)
+        attrs: dict[str, Any] = self.client.api.inspect_container(container_id)
+        return attrs
 
     def stop(self, container_id: str, grace: float) -> None:
         """The docker executor's kill with a grace period (Marathon's `taskKillGracePeriodSeconds`

@@ -372,13 +372,14 @@ class Scheduler:
         spec = rec.spec
         docker = self.dockers[task.host]
         taken: set[int] = set()
+        container_id = ""
         for attempt in range(5):
             host_ports = self._host_ports(spec, task.slave, taken)
             task.ports = [p for p in host_ports if p is not None]
             self.reg.used_host_ports[task.host].update(task.ports)
             launch = self._launch_spec(spec, task, host_ports)
             try:
-                task.container_id = await asyncio.to_thread(docker.run, launch)
+                container_id = task.container_id = await asyncio.to_thread(docker.run, launch)
                 break
             except LaunchError as exc:
                 self.reg.used_host_ports[task.host].difference_update(task.ports)
@@ -389,13 +390,13 @@ class Scheduler:
                 if task.active:
                     await self._task_failed(rec, task, "TASK_FAILED", str(exc))
                 return
-        self.launched[task.container_id] = (task.host, task.task_id)
+        self.launched[container_id] = (task.host, task.task_id)
         if task.kill_requested or not task.active:
             return
         task.state = "TASK_STARTING"
         self._publish_task(task)
         try:
-            info = await asyncio.to_thread(docker.inspect, task.container_id)
+            info = await asyncio.to_thread(docker.inspect, container_id)
         except Exception as exc:  # container vanished between start and inspect
             if task.active and not task.kill_requested:
                 await self._task_failed(rec, task, "TASK_FAILED", f"docker inspect failed: {exc}")
@@ -608,20 +609,21 @@ class Scheduler:
         """Remove every container this process launched (SIGTERM handler)."""
         for t in self.reg.all_tasks():
             t.kill_requested = True  # their `die` events are ours, not failures
-        for _, task in list(self._deploying.values()):
-            task.cancel()
-        for t in list(self._background):
-            t.cancel()
+        for _, deploying in list(self._deploying.values()):
+            deploying.cancel()
+        for background in list(self._background):
+            background.cancel()
         removals = [asyncio.to_thread(self.dockers[host].remove, cid) for cid, (host, _) in self.launched.items()
                     if host in self.dockers]
         await asyncio.gather(*removals, return_exceptions=True)
+        removed = len(removals)
         # launches still in flight when we stopped: find them by the label this process put on them
         await asyncio.sleep(0.3)
         for docker in self.dockers.values():
             for cid in await asyncio.to_thread(docker.containers_labelled, f"{SIM_LABEL}={_pid()}"):
                 await asyncio.to_thread(docker.remove, cid)
-                removals.append(cid)
-        log.info("removed %d containers", len(removals))
+                removed += 1
+        log.info("removed %d containers", removed)
         self.launched.clear()
         if self._session is not None:
             with contextlib.suppress(Exception):

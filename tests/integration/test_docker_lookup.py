@@ -215,6 +215,7 @@ def _count(metrics: Metrics, call: str) -> float:
 # ---- layouts --------------------------------------------------------------------------------
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_label_lookup_slave1_bridge_layout(world: dict[str, Any]) -> None:
     made: Made = world["s1"]
     lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics())
@@ -227,6 +228,7 @@ async def test_label_lookup_slave1_bridge_layout(world: dict[str, Any]) -> None:
     assert c.overlay_ip(NETWORKS).startswith("10.32.1.")
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_label_lookup_slave2_weave_layout(world: dict[str, Any]) -> None:
     made: Made = world["s2"]
     lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics())
@@ -242,6 +244,7 @@ async def test_label_lookup_slave2_weave_layout(world: dict[str, Any]) -> None:
     assert c.overlay_address(NETWORKS, lookup.overlay_cidrs) == (made.ips["weave"], "") and not c.weave_proxied
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_unix_socket_template_serves_every_host(world: dict[str, Any]) -> None:
     made: Made = world["s1"]
     lookup = ContainerLookup(f"unix://{S1[1]}", NETWORKS, metrics=Metrics())
@@ -252,6 +255,7 @@ async def test_unix_socket_template_serves_every_host(world: dict[str, Any]) -> 
     assert c is not None and c.overlay_ip(NETWORKS) == made.ips["bridge"]
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_networks_order_decides_the_overlay_ip(world: dict[str, Any]) -> None:
     made: Made = world["two_nets"]
     assert set(made.ips) == {"weave", "bridge"}, made.ips
@@ -267,6 +271,7 @@ async def test_networks_order_decides_the_overlay_ip(world: dict[str, Any]) -> N
     assert made.ips["bridge"].startswith("172.31.")  # slave 2's own bridge, not the overlay
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_host_network_container_has_no_overlay_ip(world: dict[str, Any]) -> None:
     made: Made = world["host"]
     lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics())
@@ -278,6 +283,7 @@ async def test_host_network_container_has_no_overlay_ip(world: dict[str, Any]) -
     assert c.network_ips == {} and c.overlay_ip(NETWORKS) is None
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_exited_container_is_found_not_running(created: Created, clients: dict[str, Any]) -> None:
     made = created.run(S1)
     clients[S1[0]].api.kill(made.id)
@@ -292,6 +298,7 @@ async def test_exited_container_is_found_not_running(created: Created, clients: 
 # ---- fallback and request counts ------------------------------------------------------------
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_env_fallback_inspects_each_container_once(world: dict[str, Any], proxy_s1: CountingProxy) -> None:
     made: Made = world["unlabelled"]
     metrics = Metrics()
@@ -316,6 +323,7 @@ async def test_env_fallback_inspects_each_container_once(world: dict[str, Any], 
     assert proxy_s1.counts["list-named"] >= 2
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_burst_of_50_finds_makes_one_listing(world: dict[str, Any], proxy_s1: CountingProxy) -> None:
     burst: list[Made] = world["burst"]
     metrics = Metrics()
@@ -336,6 +344,7 @@ async def test_burst_of_50_finds_makes_one_listing(world: dict[str, Any], proxy_
     assert elapsed < 1.0, f"50 finds took {elapsed:.3f} s"
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_api_version_is_negotiated_once(world: dict[str, Any], proxy_s1: CountingProxy) -> None:
     lookup = ContainerLookup(proxy_s1.url, NETWORKS, metrics=Metrics(), list_ttl=0.0)
     try:
@@ -349,6 +358,7 @@ async def test_api_version_is_negotiated_once(world: dict[str, Any], proxy_s1: C
     assert listed and all(p.startswith("/v1.41/") for p in listed), listed
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_missing_task_relists_once_then_none(world: dict[str, Any], proxy_s1: CountingProxy) -> None:
     lookup = ContainerLookup(proxy_s1.url, NETWORKS, metrics=Metrics())
     try:
@@ -361,6 +371,7 @@ async def test_missing_task_relists_once_then_none(world: dict[str, Any], proxy_
     assert proxy_s1.counts["list-task"] == 1 and proxy_s1.counts["list-named"] == 1, proxy_s1.counts
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_container_started_after_the_cached_listing_is_found(
     world: dict[str, Any], created: Created
 ) -> None:
@@ -374,6 +385,7 @@ async def test_container_started_after_the_cached_listing_is_found(
     assert c is not None and c.overlay_ip(NETWORKS) == made.ips["weave"]
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_a_container_listed_before_it_ran_is_found_running_once_it_does(
     world: dict[str, Any], created: Created, clients: dict[str, Any]
 ) -> None:
@@ -396,6 +408,7 @@ async def test_a_container_listed_before_it_ran_is_found_running_once_it_does(
     assert found is not None and found.running and found.overlay_ip(NETWORKS)
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_just_started_container_costs_one_narrowed_probe(
     world: dict[str, Any], created: Created, proxy_s1: CountingProxy
 ) -> None:
@@ -418,6 +431,7 @@ async def test_just_started_container_costs_one_narrowed_probe(
 # ---- failures -------------------------------------------------------------------------------
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_unreachable_engine_raises_within_timeout(clients: dict[str, Any]) -> None:
     lookup = ContainerLookup("tcp://{host}:2375", NETWORKS, metrics=Metrics(), timeout=1.0)
     t0 = time.monotonic()
@@ -541,6 +555,7 @@ def weave_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wdir
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_proxied_container_on_the_real_engine(clients: dict[str, Any], created: Created,
                                                     weave_dir: Path) -> None:
     made, container = _proxied(created, weave_dir)
@@ -564,6 +579,7 @@ async def test_proxied_container_on_the_real_engine(clients: dict[str, Any], cre
     assert _count(metrics, "exec-start") == 1
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_proxied_container_without_hosts_rewrite_needs_exec(clients: dict[str, Any], created: Created,
                                                                   weave_dir: Path) -> None:
     made, container = _proxied(created, weave_dir)
@@ -577,6 +593,7 @@ async def test_proxied_container_without_hosts_rewrite_needs_exec(clients: dict[
         assert c is not None and (c.weave_ips, c.weave_source) == expected
 
 
+@pytest.mark.world  # the slaves' real engines (devcluster/slaves-up.sh)
 async def test_slave2_default_bridge_is_outside_the_overlay(clients: dict[str, Any], created: Created) -> None:
     """Slave 2's own default bridge (172.31/16) is a non-overlay bridge: its address is never registered
     as an overlay address; the container is counted once."""
