@@ -17,9 +17,8 @@ Why it looks like this:
   status and the body, because retrying a request Marathon rejected only delays the same answer.
   Every failed answer is classified by `service.errors` (docs/architecture.md §8: 429 and 5xx
   RETRY, 400/401/403/422 REPORT, counted in `mcr_call_errors_total` and logged once per cause).
-- **Redirects are followed by hand, bounded** (`_MAX_REDIRECTS`): a standby may send a 302/307 to
-  the leader. aiohttp would drop the credentials on a redirect to another host; they are kept only
-  when the target is one of the configured masters (never sent to a host the operator did not name).
+- **Redirects are followed by hand, bounded**, by the rule the event stream follows too
+  (`redirect.py`: credentials only when the scheme is kept or raised, at most 3 hops).
 - **Credentials.** `http://user:password@host:8080` is split into a bare URL and a ready
   `Authorization: Basic ...` header value (aiohttp 3.14 deprecates `auth=`/`BasicAuth`); only the
   bare URL, without user or password, ever appears in logs, errors and reprs.
@@ -61,6 +60,7 @@ from service.errors import (
     record,
 )
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
+from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
 from service.model import App, Task
 from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
@@ -72,8 +72,6 @@ EventTransport = Literal["callback", "sse"]
 # Statuses that say "this master cannot answer now", not "your request is wrong".
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _BODY_IN_ERROR = 500  # characters of a response body kept in MarathonError
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 3  # a standby to the leader is one; more is a loop or a misconfigured proxy
 _NOT_READY = Classified(RETRY, "unavailable")
 
 
@@ -264,11 +262,11 @@ class MarathonClient:
         ok_statuses: tuple[int, ...] = (),
     ) -> Any:
         """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses).
-        Redirects are followed here, at most `_MAX_REDIRECTS` of them (see the module docstring)."""
+        Redirects are followed here, by the rule of `redirect.py`."""
         ep = self.endpoints[index]
         url = ep.url(path)
         auth = ep.headers
-        for _ in range(_MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             started = time.monotonic()
             try:
                 async with self.session.request(
@@ -288,16 +286,21 @@ class MarathonClient:
                 raise _Transient(index, None, "", reason, classified) from e
             finally:
                 self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
-            if status not in _REDIRECTS or not location:
+            if not is_redirect(status, location):
                 break
-            url = url.join(URL(location))
+            assert location is not None
+            try:
+                url, auth = follow(url, location, sender=ep, masters=self.endpoints)
+            except RedirectError as e:
+                classified = classify_status(status)
+                error = MarathonError(method, str(url), status, reason=str(e), classified=classified)
+                self._record(call, ep, classified, str(error))
+                raise error from None
             params = None  # the Location carries the query
-            target = ((url.host or "").lower(), url.port)
-            auth = next((e.headers for e in self.endpoints if e.host_port == target), {})
             log.info("Marathon %s %s: %d to %s", method, ep.display, status, url.with_query(None))
         else:
             classified = classify_status(status)
-            error = MarathonError(method, str(url), status, reason=f"more than {_MAX_REDIRECTS} redirects",
+            error = MarathonError(method, str(url), status, reason=f"more than {MAX_REDIRECTS} redirects",
                                   classified=classified)
             self._record(call, ep, classified, str(error))
             raise error

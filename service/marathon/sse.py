@@ -10,11 +10,15 @@ Why it looks like this:
   one line end, not two. Lines are decoded only once complete: CR and LF never occur inside a
   UTF-8 sequence, so a character split across reads is never decoded half.
 - **The reader never gives up** (`EventStream.run`): Marathon closes every stream when its leader
-  steps down, closes slow consumers (1.8+), and a standby answers 302 to the leader (1.7+). Any
-  end of the stream (EOF, error, non-200) is followed by a reconnect with capped, fully jittered
-  exponential back-off, reset once a connection has stayed up for a while. There is no replay
-  (no `Last-Event-ID`), so every successful connect calls `on_connect()`, which is where the
-  caller schedules a full resync (DESIGN §2.1).
+  steps down, closes slow consumers (1.8+), and a standby answers 302 to the leader (1.7+,
+  followed by the rule of `redirect.py`). Any end of the stream (EOF, error, non-200) is followed
+  by a reconnect with capped (5 s), fully jittered exponential back-off. A connection that
+  delivered its `event_stream_attached` was a success, however short (a leader election cuts it
+  within seconds): the back-off starts over, so three elections in a row do not make the fourth
+  reconnect wait longer than the first. A refusal (a REPORT answer: 401, 403, 405) backs off up
+  to 30 s: the same answer comes back until an operator acts. There is no replay (no
+  `Last-Event-ID`), so every successful connect calls `on_connect()`, which is where the caller
+  schedules a full resync (DESIGN §2.1).
 - **Silence watchdog instead of a timeout.** The stream is endless, so there is no total timeout;
   Jetty sends a heartbeat every 10 s, so no byte at all for 3 heartbeats means a dead peer (a
   half-open TCP connection after a master vanished) and the stream is dropped and reconnected.
@@ -27,7 +31,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import re
@@ -39,16 +42,18 @@ import aiohttp
 from yarl import URL
 
 from service.backoff import Backoff
-from service.errors import classify_status, record
+from service.errors import REPORT, classify_status, record
 from service.marathon.client import MarathonClient
 from service.marathon.events import decode_event_text
+from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
+from service.retry import Stop, Stopped
 
 log = logging.getLogger(__name__)
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff"
-_MAX_REDIRECTS = 5
+ATTACHED = "event_stream_attached"  # the stream's own first event: it is live
 ACCEPT = "text/event-stream"  # Jetty compares it with == : anything else is a 405 (marathon.md §2.1)
 
 
@@ -149,7 +154,8 @@ class EventStream:
 
     `on_event` gets each event's decoded JSON object (with `eventType` filled from the SSE event
     name if the payload lacks it); `on_connect` is called after every successful (re)connect.
-    `event_types` filters server-side (Marathon ≥ 1.3.7); None means every event.
+    `event_types` filters server-side (Marathon ≥ 1.3.7); None means every event. A filter always
+    asks for `event_stream_attached` too: it is how the reader knows a connection succeeded.
     """
 
     def __init__(
@@ -163,7 +169,8 @@ class EventStream:
         event_types: Sequence[str] | None = None,
         heartbeat_interval: float = 10.0,
         backoff_initial: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff_cap: float = 5.0,
+        refusal_cap: float = 30.0,
         stable_after: float | None = None,
     ) -> None:
         self.client = client
@@ -172,16 +179,22 @@ class EventStream:
         self.on_event = on_event
         self.on_connect = on_connect
         self.event_types = list(event_types) if event_types else []
+        if self.event_types and ATTACHED not in self.event_types:
+            self.event_types.append(ATTACHED)
         self.silence_timeout = 3 * heartbeat_interval
         self.backoff = Backoff(initial=backoff_initial, cap=backoff_cap)
-        # A connection that outlived one silence window was healthy: the next back-off starts over.
+        self.refusal_backoff = Backoff(initial=backoff_initial, cap=max(backoff_cap, refusal_cap))
+        # A connection that delivered its event_stream_attached, or outlived one silence window,
+        # was healthy: the next back-off starts over.
         self.stable_after = self.silence_timeout if stable_after is None else stable_after
         self.connected = False
         self.connects = 0  # successful connects so far (tests and /ready read it)
         self._index = client.current_index
-        self._stop = asyncio.Event()
+        self._stop = Stop()
         self._failures = 0
         self._connected_at: float | None = None
+        self._attached = False  # this connection delivered an event_stream_attached
+        self._refused = False  # this attempt ended in a refusal (a REPORT answer)
         self._reader: asyncio.Task[None] | None = None
 
     # -- control ---------------------------------------------------------------------------------
@@ -208,6 +221,7 @@ class EventStream:
                     self.metrics.reconnects.inc()
                 first = False
                 self._connected_at = None
+                self._attached = self._refused = False
                 # The connection runs in its own task so that stop() can cut a read short.
                 self._reader = asyncio.create_task(self._read_once())
                 try:
@@ -237,21 +251,20 @@ class EventStream:
                     self._set_connected(False)
                 if self._stop.is_set():
                     break
-                if self._connected_at is not None and time.monotonic() - self._connected_at >= self.stable_after:
+                if self._attached or (self._connected_at is not None
+                                      and time.monotonic() - self._connected_at >= self.stable_after):
                     self._failures = 0
-                await self._sleep(self._backoff())
+                try:
+                    await self._stop.sleep(self._backoff())
+                except Stopped:
+                    break
         finally:
             self._set_connected(False)
 
     def _backoff(self) -> float:
-        """The next reconnect delay (full jitter, `service.backoff`)."""
+        """The next reconnect delay (full jitter, `service.backoff`); longer after a refusal."""
         self._failures += 1
-        return self.backoff.delay(self._failures)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
+        return (self.refusal_backoff if self._refused else self.backoff).delay(self._failures)
 
     def _next_endpoint(self) -> None:
         self._index = (self._index + 1) % len(self.client.endpoints)
@@ -269,27 +282,33 @@ class EventStream:
         """One connection, from request to end of stream."""
         endpoint = self.client.endpoints[self._index]
         url: URL = endpoint.url("/v2/events").with_query(self._params())
-        headers = {"Accept": ACCEPT, "Cache-Control": "no-cache", **endpoint.headers}
+        stream_headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
+        credentials = endpoint.headers
         # No total timeout: the stream is endless. The connect and the response head are bounded;
         # the body is watched by the silence watchdog below.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.client.timeout, sock_read=None)
-        for _ in range(_MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             async with asyncio.timeout(self.client.timeout):
-                resp = await self.session.get(url, headers=headers, timeout=timeout,
+                resp = await self.session.get(url, headers={**stream_headers, **credentials}, timeout=timeout,
                                               allow_redirects=False, raise_for_status=False)
             async with resp:
-                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                    # Followed by hand: aiohttp drops credentials on a redirect to another host, and
-                    # the leader wants the same ones as the standby that sent us there.
-                    url = url.join(URL(resp.headers["Location"]))
+                location = resp.headers.get("Location")
+                if is_redirect(resp.status, location):
+                    assert location is not None
+                    try:  # the one rule for REST and the stream (redirect.py)
+                        url, credentials = follow(url, location, sender=endpoint, masters=self.client.endpoints)
+                    except RedirectError as e:
+                        raise _StreamFailed(str(e), failover=True) from None
                     log.info("Marathon event stream: %s redirects to %s", self._display, url)
                     continue
                 if resp.status != 200:
                     body = (await resp.content.read(500)).decode("utf-8", errors="replace")
                     # counted and, for a refusal (401, 403, 405), logged once by the error contract
                     # (docs/architecture.md §8); the stream still reconnects for ever, backing off
+                    classified = classify_status(resp.status, body)
+                    self._refused = classified.verdict is REPORT
                     record(self.metrics, system="marathon", call="events", target=self._display,
-                           classified=classify_status(resp.status, body),
+                           classified=classified,
                            message=f"Marathon event stream {url}: HTTP {resp.status}: {body}",
                            then="the stream reconnects, backing off")
                     hint = " (does Marathon see Accept: text/event-stream?)" if resp.status == 405 else ""
@@ -300,7 +319,7 @@ class EventStream:
                                         "not an event stream", failover=True)
                 await self._consume(resp)
                 return
-        raise _StreamFailed(f"more than {_MAX_REDIRECTS} redirects from {self._display}", failover=True)
+        raise _StreamFailed(f"more than {MAX_REDIRECTS} redirects from {self._display}", failover=True)
 
     async def _consume(self, resp: aiohttp.ClientResponse) -> None:
         self._connected_at = time.monotonic()
@@ -338,6 +357,8 @@ class EventStream:
             return
         if name != "message":
             obj.setdefault("eventType", name)
+        if obj.get("eventType") == ATTACHED:
+            self._attached = True
         try:
             await _maybe_await(self.on_event(obj))
         except Exception:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -202,7 +203,7 @@ async def test_request_shape_and_events_delivered(session: aiohttp.ClientSession
         assert req.url.path == "/v2/events"
         assert req.values("accept") == ["text/event-stream"]  # exactly, and only once
         assert req.url.query.getall("plan-format") == ["light"]
-        assert req.url.query.getall("event_type") == ["status_update_event", "api_post_event"]
+        assert req.url.query.getall("event_type") == ["status_update_event", "api_post_event", "event_stream_attached"]
         assert "authorization" not in dict(req.headers)
         assert [e["eventType"] for e in rec.events] == ["event_stream_attached", "status_update_event"]
         assert rec.events[1]["taskId"] == "web.1"
@@ -262,7 +263,7 @@ async def test_standby_302_to_leader_keeps_query_and_credentials(session: aiohtt
                 await eventually(lambda: len(rec.events) == 1)
             [req] = leader.requests
             assert req.values("accept") == ["text/event-stream"]
-            assert req.url.query.getall("event_type") == ["status_update_event"]
+            assert req.url.query.getall("event_type") == ["status_update_event", "event_stream_attached"]
             assert req.url.query["plan-format"] == "light"
             assert req.values("authorization") == [aiohttp.encode_basic_auth("ops", "pa:ss")]
             assert rec.connects == 1
@@ -557,3 +558,69 @@ async def test_stop_before_run_is_final(session: aiohttp.ClientSession) -> None:
     stream.stop()
     await asyncio.wait_for(stream.run(), 1)
     assert sample(m, "mcr_event_source_reconnects_total") == 0
+
+
+def top(_lo: float, hi: float) -> float:
+    return hi
+
+
+async def test_after_three_short_attachments_the_next_reconnect_waits_no_more_than_the_first(
+        session: aiohttp.ClientSession) -> None:
+    """Issue 18's third defect: three leader elections within seconds, each stream attached (its
+    `event_stream_attached` delivered) and cut after a short while. Every one of them was a
+    success, so the reconnect after each waits at most the initial back-off, not 2, 4, 8 times it."""
+    closed_at: list[float] = []
+    requested_at: list[float] = []
+
+    async def behave(n: int, req: Request, w: asyncio.StreamWriter) -> None:
+        requested_at.append(time.monotonic())
+        await write(w, SSE_HEAD)
+        await write(w, sse_event("event_stream_attached", remoteAddress="127.0.0.1"))
+        if n >= 4:
+            await hold()
+        await asyncio.sleep(0.05)  # a short success, then the leader abdicates: the stream is cut
+        closed_at.append(time.monotonic())
+
+    initial = 0.2
+    rec = Recorder()
+    async with raw_marathon(behave) as s, running([s.url], session, Metrics(), rec,
+                                                  backoff_initial=initial, backoff_cap=5.0) as stream:
+        stream.backoff = replace(stream.backoff, uniform=top)  # every delay at its ceiling
+        await eventually(lambda: len(s.requests) == 4, within=10)
+    gaps = [requested_at[i + 1] - closed_at[i] for i in range(3)]
+    assert all(gap <= initial + 0.15 for gap in gaps), gaps  # not 0.4, 0.8, 1.6 s
+
+
+@pytest.mark.parametrize("answer,refusal", [
+    (status(401, "Unauthorized", b"invalid username or password"), True),
+    (status(403, "Forbidden", b"Not Authorized"), True),
+    (status(503, "Service Unavailable", b'{"message":"Leader currently not available"}'), False),
+])
+async def test_a_refusal_backs_off_longer_than_an_outage(session: aiohttp.ClientSession, answer: bytes,
+                                                         refusal: bool) -> None:
+    """Reconnects after an outage are capped at `backoff_cap` (5 s by default); a refusal comes back
+    the same until an operator acts, so it backs off up to `refusal_cap` (30 s)."""
+    requested_at: list[float] = []
+
+    async def behave(n: int, req: Request, w: asyncio.StreamWriter) -> None:
+        requested_at.append(time.monotonic())
+        await write(w, answer)
+
+    async with raw_marathon(behave) as s, running([s.url], session, Metrics(), Recorder(),
+                                                  backoff_initial=0.05, backoff_cap=0.05, refusal_cap=1.0) as stream:
+        stream.backoff = replace(stream.backoff, uniform=top)
+        stream.refusal_backoff = replace(stream.refusal_backoff, uniform=top)
+        await eventually(lambda: len(s.requests) == 5, within=10)
+    gaps = [b - a for a, b in itertools.pairwise(requested_at)]
+    if refusal:  # 0.05, 0.1, 0.2, 0.4: doubling past the outage cap
+        assert gaps[-1] >= 0.35, gaps
+    else:
+        assert max(gaps) <= 0.05 + 0.15, gaps
+
+
+def test_reconnect_caps_are_seconds() -> None:
+    m = Metrics()
+    client = MarathonClient(["http://127.0.0.1:1"], session=None, metrics=m)  # type: ignore[arg-type]
+    stream = EventStream(client, session=None, metrics=m, on_event=lambda e: None,  # type: ignore[arg-type]
+                         on_connect=lambda: None)
+    assert (stream.backoff.initial, stream.backoff.cap, stream.refusal_backoff.cap) == (0.5, 5.0, 30.0)
