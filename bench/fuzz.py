@@ -121,7 +121,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(*, marathon_latency: float = 0.0) -> AsyncIterator[Harness]:
+async def harness(*, marathon_latency: float = 0.0, max_event_bytes: int = MAX_BYTES) -> AsyncIterator[Harness]:
     marathon, lookup, agents = SlowMarathon(), CountingLookup(), FakeAgents()
     n = 0
     for app_id, task_ids in WORLD.items():
@@ -139,7 +139,7 @@ async def harness(*, marathon_latency: float = 0.0) -> AsyncIterator[Harness]:
                             settings=ReconcileSettings(backoff_initial=0.001, backoff_max=0.01, max_attempts=3))
     reconciler.start()
     app = make_app(intake=EventIntake(reconciler, metrics), reconciler=reconciler, metrics=metrics,
-                   readiness=Readiness(), max_event_bytes=MAX_BYTES)
+                   readiness=Readiness(), max_event_bytes=max_event_bytes)
     server = TestServer(app)
     await server.start_server()
     client = aiohttp.ClientSession(base_url=server.make_url("/"))

@@ -7,7 +7,7 @@ the handler must never wait on Consul or Docker. Marathon posts JSON with `appli
 
 The same back-off makes a 5xx the worst answer a hostile or broken body can get: the endpoint is
 unauthenticated, so anyone who can reach it could otherwise make Marathon drop our events. Every
-way a body can be wrong (size, Content-Encoding, UTF-8, JSON, nesting, event shape) therefore ends
+way a body can be wrong (size, Content-Encoding, UTF-8, JSON, nesting, number of values, event shape) therefore ends
 as a 4xx whose `error` is one of `events.REASONS`, counted in `events_rejected_total{reason}`.
 """
 

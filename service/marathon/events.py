@@ -40,14 +40,22 @@ from service.marathon.task_ids import app_id_from_instance_id, parse_task_id
 
 # Every label `events_rejected_total{reason}` can carry, for either transport: the body-level ones
 # (`too-large`, `bad-encoding`: Content-Encoding that does not decode) are the callback handler's.
-REASONS = ("too-large", "bad-encoding", "not-utf8", "not-json", "too-deep", "bad-number", "not-an-object",
-           "no-event-type", "bad-field", "bad-app-id")
+REASONS = ("too-large", "bad-encoding", "not-utf8", "not-json", "too-deep", "too-many-values", "bad-number",
+           "not-an-object", "no-event-type", "bad-field", "bad-app-id")
 
 # Deep enough for any event Marathon writes (a heavy deployment plan nests two levels per app-id
 # segment plus about ten for the app itself, so 256 fits app ids over 100 segments deep), shallow
 # enough that the decoder and everything after it (repr in error messages, logging) stays far from
 # the interpreter's recursion limit of 1000, whatever the caller's stack depth.
 MAX_JSON_DEPTH = 256
+
+# What decoding costs is the number of values, not bytes: 4 MB of `[],[],…` (1.4 million lists) or
+# of one object's 400,000 members takes the decoder 0.6 s on the CI machine, 4 MB of Marathon's own
+# app JSON 0.12 s. Counted as the `[`, `:` and `,` outside strings (each value but the first follows
+# one of them), Marathon's app JSON has one per 9.5 bytes (the 1.4 simulator's rendering of the
+# demo app: 110 in 1,040 bytes), so a real event of the callback's 4 MB limit counts 440,000; the cap
+# is one per 8 bytes of that limit, and a capped hostile body decodes in at most ~0.35 s.
+MAX_JSON_VALUES = 4 * 1024 * 1024 // 8
 
 DEPLOYMENT_EVENTS = frozenset(
     {"deployment_info", "deployment_success", "deployment_failed", "deployment_step_success",
@@ -172,6 +180,17 @@ def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     return any(map(limit.__lt__, depths))
 
 
+def json_values_exceed(text: str, limit: int = MAX_JSON_VALUES) -> bool:
+    """Whether `text` holds more than `limit` JSON values, counted before decoding as the `[`, `:`
+    and `,` outside strings plus one (an upper bound: an object's member counts its key's comma and
+    its value's colon). Three `str.count`s (about 20 ms for 4 MB) unless that count is over the
+    limit; only then are strings cut out, so punctuation inside strings never rejects a body."""
+    if text.count("[") + text.count(":") + text.count(",") < limit:
+        return False
+    outside_strings = _JSON_STRING.sub("", text)
+    return outside_strings.count("[") + outside_strings.count(":") + outside_strings.count(",") >= limit
+
+
 def _reject_constant(name: str) -> object:
     raise EventError("bad-number", f"body is not JSON: {name} is not a JSON number (RFC 8259 §6)")
 
@@ -191,7 +210,8 @@ def decode_event_body(raw: bytes | bytearray) -> object:
 
 
 def decode_event_text(text: str) -> object:
-    """Decoded text of one event -> its JSON value, with nesting bounded by `MAX_JSON_DEPTH`.
+    """Decoded text of one event -> its JSON value, with nesting bounded by `MAX_JSON_DEPTH` and the
+    number of values by `MAX_JSON_VALUES`.
 
     Duplicate keys keep their last value, as Marathon's own parser does: events are hints, so a
     duplicate can at most aim a re-read at another app, which the poster could do directly anyway.
@@ -201,6 +221,9 @@ def decode_event_text(text: str) -> object:
         raise EventError("not-json", "body is empty, expected a JSON object")
     if json_depth_exceeds(text):
         raise EventError("too-deep", f"body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+    if json_values_exceed(text):
+        raise EventError("too-many-values", f"body holds more than {MAX_JSON_VALUES} JSON values "
+                                            f"(the cap on one event)")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:

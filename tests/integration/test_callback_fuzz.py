@@ -16,7 +16,8 @@ import json
 import pytest
 
 from bench.fuzz import MAX_BYTES, forged_reads, fuzz_callbacks, harness
-from service.marathon.events import MAX_JSON_DEPTH
+from service.marathon.events import MAX_JSON_DEPTH, MAX_JSON_VALUES
+from service.web import MAX_EVENT_BYTES
 
 
 def test_5000_hostile_callbacks_never_5xx_never_register_what_marathon_does_not_run() -> None:
@@ -93,3 +94,32 @@ async def test_forged_events_for_one_app_coalesce_into_few_marathon_reads() -> N
     assert figures["consul_writes"] == 0 and figures["consul_matches_marathon"]
     assert figures["marathon_reads"] <= 250, figures
 
+
+
+# The values cap (MAX_JSON_VALUES, counted before decoding), at the endpoint's real body limit: shallow
+# brackets, one object's members, one value more than the cap; at the cap the body is decoded; `,:[`
+# in strings do not count.
+VALUE_CASES = [
+    (b"[" + b"[]," * MAX_JSON_VALUES + b"[]]", 400, "too-many-values"),
+    (b'{"eventType":"x",' + b",".join(b'"%d":0' % i for i in range(MAX_JSON_VALUES // 2)) + b"}", 400,
+     "too-many-values"),
+    (b"[" + b"0," * (MAX_JSON_VALUES - 1) + b"0]", 400, "too-many-values"),  # the array and MAX zeros
+    (b"[" + b"0," * (MAX_JSON_VALUES - 2) + b"0]", 400, "not-an-object"),  # exactly MAX values: decoded
+    (b'{"eventType":"x","a":"' + b",:[" * MAX_JSON_VALUES + b'"}', 200, None),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), VALUE_CASES,
+                         ids=[f"{i}-{c[2]}" for i, c in enumerate(VALUE_CASES)])
+async def test_the_values_cap_answers_400_naming_it_and_changes_nothing(body: bytes, status: int,
+                                                                       reason: str | None) -> None:
+    async with harness(max_event_bytes=MAX_EVENT_BYTES) as h:
+        got, payload = await h.post(body, {})
+        assert got == status, payload[:300]
+        answer = json.loads(payload)
+        if reason:
+            assert answer["error"] == reason, answer
+        if reason == "too-many-values":
+            assert f"more than {MAX_JSON_VALUES} JSON values" in answer["message"], answer
+        await h.settle()
+        assert h.registrations() == h.expected

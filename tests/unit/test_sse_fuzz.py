@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.marathon.events import EventError, decode_event_text
+from service.marathon.events import MAX_JSON_VALUES, EventError, decode_event_text
 from service.marathon.sse import SSEError, SSEParser
 
 ENDINGS = (b"\r\n", b"\n", b"\r")
@@ -167,6 +167,16 @@ def test_deeply_nested_data_is_an_event_error_not_a_recursion_error(nest: int) -
     with pytest.raises(EventError) as info:
         decode_event_text(got)
     assert info.value.reason == "too-deep"
+
+
+def test_an_event_of_too_many_values_is_an_event_error_naming_the_cap() -> None:
+    """The values cap holds on the SSE path too (one decoder for both transports)."""
+    data = "[" + "{}," * MAX_JSON_VALUES + "{}]"
+    (_, got), = SSEParser().feed(b"event: x\r\ndata: " + data.encode() + b"\r\n\r\n")
+    with pytest.raises(EventError) as info:
+        decode_event_text(got)
+    assert info.value.reason == "too-many-values"
+    assert f"{MAX_JSON_VALUES} JSON values" in str(info.value)
 
 
 TEN_MB = 10 * 1024 * 1024
