@@ -62,6 +62,10 @@ class Metrics:
                                     "Consul agents the last resync could not read", registry=r)
         self.parked = Counter(p + "work_parked_total",
                               "App runs stopped by a refusal (REPORT answer), left to the next resync", registry=r)
+        self.unlisted_reads_skipped = Counter(
+            p + "unlisted_reads_skipped_total",
+            "Event hints for apps the last resync did not list, over the read budget: left to the next resync",
+            registry=r)
         # (system, target, call, reason) already logged as a REPORT: each distinct cause is logged once
         self.reported_causes: set[tuple[str, str, str, str]] = set()
         self.managed = Gauge(p + "managed_registrations", "Registrations the registrar holds in Consul",

@@ -27,6 +27,7 @@ from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
 from service.marathon.events import AppEvent, HealthEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import TaskState
+from service.reconcile.budget import UnlistedReads
 from service.reconcile.diff import Drift
 from service.reconcile.ledger import Ledger
 from service.reconcile.resync import Resync
@@ -75,6 +76,10 @@ class Reconciler:
         self._workers: list[asyncio.Task[None]] = []
         self._failing: dict[str, str] = {}  # app id -> last error, while retrying
         self._touched_at: dict[str, float] = {}  # app id -> when work for it was last hinted, begun or ended
+        self._unlisted = UnlistedReads(limit=self.settings.unlisted_reads_limit,
+                                       interval=self.settings.unlisted_reads_interval,
+                                       on_skip=metrics.unlisted_reads_skipped.inc,
+                                       clock=clock.now if clock is not None else time.monotonic)
         # A standby (not holding the Consul lock) takes no work: whatever happens meanwhile is
         # re-derived by the full resync it runs when it becomes the writer (docs/architecture.md).
         self.paused = False
@@ -137,6 +142,8 @@ class Reconciler:
     def _enqueue(self, app_id: str, work: AppWork) -> None:
         if self.paused:
             return
+        if app_id not in self.reader.known_apps and not self._unlisted.admit(app_id):
+            return  # over the budget for apps Marathon is not known to have (forged events?)
         self._touched_at[app_id] = time.monotonic()
         self.queue.add(app_id, work)
 
@@ -231,9 +238,17 @@ class Reconciler:
         if not dry_run and not self._workers:
             # the repairs it schedules would wait for workers that never come
             raise RuntimeError("start() the reconciler before a repairing resync")
+        self._forget_touches_before(time.monotonic())
         drift = await self._resync.run(dry_run=dry_run)
         self._ledger_fresh = not self.paused
         return drift
+
+    def _forget_touches_before(self, started: float) -> None:
+        """`_source` compares a touch with a repair's `read_at`; this resync's reads begin after
+        `started`, and no earlier resync's repair is still waiting (resyncs run one at a time and
+        each waits for its repairs' first runs), so a touch before `started` decides like none at
+        all. Dropping them bounds the table by the apps hinted since the last resync."""
+        self._touched_at = {app_id: at for app_id, at in self._touched_at.items() if at >= started}
 
     @property
     def resync_count(self) -> int:

@@ -22,6 +22,9 @@ class ReconcileSettings:
     max_attempts: int = 8  # failed runs of one app before it is left to the next resync
     backoff_initial: float = 0.2
     backoff_max: float = 15.0
+    # event-triggered reads of apps the last resync did not list: distinct apps per interval (budget.py)
+    unlisted_reads_limit: int = 100
+    unlisted_reads_interval: float = 10.0
     # this Marathon cluster's identity (Meta `marathon-cluster-id`); None: every marked entry is ours
     cluster_id: str | None = None
 

@@ -75,6 +75,10 @@ class AppStep:
             found = await self.reader.marathon.app_with_tasks(app_id)
             app, tasks = found if found is not None else (None, [])
             self.reader.known_hosts.update(t.host for t in tasks)
+            if app is None:
+                self.reader.known_apps.discard(app_id)
+            else:
+                self.reader.known_apps.add(app_id)
         all_task_ids = {t.id for t in tasks}
         if work.task_ids is not None:
             tasks = [t for t in tasks if t.id in work.task_ids]

@@ -61,6 +61,9 @@ class WorldReader:
         # send us to. Events are unauthenticated hints; a forged one naming some other host must
         # not make the registrar call that host's Docker API or Consul agent.
         self.known_hosts: set[str] = set()
+        # Apps Marathon has: the last resync's list, plus apps a read found since (and minus those a
+        # read did not). Only hints for other app ids are held to the read budget (budget.py).
+        self.known_apps: set[str] = set()
 
     # ---------------------------------------------------------------- the resync's read
     async def read_world(self, known: set[str]) -> World:
@@ -85,6 +88,7 @@ class WorldReader:
             _, listings = await early
         task_hosts = {t.host for _, tasks in apps for t in tasks}
         self.known_hosts |= task_hosts | known
+        self.known_apps = {app.id for app, _ in apps}
         late = task_hosts - known
         if not known:  # no earlier work to go by: the catalog, found through a task host, names the rest
             late |= await self._catalog_hosts(task_hosts)
