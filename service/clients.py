@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.model import App, Container, OwnedService, Registration, Task
+from service.model import App, Container, OwnedService, PodsRead, Registration, Task
 
 
 class MarathonApps(Protocol):
@@ -24,6 +24,14 @@ class MarathonApps(Protocol):
 
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         """Every app with its tasks, in one read (the resync's view)."""
+        ...
+
+    async def pods_with_instances(self) -> PodsRead:
+        """Every pod with its instances (`App`, `Task`s), in one read; none on a Marathon without pods."""
+        ...
+
+    async def pod_with_instances(self, pod_id: str) -> tuple[App, list[Task]] | None:
+        """One pod with its instances, None when Marathon does not know it."""
         ...
 
 

@@ -5,8 +5,11 @@ row in a unit test. The reconciler compares the result with what the agent holds
 the difference.
 
 Result contract:
-- `[]`: the task should have no registrations (it is not TASK_RUNNING: staging, killing,
-  unreachable or gone); the caller deregisters whatever it holds for the task.
+- `[]`: the task should have no registrations (it is not TASK_RUNNING: staging, killing or in
+  any terminal state); the caller deregisters whatever it holds for the task.
+- `Skip(keep=True)`: TASK_UNREACHABLE: whatever is registered stays as it is, through every resync,
+  so a comeback to TASK_RUNNING writes nothing (reference/marathon-ucr-pods.md §3.5: the task may
+  still serve, and Consul's `serfHealth` already fails a node that is really gone).
 - `Skip(retry=False)`: the task should have no registrations for a reason worth counting (the app
   opted out, has no ports, ...); the caller deregisters too.
 - `Skip(retry=True)`: the answer is not known yet (container not found, no overlay IP under
@@ -19,6 +22,16 @@ because that is what is routable across the Weave overlay. Checks go to the task
 host port instead, because the Consul agent is usually not on the overlay; a mapping without a host
 port has nothing on the host, so its checks use the overlay address. `address-source` in `Meta`
 records which address was used.
+
+Where the overlay IP comes from: the Docker container on the task's slave, except for a container
+network under the Mesos containerizer (UCR apps, every pod), where no Docker engine knows the
+container and Marathon reports the address (`ipAddresses`, pod `networks`). Marathon's addresses
+are never used otherwise: for host and container/bridge networking and Docker tasks they are the
+agent's or docker0's (reference/marathon-ucr-pods.md §1.1). Either way only an address inside
+`--overlay-cidr` counts.
+
+Readiness checks (apps only) become HTTP checks on every registration of the task, so a task that is
+not ready is passing on none of its ports.
 
 Apps with HOST networking register host and host port in every address mode: their process
 listens on the host, there is no container IP that could ever appear, so "waiting for the overlay
@@ -47,13 +60,21 @@ from service.model import (
     NetworkMode,
     PortMapping,
     Registration,
+    RunSpecKind,
     Skip,
     Task,
     TaskState,
+    marathon_overlay_address,
 )
 from service.naming import Identity, service_identity
 from service.ownership import check_id as make_check_id
-from service.ownership import health_check_index, mirror_check_id, ownership_meta, service_id
+from service.ownership import (
+    health_check_index,
+    mirror_check_id,
+    ownership_meta,
+    readiness_check_id,
+    service_id,
+)
 
 HTTP_SCHEMES = {"HTTP": "http", "MESOS_HTTP": "http", "HTTPS": "https", "MESOS_HTTPS": "https"}
 TCP_PROTOCOLS = frozenset({"TCP", "MESOS_TCP"})
@@ -97,6 +118,8 @@ def desired_registrations(
     except ValueError:
         raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, "
                          f"got {health_checks!r}") from None
+    if task.state == TaskState.UNREACHABLE:
+        return Skip(task.id, "task-unreachable", "TASK_UNREACHABLE: its registrations are kept", keep=True)
     if task.state != TaskState.RUNNING:
         return []
     if not app.port_mappings:
@@ -115,7 +138,7 @@ def desired_registrations(
         return addressing
     policy = _CheckPolicy(mode, ttl_floor_seconds)
     registrations = [
-        _registration(app, task, i, identity, host_ports[i], addressing, policy, cluster_id)
+        _registration(app, task, i, identity, host_ports, addressing, policy, cluster_id)
         for i, identity in enumerate(identities)
         if identity is not None and (addressing.overlay_ip or host_ports[i] is not None)
     ]
@@ -149,6 +172,19 @@ def _addressing(
 ) -> _Addressing | Skip:
     if app.network_mode is NetworkMode.HOST or mode is AddressMode.HOST:
         return _Addressing(None)
+    if app.mesos_containerizer and app.network_mode is NetworkMode.BRIDGE:
+        # UCR's mesos-bridge: the address Mesos reports is the bridge's, never routable; nothing else
+        # could ever give an overlay address, so (as for HOST) the host's address in every mode
+        return _Addressing(None)
+    if app.addresses_from_marathon:  # no Docker container to ask (module docstring)
+        ip, reason = marathon_overlay_address(task, networks, cidrs)
+        if ip:
+            return _Addressing(ip)
+        if mode is AddressMode.OVERLAY:
+            where = "address" + (f" inside --overlay-cidr {','.join(map(str, cidrs))}" if reason == OUTSIDE_OVERLAY
+                                 else "")
+            return Skip(task.id, reason, f"Marathon reports no container network {where} for the task", retry=True)
+        return _Addressing(None, fallback=True, reason=reason)
     if container is None:
         return Skip(task.id, "container-not-found", "no container with this MESOS_TASK_ID on the host",
                     retry=True)
@@ -176,12 +212,13 @@ def _registration(
     task: Task,
     port_index: int,
     identity: Identity,
-    host_port: int | None,
+    host_ports: list[int | None],
     addressing: _Addressing,
     policy: _CheckPolicy,
     cluster_id: str | None = None,
 ) -> Registration:
     mapping = app.port_mappings[port_index]
+    host_port = host_ports[port_index]
     sid = service_id(task.id, port_index)
     if addressing.overlay_ip:
         address, port = addressing.overlay_ip, mapping.container_port
@@ -198,11 +235,40 @@ def _registration(
         address=address,
         port=port,
         meta=ownership_meta(app_id=app.id, task_id=task.id, host=task.host, port_index=port_index,
-                            address_source=addressing.source, cluster_id=cluster_id),
-        checks=tuple(
-            _checks(app, sid, port_index, mapping, host_port, check_host, check_port, policy)
+                            address_source=addressing.source, cluster_id=cluster_id,
+                            pod_endpoint=(mapping.container or "", mapping.name or "")
+                            if app.kind is RunSpecKind.POD else None),
+        checks=(
+            *_checks(app, sid, port_index, mapping, host_port, check_host, check_port, policy),
+            *_readiness_checks(app, task, sid, host_ports, addressing),
         ),
     )
+
+
+def _readiness_checks(app: App, task: Task, sid: str, host_ports: list[int | None],
+                      addressing: _Addressing) -> list[ConsulCheck]:
+    """Each readiness check, on the port its `portName` names: the host port when the mapping has
+    one, else the overlay address and container port (as health checks are targeted). A check
+    naming no port of the app (Marathon refuses such an app) is left out."""
+    checks = []
+    for n, rc in enumerate(app.readiness_checks):
+        index = next((i for i, pm in enumerate(app.port_mappings) if pm.name == rc.port_name), None)
+        if index is None:
+            continue
+        host_port = host_ports[index]
+        if host_port is not None:
+            target = _host_port(task.host, host_port)
+        elif addressing.overlay_ip:
+            target = _host_port(addressing.overlay_ip, app.port_mappings[index].container_port)
+        else:
+            continue
+        scheme = "https" if rc.protocol.upper() == "HTTPS" else "http"
+        path = rc.path if rc.path.startswith("/") else "/" + rc.path
+        checks.append(ConsulCheck(
+            check_id=readiness_check_id(sid, n), name=f"Marathon readiness check {rc.name}",
+            http=f"{scheme}://{target}{path}", interval=_duration(rc.interval_seconds),
+            timeout=_duration(rc.timeout_seconds), tls_skip_verify=scheme == "https"))
+    return checks
 
 
 def _checks(

@@ -103,6 +103,7 @@ class PortMapping:
     host_port: int | None = 0
     name: str | None = None
     protocol: str = "tcp"
+    container: str | None = None  # a pod endpoint's container (None for an app's port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +119,34 @@ class HealthCheck:
     grace_period_seconds: int = 300
     max_consecutive_failures: int = 3
     command: str | None = None
+    container: str | None = None  # a pod container's check (None for an app's)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    """A Marathon app readiness check (`readinessChecks[]`, Marathon's defaults). Marathon runs it
+    only during deployments and reports no result outside them, so Consul runs it on every
+    registration of the task (reference/marathon-ucr-pods.md §4)."""
+
+    name: str = "readinessCheck"
+    protocol: str = "HTTP"  # HTTP | HTTPS
+    path: str = "/"
+    port_name: str = "http-api"
+    interval_seconds: int = 30
+    timeout_seconds: int = 10
+
+
+class RunSpecKind(StrEnum):
+    """What Marathon runs: an app (`/v2/apps`) or a pod (`/v2/pods`); both become an `App` here,
+    a pod's instances `Task`s, so naming, ownership and the diff treat them alike."""
+
+    APP = "app"
+    POD = "pod"
 
 
 @dataclass(frozen=True, slots=True)
 class App:
-    """What the registrar needs of a Marathon app definition, whatever the Marathon version."""
+    """What the registrar needs of a Marathon app (or pod) definition, whatever the Marathon version."""
 
     id: str  # "/web/customer1/site1"
     version: str = ""
@@ -131,6 +155,18 @@ class App:
     health_checks: tuple[HealthCheck, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    # Run by the Mesos (unified) containerizer: no Docker engine knows the container, so a container
+    # network's address comes from Marathon's `ipAddresses` / pod status (reference/marathon-ucr-pods.md §1)
+    mesos_containerizer: bool = False
+    readiness_checks: tuple[ReadinessCheck, ...] = ()
+    kind: RunSpecKind = RunSpecKind.APP
+
+    @property
+    def addresses_from_marathon(self) -> bool:
+        """Does Marathon's task report carry this task's overlay address? Only for a container
+        network under the Mesos containerizer: for host and container/bridge networking, and for
+        Docker-containerizer tasks, `ipAddresses` is the agent's or docker0's address."""
+        return self.mesos_containerizer and self.network_mode is NetworkMode.USER
 
     def __hash__(self) -> int:
         return hash((self.id, self.version))
@@ -138,7 +174,8 @@ class App:
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A Marathon task as the REST API or a status_update_event reports it."""
+    """A Marathon task as the REST API or a status_update_event reports it (for a pod: one instance,
+    `id` the instance id, `ports` its endpoints' allocated host ports in endpoint order)."""
 
     id: str
     app_id: str
@@ -149,6 +186,22 @@ class Task:
     app_version: str = ""
     # Marathon's view of each health check by index: True alive, False failing, None unknown yet
     health: tuple[bool | None, ...] = ()
+    # (network name, address) pairs where Marathon names the network (pod status), in its order
+    named_ips: tuple[tuple[str, str], ...] = ()
+
+
+def marathon_overlay_address(task: Task, networks: tuple[str, ...], cidrs: tuple[Cidr, ...]) -> tuple[str | None, str]:
+    """The overlay address of a task whose container network Marathon reports (a UCR app's
+    `ipAddresses`, a pod instance's `networks`): `(ip, "")` or `(None, reason)`, as
+    `Container.overlay_address`. Addresses of the operator's `networks` come first where Marathon
+    names them, then the rest in Marathon's order; the first inside `cidrs` wins, so an address of
+    another network (a second CNI network, a bridge) is never taken for the overlay's."""
+    named = [ip for name in networks for n, ip in task.named_ips if n == name]
+    candidates = [*named, *task.ip_addresses]
+    for ip in candidates:
+        if in_overlay(ip, cidrs):
+            return ip, ""
+    return None, OUTSIDE_OVERLAY if candidates else NO_OVERLAY_IP
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,3 +408,17 @@ class Skip:
     # True: the lookup was refused (a REPORT answer, docs/architecture.md §8): the task's registrations
     # are left as they are and the task is left to the next resync, not retried soon
     reported: bool = False
+    # True: the task's registrations are kept as they are, and that is the answer (TASK_UNREACHABLE:
+    # the task may still serve; Consul's serfHealth already fails a node that is really gone)
+    keep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PodsRead:
+    """`GET /v2/pods/::status` as the resync uses it: the usable pods (each an `App` with its
+    instances as `Task`s), the malformed ones' errors by pod id (reported, skipped, their
+    registrations kept), and whether this Marathon has pods at all (404: none, < 1.4)."""
+
+    pods: tuple[tuple[App, tuple[Task, ...]], ...] = ()
+    malformed: Mapping[str, str] = field(default_factory=dict)
+    supported: bool = True

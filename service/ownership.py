@@ -34,6 +34,11 @@ META_HOST = "marathon-host"
 META_PORT_INDEX = "port-index"
 META_ADDRESS_SOURCE = "address-source"
 META_CLUSTER_ID = "marathon-cluster-id"
+# A pod instance's registration also says what it is and which container/endpoint it serves
+# (`marathon-task-id` holds the instance id: a pod's work is per instance, not per container task)
+META_POD_INSTANCE = "marathon-pod-instance"
+META_POD_CONTAINER = "pod-container"
+META_POD_ENDPOINT = "pod-endpoint"
 
 # The Meta pairs that make a registration ours. Every one must match for `is_ours`.
 OWNER_MARKER: Mapping[str, str] = {META_MANAGED_BY: MANAGED_BY}
@@ -48,8 +53,10 @@ MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than re
 
 
 def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
-                   address_source: str, cluster_id: str | None = None) -> tuple[tuple[str, str], ...]:
-    """The Meta of one registration as sorted pairs (`Registration.meta`), marker included."""
+                   address_source: str, cluster_id: str | None = None,
+                   pod_endpoint: tuple[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The Meta of one registration as sorted pairs (`Registration.meta`), marker included.
+    `pod_endpoint` (container, endpoint name) marks a pod instance's registration."""
     meta = {
         **OWNER_MARKER,
         META_APP_ID: app_id,
@@ -60,6 +67,9 @@ def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
     }
     if cluster_id is not None:
         meta[META_CLUSTER_ID] = cluster_id
+    if pod_endpoint is not None:
+        meta[META_POD_INSTANCE] = task_id
+        meta[META_POD_CONTAINER], meta[META_POD_ENDPOINT] = pod_endpoint
     return tuple(sorted(meta.items()))
 
 
@@ -113,6 +123,11 @@ def mirror_check_id(sid: str, hc_index: int) -> str:
     """The TTL check mirroring Marathon's verdict beside a translated HTTP/TCP check: its own id,
     still ending in the 1-based index so that `health_check_index` reads both forms."""
     return f"service:{sid}:marathon:{hc_index + 1}"
+
+
+def readiness_check_id(sid: str, rc_index: int) -> str:
+    """The Consul check translated from Marathon readiness check `rc_index` (0-based) of `sid`."""
+    return f"service:{sid}:ready:{rc_index + 1}"
 
 
 def health_check_index(check: str) -> int:

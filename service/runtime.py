@@ -57,6 +57,8 @@ SSE_EVENT_TYPES = (
     "status_update_event", "instance_health_changed_event", "health_status_changed_event", "api_post_event",
     "app_terminated_event", "deployment_info", "deployment_success", "deployment_failed",
     "deployment_step_success", "deployment_step_failure",
+    # the expunge of an unreachable instance comes only as this (issue 19), and pods' definitions
+    "instance_changed_event", "pod_created_event", "pod_updated_event", "pod_deleted_event",
 )
 
 

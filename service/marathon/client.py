@@ -60,9 +60,10 @@ from service.errors import (
     record,
 )
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
+from service.marathon.pods import pod_status_from_json, pod_statuses_from_json
 from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
-from service.model import App, Task
+from service.model import App, PodsRead, Task
 from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 
 log = logging.getLogger(__name__)
@@ -460,3 +461,30 @@ class MarathonClient:
         """Remove `callback_url` from Marathon's subscribers (unknown URLs are a 200 too)."""
         await self._call("unsubscribe", "DELETE", "/v2/eventSubscriptions",
                          params=[("callbackUrl", callback_url)], headers=self._JSON_EMPTY, data=b"")
+
+    # -- pods (Marathon 1.4+, reference/marathon-pods-api.md §1.6) ------------------------------------
+
+    async def pods_with_instances(self) -> PodsRead:
+        """Every pod with its instances in one call (`GET /v2/pods/::status`); a Marathon without
+        pods answers 404 (`supported=False`, no pods). A malformed pod is reported (logged, counted
+        as a garbage answer) and left out, by id, so the caller keeps its registrations."""
+        obj = await self._call("pods", "GET", "/v2/pods/::status", ok_statuses=(404,))
+        if obj is None:
+            return PodsRead(supported=False)
+        with self._shape("pods", "GET", "/v2/pods/::status"):
+            pods, malformed = pod_statuses_from_json(obj)
+        if malformed:
+            shown = "; ".join(f"{pid}: {why}" for pid, why in sorted(malformed.items())[:3])
+            self._record("pods", self.current, GARBAGE,
+                         f"Marathon GET /v2/pods/::status: {len(malformed)} malformed pods left as they are: {shown}")
+        return PodsRead(pods=tuple((app, tuple(tasks)) for app, tasks in pods), malformed=malformed)
+
+    async def pod_with_instances(self, pod_id: str) -> tuple[App, list[Task]] | None:
+        """One pod and its instances (`GET /v2/pods/{id}::status`), None when Marathon does not know
+        the pod (404, also on a Marathon without pods)."""
+        path = "/v2/pods" + app_path(pod_id) + "::status"
+        obj = await self._call("pod", "GET", path, ok_statuses=(404,))
+        if obj is None:
+            return None
+        with self._shape("pod", "GET", path):
+            return pod_status_from_json(obj)

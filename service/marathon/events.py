@@ -62,22 +62,24 @@ DEPLOYMENT_EVENTS = frozenset(
      "deployment_step_failure"}
 )
 HEALTH_EVENTS = frozenset({"health_status_changed_event", "instance_health_changed_event"})
+# Pod definition changes: they carry only `uri` (reference/marathon-ucr-pods.md §2.4)
+POD_EVENTS = frozenset({"pod_created_event", "pod_updated_event", "pod_deleted_event"})
 # Event types Marathon defines (1.3-1.10) that carry nothing the registrar acts on: instance and
-# health-check bookkeeping that a status_update_event or a re-read already covers, pods (not
-# registered), groups (their apps get their own events), the scheduler and the bus itself.
+# health-check bookkeeping that a status_update_event or a re-read already covers, groups (their apps
+# get their own events), the scheduler and the bus itself.
 IGNORED_EVENTS = frozenset(
     {
-        "instance_changed_event", "unknown_instance_terminated_event", "failed_health_check_event",
+        "unknown_instance_terminated_event", "failed_health_check_event",
         "unhealthy_instance_kill_event", "unhealthy_task_kill_event", "add_health_check_event",
-        "remove_health_check_event", "pod_created_event", "pod_updated_event", "pod_deleted_event",
+        "remove_health_check_event",
         "group_change_success", "group_change_failed", "event_stream_attached", "event_stream_detached",
         "subscribe_event", "unsubscribe_event", "scheduler_registered_event",
         "scheduler_reregistered_event", "scheduler_disconnected_event", "framework_message_event",
     }
 )
 KNOWN_EVENT_TYPES = (
-    frozenset({"status_update_event", "api_post_event", "app_terminated_event"})
-    | DEPLOYMENT_EVENTS | HEALTH_EVENTS | IGNORED_EVENTS
+    frozenset({"status_update_event", "api_post_event", "app_terminated_event", "instance_changed_event"})
+    | DEPLOYMENT_EVENTS | HEALTH_EVENTS | POD_EVENTS | IGNORED_EVENTS
 )
 
 
@@ -102,6 +104,9 @@ class TaskEvent:
     ip_addresses: tuple[str, ...]
     app_version: str
     event_type: str = "status_update_event"
+    # a pod container's task (`<pod>.instance-<uuid>.<container>`): its instance id, which is what a
+    # pod's registrations are keyed by; "" for an app's task
+    pod_instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,19 @@ class AppEvent:
 
     app_ids: tuple[str, ...]
     event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEvent:
+    """`instance_changed_event`: instance `instance_id` of app or pod `app_id` has a new `condition`
+    (`Running`, `Unreachable`, `Killed`, ...). The expunge of an unreachable instance is announced by
+    this event alone (condition `Killed`, reference/marathon-ucr-pods.md §3.3)."""
+
+    instance_id: str
+    app_id: str
+    condition: str
+    host: str
+    event_type: str = "instance_changed_event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +153,7 @@ class IgnoredEvent:
     known: bool = True
 
 
-Event = TaskEvent | AppEvent | HealthEvent | IgnoredEvent
+Event = TaskEvent | AppEvent | HealthEvent | InstanceEvent | IgnoredEvent
 
 
 # One JSON string token; possessive, and ending at a closing quote *or the end of the text*, so it
@@ -352,7 +370,11 @@ def _status_update(f: _Fields) -> TaskEvent:
     app_id = f.app_id(app_id or owner, "appId" if app_id else "taskId")
     if owner != app_id:
         raise f.error(f"field 'taskId' is not a task of app {app_id!r}: {_short(task_id)}")
+    parsed = parse_task_id(task_id)
+    # `<pod>.instance-<uuid>.<container>`: no incarnation (an app task since 1.8 has `._app.<n>`)
+    is_pod_task = parsed.format == "instance" and parsed.incarnation is None and parsed.container is not None
     return TaskEvent(
+        pod_instance=parsed.instance_id if is_pod_task else "",
         task_id=task_id,
         app_id=app_id,
         state=f.text("taskStatus"),
@@ -371,6 +393,23 @@ def _api_post(f: _Fields) -> AppEvent:
 
 def _app_terminated(f: _Fields) -> AppEvent:
     return AppEvent((f.app_id(f.text("appId"), "appId"),), f.event_type)
+
+
+def _pod_changed(f: _Fields) -> AppEvent:
+    """`pod_*_event`: the pod id is the request path after `/v2/pods` (`uri`, e.g. `/v2/pods/web-pod`,
+    perhaps with a `::status`-style suffix or a query)."""
+    uri = f.text("uri")
+    path = uri.split("?", 1)[0].split("::", 1)[0]
+    if not path.startswith("/v2/pods/"):
+        raise f.error(f"field 'uri' is not a /v2/pods/<id> path: {_short(uri)}")
+    return AppEvent((f.app_id(path.removeprefix("/v2/pods"), "uri"),), f.event_type)
+
+
+def _instance_changed(f: _Fields) -> InstanceEvent:
+    instance_id = f.text("instanceId")
+    app_id = f.text("runSpecId", required=False) or _derive_app_id(f, None, instance_id)
+    return InstanceEvent(instance_id=instance_id, app_id=f.app_id(app_id, "runSpecId"),
+                         condition=f.text("condition"), host=f.host("host"), event_type=f.event_type)
 
 
 def _deployment(f: _Fields) -> AppEvent:
@@ -447,6 +486,10 @@ _PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "status_update_event": _status_update,
     "api_post_event": _api_post,
     "app_terminated_event": _app_terminated,
+    "instance_changed_event": _instance_changed,
+    "pod_created_event": _pod_changed,
+    "pod_updated_event": _pod_changed,
+    "pod_deleted_event": _pod_changed,
     "health_status_changed_event": _health_status_changed,
     "instance_health_changed_event": _instance_health_changed,
 }

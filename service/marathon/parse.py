@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.marathon.task_ids import parse_task_id
-from service.model import App, HealthCheck, NetworkMode, PortMapping, Task
+from service.model import App, HealthCheck, NetworkMode, PortMapping, ReadinessCheck, Task
 
 _MISSING: Any = object()
 
@@ -103,6 +103,10 @@ def app_from_json(obj: Mapping[str, Any]) -> App:
     app_id = "/" + app_id.strip("/")
     ctx = f"app {app_id!r}"
     mode = _network_mode(app, ctx)
+    container, _ = _container(app, ctx)
+    # Marathon's default containerizer is Docker once a `container` is given (its `type` default);
+    # a command app without one runs under the Mesos containerizer.
+    kind = _get(container, "type", str, ctx, "container.type", "DOCKER" if container else "MESOS")
     return App(
         id=app_id,
         version=_get(app, "version", str, ctx, "version", ""),
@@ -114,6 +118,23 @@ def app_from_json(obj: Mapping[str, Any]) -> App:
         ),
         labels=_labels(app, ctx),
         env=_env(app, ctx),
+        mesos_containerizer=kind.upper() == "MESOS",
+        readiness_checks=tuple(
+            _readiness_check(_obj(rc, ctx, f"readinessChecks[{i}]"), ctx, f"readinessChecks[{i}]")
+            for i, rc in enumerate(_list(app, "readinessChecks", ctx, "readinessChecks"))
+        ),
+    )
+
+
+def _readiness_check(rc: Mapping[str, Any], ctx: str, path: str) -> ReadinessCheck:
+    default = ReadinessCheck()
+    return ReadinessCheck(
+        name=_get(rc, "name", str, ctx, f"{path}.name", default.name),
+        protocol=_get(rc, "protocol", str, ctx, f"{path}.protocol", default.protocol).upper(),
+        path=_get(rc, "path", str, ctx, f"{path}.path", default.path),
+        port_name=_get(rc, "portName", str, ctx, f"{path}.portName", default.port_name),
+        interval_seconds=_int(rc, "intervalSeconds", ctx, f"{path}.intervalSeconds", default.interval_seconds),
+        timeout_seconds=_int(rc, "timeoutSeconds", ctx, f"{path}.timeoutSeconds", default.timeout_seconds),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from service.desired import ttl_check_statuses
 from service.model import OwnedService, Registration, Skip, Task
+from service.ownership import META_POD_INSTANCE
 
 KINDS = ("missing", "orphan", "drifted")
 
@@ -58,11 +59,13 @@ def ttl_in_sync(want: Registration, task: Task, have: OwnedService) -> bool:
 
 def diff(*, desired: Mapping[str, Registration], owned: Mapping[str, OwnedService], tasks: Mapping[str, Task],
          skips: Mapping[str, Iterable[Skip]], owner_agent: Mapping[str, str], unreachable: Mapping[str, str],
-         agent_url: Callable[[str], str]) -> Drift:
+         agent_url: Callable[[str], str], held_apps: frozenset[str] = frozenset(), pods_unread: bool = False) -> Drift:
     """The drift between `desired` (service id -> registration) and `owned` (service id -> the
     agent's entry). `tasks` are the desired registrations' tasks by id, `skips` the tasks left out
     per app id, `owner_agent` the agent URL of each owned entry, `unreachable` the agents (by URL)
-    that could not be read, and `agent_url` maps a task host to its agent's URL."""
+    that could not be read, and `agent_url` maps a task host to its agent's URL. Registrations of
+    `held_apps` (malformed pods), and of every pod when `pods_unread`, are never orphans: their
+    truth is not known."""
     drift = Drift(unreachable=dict(unreachable))
     undecided: set[str] = set()  # tasks whose answer may change: their registrations are left alone
     for app_id, app_skips in skips.items():
@@ -70,6 +73,8 @@ def diff(*, desired: Mapping[str, Registration], owned: Mapping[str, OwnedServic
             drift.skipped[s.task_id] = s.reason
             if s.retry:  # its answer may change: the repair re-asks
                 drift.apps_to_repair.add(app_id)
+                undecided.add(s.task_id)
+            elif s.keep:  # TASK_UNREACHABLE: what it holds stays, nothing to repair
                 undecided.add(s.task_id)
     for sid, want in desired.items():
         have = owned.get(sid)
@@ -84,6 +89,9 @@ def diff(*, desired: Mapping[str, Registration], owned: Mapping[str, OwnedServic
     for sid, have in owned.items():
         # a task not looked up (its container not up yet, its engine down or refusing, docs/
         # architecture.md §8) has no desired registrations, but the step keeps what it holds: no orphan
+        reg = have.registration
+        if reg.app_id in held_apps or (pods_unread and reg.meta_get(META_POD_INSTANCE)):
+            continue
         if sid not in desired and have.registration.task_id not in undecided:
             drift.add("orphan", owner_agent[sid], sid, have.registration.app_id)
     return drift

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 
 from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
-from service.marathon.events import AppEvent, HealthEvent, TaskEvent
+from service.marathon.events import POD_EVENTS, AppEvent, HealthEvent, InstanceEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import TaskState
 from service.reconcile.budget import UnlistedReads
@@ -51,6 +51,10 @@ from service.reconcile.writer import ConsulWriter
 log = logging.getLogger(__name__)
 
 NOT_YET_RUNNING = frozenset({TaskState.STAGING, TaskState.STARTING})
+# Instance conditions after which none of its tasks runs (Marathon's `Condition`, terminal ones):
+# `Killed` is also how Marathon announces the expunge of an unreachable instance, with no
+# status_update_event (reference/marathon-ucr-pods.md §3.3), so it must remove at once.
+TERMINAL_CONDITIONS = frozenset({"Killed", "Gone", "Dropped", "Unknown", "Failed", "Finished", "Error"})
 # A deployment's start and steps change nothing the registrar reads that the tasks' own status
 # updates (which carry the new app version) and the deployment's end do not also announce.
 DEPLOYMENT_PROGRESS = frozenset({"deployment_info", "deployment_step_success", "deployment_step_failure"})
@@ -108,10 +112,11 @@ class Reconciler:
 
     # ---------------------------------------------------------------- intake
     def hint_task(self, event: TaskEvent, received_at: float | None = None) -> None:
-        if event.state in NOT_YET_RUNNING:
+        if event.state in NOT_YET_RUNNING or event.state == TaskState.UNREACHABLE:
             # A task id is never reused and reaches Consul only once running: before that there is
             # nothing to register and nothing of it to remove, so the read would be wasted (2 of
-            # the 5 status updates in a task's life).
+            # the 5 status updates in a task's life). An unreachable task keeps what it holds, so
+            # its read would change nothing either.
             return
         now = received_at if received_at is not None else time.monotonic()
         # The event's host is only a hint of where to look, taken only for a host Marathon named
@@ -121,21 +126,46 @@ class Reconciler:
         # lookups it starts while Marathon answers are what keeps a first deployment's burst fast.
         known = self.reader.known_hosts
         host = event.host if not known or event.host in known else ""
+        if event.pod_instance:
+            # a pod's registrations are per instance, and no Docker engine knows its containers
+            self.reader.pods.add(event.app_id)
+            self._enqueue(event.app_id, AppWork(task_ids={event.pod_instance}, hosts={host} if host else set(),
+                                                received={event.pod_instance: now}))
+            return
         running_on = {event.task_id: host} if host and event.state == TaskState.RUNNING else {}
         self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={host} if host else set(),
                                             received={event.task_id: now}, running_on=running_on))
 
+    def hint_instance(self, event: InstanceEvent, received_at: float | None = None) -> None:
+        """A terminal instance condition removes the instance's registrations at once; the others
+        (Running, Unreachable, ...) come with a status_update_event or change nothing we hold."""
+        if event.condition not in TERMINAL_CONDITIONS:
+            return
+        now = received_at if received_at is not None else time.monotonic()
+        task_ids = self.ledger.tasks_of_instance(event.instance_id)
+        if event.app_id in self.reader.pods:
+            task_ids.add(event.instance_id)
+        if task_ids:
+            self._enqueue(event.app_id, AppWork(task_ids=task_ids, received=dict.fromkeys(task_ids, now)))
+        elif not self._ledger_fresh:  # nothing known of it, and the ledger may not know: read it all
+            self.hint_app(event.app_id)
+
     def hint_app(self, app_id: str) -> None:
         self._enqueue(app_id, AppWork.whole_app())
 
-    def hint(self, event: TaskEvent | AppEvent | HealthEvent, received_at: float | None = None) -> None:
+    def hint(self, event: TaskEvent | AppEvent | HealthEvent | InstanceEvent,
+             received_at: float | None = None) -> None:
         if isinstance(event, TaskEvent):
             self.hint_task(event, received_at)
         elif isinstance(event, AppEvent):
             if event.event_type in DEPLOYMENT_PROGRESS:
                 return
             for app_id in event.app_ids:
+                if event.event_type in POD_EVENTS:
+                    self.reader.pods.add(app_id)
                 self.hint_app(app_id)
+        elif isinstance(event, InstanceEvent):
+            self.hint_instance(event, received_at)
         elif isinstance(event, HealthEvent):
             self.hint_app(event.app_id)
 

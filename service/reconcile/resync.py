@@ -85,7 +85,8 @@ class Resync:
             desired.update(regs)
             tasks.update((t.id, t) for t in app_tasks)
         return diff(desired=desired, owned=world.owned, tasks=tasks, skips=skips, owner_agent=world.owner_agent,
-                    unreachable=world.unreachable, agent_url=self.agents.url_for)
+                    unreachable=world.unreachable, agent_url=self.agents.url_for, held_apps=world.held_apps,
+                    pods_unread=world.pods_unread)
 
     async def _repair(self, drift: Drift, world: World) -> None:
         """Schedule a whole-app repair per app with drift, and wait for each one's first run."""

@@ -71,8 +71,8 @@ class AppStep:
         if isinstance(source, FromSnapshot):
             app, tasks, owned = source.snapshot.app, list(source.snapshot.tasks), dict(source.snapshot.owned)
         else:
-            prefetched = self.reader.prefetch(work)
-            found = await self.reader.marathon.app_with_tasks(app_id)
+            prefetched = self.reader.prefetch(work, app_id)
+            found = await self.reader.run_spec(app_id)
             app, tasks = found if found is not None else (None, [])
             self.reader.known_hosts.update(t.host for t in tasks)
             if app is None:
@@ -93,8 +93,10 @@ class AppStep:
         desired, skips = await self.reader.desired(app, tasks, prefetched=prefetched)
         retry_tasks = {s.task_id for s in skips if s.retry and not s.reported}
         held_tasks = {s.task_id for s in skips if s.reported}
-        owned = {k: v for k, v in owned.items() if v.registration.task_id not in retry_tasks | held_tasks}
-        desired = {k: v for k, v in desired.items() if v.task_id not in held_tasks}
+        kept_tasks = {s.task_id for s in skips if s.keep}  # TASK_UNREACHABLE: left as they are, and done
+        owned = {k: v for k, v in owned.items()
+                 if v.registration.task_id not in retry_tasks | held_tasks | kept_tasks}
+        desired = {k: v for k, v in desired.items() if v.task_id not in held_tasks | kept_tasks}
         failed_writes = await self._apply(app_id, desired, owned, work, tasks)
         reasons = [f"task {s.task_id}: {s.reason} {s.detail}".strip() for s in skips if s.retry]
         for task_id, exc in failed_writes.items():

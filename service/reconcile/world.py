@@ -24,7 +24,7 @@ from service.clients import ConsulAgent, ConsulAgentDirectory, ContainerSource, 
 from service.desired import desired_registrations
 from service.errors import CallError, consume_exception
 from service.metrics import Metrics
-from service.model import AddressMode, App, Container, OwnedService, Registration, Skip, Task, TaskState
+from service.model import AddressMode, App, Container, OwnedService, PodsRead, Registration, Skip, Task, TaskState
 from service.naming import service_identity
 from service.ownership import Claim, claim
 from service.reconcile.settings import ReconcileSettings
@@ -46,6 +46,9 @@ class World:
     listings: Mapping[str, Mapping[str, Container]]  # slave -> task id -> container
     unreachable: Mapping[str, str]  # agent URL -> error
     read_at: float  # monotonic time the reads began
+    # Run specs whose registrations are left as they are: malformed pods (reported, skipped)
+    held_apps: frozenset[str] = frozenset()
+    pods_unread: bool = False  # the pods read failed: every pod registration is left as it is
 
 
 class WorldReader:
@@ -64,6 +67,12 @@ class WorldReader:
         # Apps Marathon has: the last resync's list, plus apps a read found since (and minus those a
         # read did not). Only hints for other app ids are held to the read budget (budget.py).
         self.known_apps: set[str] = set()
+        # Apps and pods of the Mesos containerizer (UCR): their tasks are never looked up in Docker,
+        # not even speculatively while Marathon answers (Marathon reports their addresses).
+        self.marathon_addressed: set[str] = set()
+        # Ids known to be pods (from the resync, pod events, pod tasks): read with the pods API.
+        self.pods: set[str] = set()
+        self.pods_supported = True  # False once `/v2/pods/::status` answered 404 (a Marathon < 1.4)
 
     # ---------------------------------------------------------------- the resync's read
     async def read_world(self, known: set[str]) -> World:
@@ -80,15 +89,17 @@ class WorldReader:
                     owned[sid] = svc
                     owner_agent[sid] = agent.url
 
-        marathon = asyncio.create_task(self.marathon.apps_with_tasks())
+        marathon = asyncio.gather(self.marathon.apps_with_tasks(), self._read_pods())
         early = asyncio.gather(read_agents(known | await self._catalog_hosts(known)), self.listings(known))
         try:
-            apps = await marathon
+            apps, pods = await marathon
         finally:
             _, listings = await early
+        if pods is not None:
+            apps = [*apps, *((pod, list(instances)) for pod, instances in pods.pods)]
         task_hosts = {t.host for _, tasks in apps for t in tasks}
         self.known_hosts |= task_hosts | known
-        self.known_apps = {app.id for app, _ in apps}
+        self.known_apps = {app.id for app, _ in apps} | set(pods.malformed if pods is not None else ())
         late = task_hosts - known
         if not known:  # no earlier work to go by: the catalog, found through a task host, names the rest
             late |= await self._catalog_hosts(task_hosts)
@@ -97,7 +108,37 @@ class WorldReader:
         owned = self.claimed(owned, {t.id for _, tasks in apps for t in tasks})
         owner_agent = {sid: url for sid, url in owner_agent.items() if sid in owned}
         return World(apps={app.id: (app, tuple(tasks)) for app, tasks in apps}, owned=owned,
-                     owner_agent=owner_agent, listings=listings, unreachable=unreachable, read_at=read_at)
+                     owner_agent=owner_agent, listings=listings, unreachable=unreachable, read_at=read_at,
+                     held_apps=frozenset(pods.malformed) if pods is not None else frozenset(),
+                     pods_unread=pods is None)
+
+    async def _read_pods(self) -> PodsRead | None:
+        """Every pod, or None when the read failed: apps are still resynced, pods' registrations are
+        left as they are until a read succeeds (the client logged and counted the failure)."""
+        try:
+            read = await self.marathon.pods_with_instances()
+        except CallError as exc:
+            log.warning("pods not read, their registrations are left as they are: %s", exc)
+            return None
+        self.pods_supported = read.supported
+        self.pods = {pod.id for pod, _ in read.pods} | set(read.malformed)
+        return read
+
+    async def run_spec(self, run_id: str) -> tuple[App, list[Task]] | None:
+        """The app or pod `run_id` with its tasks (instances), None when Marathon knows neither: the
+        kind known last is read first, a pod only after an app read found nothing."""
+        if run_id in self.pods:
+            found = await self.marathon.pod_with_instances(run_id)
+            if found is not None:
+                return found
+            self.pods.discard(run_id)
+            return await self.marathon.app_with_tasks(run_id)
+        found = await self.marathon.app_with_tasks(run_id)
+        if found is None and self.pods_supported:
+            found = await self.marathon.pod_with_instances(run_id)
+            if found is not None:
+                self.pods.add(run_id)
+        return found
 
     def claimed(self, owned: Mapping[str, OwnedService], marathon_tasks: set[str]) -> dict[str, OwnedService]:
         """What of the marked entries we may read back, change or remove: our cluster's, and legacy
@@ -172,9 +213,11 @@ class WorldReader:
                 return Skip(task_id=task_id, reason="docker-refused", detail=str(exc), retry=True, reported=True)
             return Skip(task_id=task_id, reason="docker-unreachable", detail=str(exc), retry=True)
 
-    def prefetch(self, work: AppWork) -> Prefetched:
-        """Start the lookups of the containers of tasks reported running, before Marathon answers."""
-        if self.settings.address_mode is AddressMode.HOST or work.task_ids is None:
+    def prefetch(self, work: AppWork, app_id: str = "") -> Prefetched:
+        """Start the lookups of the containers of tasks reported running, before Marathon answers
+        (not for an app or pod whose addresses Marathon reports, as far as the last read knew)."""
+        if self.settings.address_mode is AddressMode.HOST or work.task_ids is None or \
+                app_id in self.marathon_addressed:
             return {}
         out: Prefetched = {}
         for task_id, host in work.running_on.items():
@@ -201,15 +244,24 @@ class WorldReader:
         if app is None:
             return desired, skips
         self._log_rewrites(app)
+        tasks = list(tasks)
         running = [t for t in tasks if t.state == TaskState.RUNNING]
-        if listings is not None and all(t.host in listings for t in running):
-            containers: list[Lookup] = [listings[t.host].get(t.id) for t in running]
+        # TASK_UNREACHABLE keeps its registrations: desired_registrations says so without a container
+        kept = [t for t in tasks if t.state == TaskState.UNREACHABLE]
+        if app.mesos_containerizer:
+            # no Docker engine knows the container; Marathon reports the address (issue 19)
+            self.marathon_addressed.add(app.id)
+            containers: list[Lookup] = [None] * len(running)
+        elif listings is not None and all(t.host in listings for t in running):
+            self.marathon_addressed.discard(app.id)
+            containers = [listings[t.host].get(t.id) for t in running]
         else:
+            self.marathon_addressed.discard(app.id)
             started = prefetched or {}
             containers = list(await asyncio.gather(
                 *(started.get((t.host, t.id)) or self.container(t.host, t.id) for t in running)))
         s = self.settings
-        for task, container in zip(running, containers, strict=True):
+        for task, container in [*zip(running, containers, strict=True), *((t, None) for t in kept)]:
             if isinstance(container, Skip):
                 skips.append(container)
                 continue

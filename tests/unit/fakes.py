@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.consul.agents import ConsulError, OwnedService
-from service.model import App, Container, HealthCheck, PortMapping, Registration, Task
+from service.consul.agents import ConsulError
+from service.model import App, Container, HealthCheck, OwnedService, PodsRead, PortMapping, Registration, Task
 from service.ownership import META_APP_ID, is_ours
 
 
@@ -34,6 +34,26 @@ class FakeMarathon:
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         self.reads += 1
         return [(app, list(self.tasks.get(app.id, {}).values())) for app in self.apps.values()]
+
+    # Pods, as the client gives them (service.marathon.pods): an App and its instances as Tasks.
+    pods: dict[str, App] = field(default_factory=dict)
+    instances: dict[str, dict[str, Task]] = field(default_factory=dict)
+    malformed_pods: dict[str, str] = field(default_factory=dict)
+    pods_supported: bool = True
+    pod_reads: int = 0
+
+    async def pods_with_instances(self) -> PodsRead:
+        self.pod_reads += 1
+        if not self.pods_supported:
+            return PodsRead(supported=False)
+        return PodsRead(pods=tuple((pod, tuple(self.instances.get(pod.id, {}).values()))
+                                   for pod in self.pods.values()), malformed=dict(self.malformed_pods))
+
+    async def pod_with_instances(self, pod_id: str) -> tuple[App, list[Task]] | None:
+        self.pod_reads += 1
+        if pod_id not in self.pods:
+            return None
+        return self.pods[pod_id], list(self.instances.get(pod_id, {}).values())
 
 
 @dataclass

@@ -159,12 +159,18 @@ def test_skips(the_app, the_task, the_container, mode, expected):
 
 @pytest.mark.parametrize(
     "state",
-    ["TASK_STAGING", "TASK_STARTING", "TASK_KILLING", "TASK_UNREACHABLE", "TASK_FINISHED", "TASK_FAILED",
+    ["TASK_STAGING", "TASK_STARTING", "TASK_KILLING", "TASK_FINISHED", "TASK_FAILED",
      "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNKNOWN"],
 )
 def test_not_running_wants_nothing(state):
     # even when everything else would be a Skip: the caller must deregister
     assert run(app(), task(state=state, ports=()), None, AddressMode.OVERLAY) == []
+
+
+def test_unreachable_keeps_what_is_registered():
+    # issue 19: a partitioned agent's task may still serve; the registration stays, nothing is retried
+    result = run(app(), task(state="TASK_UNREACHABLE", ports=()), None, AddressMode.OVERLAY)
+    assert isinstance(result, Skip) and result.keep and not result.retry and not result.reported
 
 
 # --- several ports ------------------------------------------------------------------------------

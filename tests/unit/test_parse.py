@@ -83,13 +83,15 @@ def _without(obj: dict, *keys: str) -> dict:
         ),
         pytest.param(
             {"id": "/svc", "ports": [10000]},
-            App(id="/svc", network_mode=NetworkMode.HOST, port_mappings=(PortMapping(10000, 0),)),
+            App(id="/svc", network_mode=NetworkMode.HOST, port_mappings=(PortMapping(10000, 0),),
+                mesos_containerizer=True),  # no `container`: a command app, run by the Mesos containerizer
             id="host-bare-ports",
         ),
         pytest.param(
             {"id": "/svc", "networks": [{"mode": "host"}],
              "portDefinitions": [{"port": 0, "protocol": "udp", "name": "dns"}]},
-            App(id="/svc", network_mode=NetworkMode.HOST, port_mappings=(PortMapping(0, 0, "dns", "udp"),)),
+            App(id="/svc", network_mode=NetworkMode.HOST, port_mappings=(PortMapping(0, 0, "dns", "udp"),),
+                mesos_containerizer=True),
             id="1.10-host",
         ),
         pytest.param(
@@ -102,7 +104,8 @@ def _without(obj: dict, *keys: str) -> dict:
         pytest.param(
             {"id": "/svc", "ipAddress": {"networkName": "weave",
                                          "discovery": {"ports": [{"number": 8080, "name": "http"}]}}},
-            App(id="/svc", network_mode=NetworkMode.USER, port_mappings=(PortMapping(8080, None, "http"),)),
+            App(id="/svc", network_mode=NetworkMode.USER, port_mappings=(PortMapping(8080, None, "http"),),
+                mesos_containerizer=True),
             id="1.4-ip-per-task-discovery-ports",
         ),
         pytest.param(
@@ -122,13 +125,13 @@ def _without(obj: dict, *keys: str) -> dict:
         ),
         pytest.param(
             {"id": "/svc", "env": {"A": "1", "DB_PASSWORD": {"secret": "db"}}, "labels": {}},
-            App(id="/svc", network_mode=NetworkMode.HOST, env={"A": "1"}),
+            App(id="/svc", network_mode=NetworkMode.HOST, env={"A": "1"}, mesos_containerizer=True),
             id="env-secret-skipped",
         ),
         pytest.param(
             {"id": "/svc", "healthChecks": [{}, {"protocol": "COMMAND", "command": {"value": "true"}},
                                             {"protocol": "tcp", "port": 8080, "portIndex": 1}]},
-            App(id="/svc", network_mode=NetworkMode.HOST, health_checks=(
+            App(id="/svc", network_mode=NetworkMode.HOST, mesos_containerizer=True, health_checks=(
                 HealthCheck("HTTP", "/", 0, None, 60, 20, 300, 3, None),
                 HealthCheck("COMMAND", "/", 0, None, 60, 20, 300, 3, "true"),
                 HealthCheck("TCP", "/", 1, 8080, 60, 20, 300, 3, None))),
