@@ -116,6 +116,16 @@ def classify_status(status: int, body: str = "") -> Classified:
     return _SERVER_ERROR if status >= 500 else _CLIENT_ERROR
 
 
+# RETRY reasons that say the target itself is unwell (overloaded, failing, unreachable, without a
+# leader): while it answers so, every call to it backs off together (`service.retry.Cooldown`).
+_UNWELL = frozenset({"connection", "timeout", "rate-limited", "server-error", "unavailable", "no-leader"})
+
+
+def target_unwell(classified: Classified) -> bool:
+    """Does this failed answer say "the target cannot serve now", rather than "this request"?"""
+    return classified.verdict is RETRY and classified.reason in _UNWELL
+
+
 def classify_transport(exc: BaseException) -> Classified | None:
     """A failure below HTTP (no answer at all), or None if `exc` is not one."""
     # aiohttp's timeouts are both TimeoutError and ClientError: test for the timeout first

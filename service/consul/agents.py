@@ -28,6 +28,7 @@ from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, Classified, record
 from service.metrics import Metrics
 from service.model import ConsulCheck, OwnedService, Registration
 from service.ownership import checks_filter, owned_filter
+from service.retry import Stop
 from service.tokens import TokenSource, static
 
 _CHECK_GONE = Classified(RETRY, "gone")
@@ -52,11 +53,11 @@ class AgentClient:
     """One Consul agent (the one on `host`)."""
 
     def __init__(self, host: str, url: str, *, token: str | TokenSource | None, metrics: Metrics, timeout: float,
-                 attempts: int, tls: TLSOptions | None = None) -> None:
+                 attempts: int, tls: TLSOptions | None = None, stop: Stop | None = None) -> None:
         self.host = host
         self.url = url
         self._metrics = metrics
-        self._call = ConsulCall(url, metrics=metrics, attempts=attempts)
+        self._call = ConsulCall(url, metrics=metrics, attempts=attempts, stop=stop)  # owns the agent's Cooldown
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=timeout, limit=64)
         self._node_name: str | None = None
@@ -149,7 +150,8 @@ class ConsulAgents:
     """Agents by task host, from the `--consul` URL template (`{host}` = the task's host)."""
 
     def __init__(self, url_template: str, *, token: str | TokenSource | None, metrics: Metrics,
-                 timeout: float = 5.0, attempts: int = 3, tls: TLSOptions | None = None) -> None:
+                 timeout: float = 5.0, attempts: int = 3, tls: TLSOptions | None = None,
+                 stop: Stop | None = None) -> None:
         if "://" not in url_template:
             raise ValueError(f"--consul: {url_template!r} is not a URL (expected e.g. http://{{host}}:8500)")
         self.url_template = url_template
@@ -159,6 +161,7 @@ class ConsulAgents:
         self._metrics = metrics
         self._timeout = timeout
         self._attempts = attempts
+        self._stop = stop
         self._agents: dict[str, AgentClient] = {}
 
     def url_for(self, host: str) -> str:
@@ -171,7 +174,7 @@ class ConsulAgents:
         if client is None:
             client = AgentClient(host if self.per_host else urllib.parse.urlsplit(self.url_template).hostname or "",
                                  self.url_for(host), token=self._token, metrics=self._metrics,
-                                 timeout=self._timeout, attempts=self._attempts, tls=self._tls)
+                                 timeout=self._timeout, attempts=self._attempts, tls=self._tls, stop=self._stop)
             self._agents[key] = client
         return client
 

@@ -2,8 +2,14 @@
 
 It times the call (`mcr_consul_request_seconds{call}`), classifies a failed answer by the error
 contract (`service.errors`, docs/architecture.md §8), counts it (and logs a REPORT once), and
-retries RETRY answers with back-off up to `attempts` in all. Anything raised that is not an answer
-of Consul's (an `AttributeError` of ours) is not classified and stays loud.
+retries RETRY answers up to `attempts` in all (`service.retry.retry`). Anything raised that is not
+an answer of Consul's (an `AttributeError` of ours) is not classified and stays loud.
+
+The back-off is the agent's, not the call's (`service.retry.Cooldown`, docs/architecture.md §7):
+while the agent answers 429/5xx or cannot be reached, every call to it, whatever work asks, waits
+out one shared back-off, and one call at a time probes it; its first other answer ends the
+back-off. So work that arrives for an app meanwhile (hints, a resync) cannot call a failing agent
+again at once, each with a back-off of its own (issue 18: 28 register calls in 3.5 s).
 
 One wrapper, so that the lock's calls cannot drift from the agents' (they once had a copy of this
 loop that had lost the latency timing).
@@ -11,20 +17,39 @@ loop that had lost the latency timing).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import TypeVar
 
 from service.backoff import Backoff
 from service.connect import tls_reason
-from service.errors import GARBAGE, NOT_FOUND, RESYNC_RETRIES, RETRY, CallError, Classified, classify_consul, record
+from service.errors import (
+    GARBAGE,
+    NOT_FOUND,
+    RESYNC_RETRIES,
+    RETRY,
+    CallError,
+    Classified,
+    classify_consul,
+    record,
+    target_unwell,
+)
 from service.metrics import Metrics
+from service.retry import Cooldown, Stop, retry
 
 T = TypeVar("T")
-# Between attempts of one agent call: short, since the whole key is retried later anyway.
+# The agent's back-off while it answers RETRY: short, since the whole key is retried later anyway.
 CALL_BACKOFF = Backoff(initial=0.1, cap=2.0)
+
+
+def _no_wait(_lo: float, _hi: float) -> float:
+    return 0.0
+
+
+# The attempts of one call wait for nothing of their own: the wait is the agent's Cooldown.
+_ATTEMPTS = replace(CALL_BACKOFF, uniform=_no_wait)
 
 
 class ConsulError(CallError):
@@ -38,38 +63,57 @@ class ConsulCall:
     `then` says, in the caller's words, what happens after a refused call (the reconciler's next
     resync, the lock's next round); it goes into the one log line of a REPORT."""
 
-    def __init__(self, url: str, *, metrics: Metrics, attempts: int, then: str = RESYNC_RETRIES) -> None:
+    def __init__(self, url: str, *, metrics: Metrics, attempts: int, then: str = RESYNC_RETRIES,
+                 stop: Stop | None = None, cooldown: Cooldown | None = None) -> None:
         self.url = url
         self._metrics = metrics
-        self._attempts = max(1, attempts)
+        self._attempts = replace(_ATTEMPTS, max_attempts=max(1, attempts))
         self._then = then
+        self._stop = stop
+        # this agent's one back-off, shared by every call to it
+        self.cooldown = cooldown if cooldown is not None else Cooldown(CALL_BACKOFF)
 
     async def __call__(self, call: str, fn: Callable[[], Awaitable[T]], *,
                        counted_only: frozenset[str] = frozenset()) -> T:
-        """One call, retrying RETRY answers with back-off up to `attempts` in all. A plain loop, no
-        tenacity: building tenacity's retry state per call was ~3% of a burst's CPU, and the
-        success path must cost nothing beyond the call itself.
+        """One call, retrying RETRY answers up to `attempts` in all, each attempt after the agent's
+        back-off (`Stopped` when the stop signal comes meanwhile).
 
         A failed answer whose reason is in `counted_only` is counted, neither logged nor retried,
         and raised at once: the caller gives it a meaning of its own and says so itself."""
-        attempt = 1
-        while True:
-            try:
-                return await self._timed(call, fn)
-            except Exception as exc:
-                classified = classify_consul(exc)
-                if classified is None:
-                    raise  # not an answer of Consul's: a bug of ours, which must stay loud
-                detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
-                if classified.reason in counted_only:
-                    self.count(call, classified)
-                    raise ConsulError(f"consul agent {self.url}: {call} failed: {detail}", classified) from exc
-                error = self.fail(call, classified, detail)
-                if classified.verdict is not RETRY or attempt >= self._attempts:
-                    raise error from exc
-            self._metrics.retries.labels("consul").inc()
-            await asyncio.sleep(CALL_BACKOFF.delay(attempt))
-            attempt += 1
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, ConsulError) and exc.verdict is RETRY and exc.cause not in counted_only
+
+        return await retry(lambda: self._attempt(call, fn, counted_only), policy=self._attempts, stop=self._stop,
+                           retry_on=retryable, on_retry=self._retrying)
+
+    def _retrying(self, _attempt: int, _exc: BaseException, _delay: float) -> None:
+        self._metrics.retries.labels("consul").inc()
+
+    async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str]) -> T:
+        cooldown = self.cooldown
+        if cooldown.cooling:
+            await cooldown.ready(self._stop)
+        try:
+            result = await self._timed(call, fn)
+        except Exception as exc:
+            classified = classify_consul(exc)
+            if classified is None:
+                cooldown.abandoned()
+                raise  # not an answer of Consul's: a bug of ours, which must stay loud
+            if target_unwell(classified):
+                cooldown.failed()
+            else:
+                cooldown.succeeded()
+            detail = tls_reason(exc, https=self.url.startswith("https://")) or f"{type(exc).__name__}: {exc}"
+            if classified.reason in counted_only:
+                self.count(call, classified)
+                raise ConsulError(f"consul agent {self.url}: {call} failed: {detail}", classified) from exc
+            raise self.fail(call, classified, detail) from exc
+        except BaseException:
+            cooldown.abandoned()  # cancelled: no answer either way
+            raise
+        cooldown.succeeded()
+        return result
 
     async def _timed(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()

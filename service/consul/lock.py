@@ -9,8 +9,8 @@ asks Consul for, since py-consul's aio client does not stretch its timeout for b
 The error contract (docs/architecture.md §8) holds here as for the agents: every failed answer is
 classified by `service.errors` and counted in `mcr_call_errors_total{system="consul", call=...}`
 (calls `session_create`, `session_renew`, `session_destroy`, `kv_get`, `kv_acquire`, `kv_release`);
-a RETRY answer is retried with back-off up to `attempts` in all, then `ConsulError` goes to the
-lock's own loop (`service.leadership`), which tries again for as long as the lock matters. Two
+a RETRY answer is retried after the agent's back-off (`ConsulCall`) up to `attempts` in all, then
+`ConsulError` goes to the lock's own loop (`service.leadership`), which tries again for as long as the lock matters. Two
 answers the lock gives a meaning of its own: 404 or 405 on session create is `SessionsUnavailable`
 (counted as a report, but logged by the leadership, which knows whether `--lock auto` accepts it),
 and 404 on renew is "the session is gone".
@@ -27,6 +27,7 @@ from service.consul.call import ConsulCall, ConsulError
 from service.errors import GONE, NOT_FOUND, RETRY, Classified
 from service.leadership import SessionsUnavailable
 from service.metrics import Metrics
+from service.retry import Stop
 from service.tokens import TokenSource, static
 
 # 404 on renew: Consul no longer knows the session, the lock is lost; the lock's loop contends again
@@ -37,12 +38,13 @@ class ConsulLockClient:
     """`leadership.SessionKV` for one agent, given by URL."""
 
     def __init__(self, url: str, *, token: str | TokenSource | None, timeout: float = 5.0, wait_seconds: float = 10.0,
-                 tls: TLSOptions | None = None, metrics: Metrics | None = None, attempts: int = 3) -> None:
+                 tls: TLSOptions | None = None, metrics: Metrics | None = None, attempts: int = 3,
+                 stop: Stop | None = None) -> None:
         self.url = url
         self._timeout = timeout
         self._metrics = metrics if metrics is not None else Metrics()
         self._call = ConsulCall(url, metrics=self._metrics, attempts=attempts,
-                                then="tried again at the lock's next round (acquire or renew)")
+                                then="tried again at the lock's next round (acquire or renew)", stop=stop)
         # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=wait_seconds * 17 / 16 + timeout, limit=8)
