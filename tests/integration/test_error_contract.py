@@ -572,6 +572,85 @@ async def test_marathon(row: Row, caplog: pytest.LogCaptureFixture) -> None:
         assert len(refusals_logged(caplog, url)) == (1 if row.verdict == "report" else 0)
 
 
+# Pods (issue 19): `GET /v2/pods/::status` (the resync) and `GET /v2/pods/{id}::status` (a pod's work)
+# follow the same contract; a Marathon without pods answers 404 (the simulator has none): no pods, DONE.
+PODS_PATH, POD_PATH = "^/v2/pods/::status$", "^/v2/pods/web-pod::status$"
+POD_ROWS = [
+    *(Row(call, {"path": path, **rule}, verdict, reason, answers)
+      for call, path in (("pods", PODS_PATH), ("pod", POD_PATH))
+      for rule, verdict, reason, answers in (
+          ({"status": 503}, "retry", "no-leader", ATTEMPTS),
+          ({"status": 500, "body": "boom"}, "retry", "server-error", ATTEMPTS),
+          ({"status": 429, "body": "slow down"}, "retry", "rate-limited", ATTEMPTS),
+          ({"mode": "reset"}, "retry", "connection", ATTEMPTS),
+          ({"mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+          ({"status": 401, "body": "Invalid username or password."}, "report", "unauthorized", 1),
+          ({"status": 403, "body": "Not Authorized to perform this action!"}, "report", "acl-denied", 1),
+          ({"mode": "garbage"}, "report", "garbage", 1),
+          ({"mode": "garbage", "body": '{"pods": []}'}, "report", "garbage", 1),  # an object, not the array
+      )),
+]
+
+
+def pods_call(client: MarathonClient, call: str) -> Any:
+    return client.pods_with_instances() if call == "pods" else client.pod_with_instances("/web-pod")
+
+
+@pytest.mark.parametrize("row", POD_ROWS, ids=str)
+async def test_marathon_pods(row: Row, caplog: pytest.LogCaptureFixture) -> None:
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.3, attempts=ATTEMPTS,
+                                backoff_initial=0.01, backoff_max=0.05)
+        rule = await fault(url, {**row.rule, "method": "GET"})
+        with caplog.at_level(logging.INFO), pytest.raises(MarathonError) as raised:
+            await pods_call(client, row.call)
+        assert (raised.value.verdict.value, raised.value.cause) == (row.verdict, row.reason)
+        await answered(url, rule, row)
+        assert errors(metrics, "marathon", row.call, row.verdict or "retry", row.reason) == row.answers
+        assert len(refusals_logged(caplog, url)) == (1 if row.verdict == "report" else 0)
+
+
+async def test_marathon_without_pods_answers_404_which_is_no_pods() -> None:
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        read = await client.pods_with_instances()
+        assert (read.pods, dict(read.malformed), read.supported) == ((), {}, False)
+        assert await client.pod_with_instances("/web-pod") is None
+        assert errors(metrics, "marathon", "pods", "done", "gone") == 1
+        assert errors(metrics, "marathon", "pod", "done", "gone") == 1
+
+
+POD_STATUS = {
+    "id": "/web-pod", "status": "STABLE", "statusSince": "2017-09-01T10:00:06Z",
+    "spec": {"id": "/web-pod", "networks": [{"mode": "container", "name": "weave"}],
+             "containers": [{"name": "nginx", "endpoints": [{"name": "http", "containerPort": 80}]}]},
+    "instances": [{"id": "web-pod.instance-6b9f2c1e", "status": "STABLE", "agentHostname": "127.0.0.5",
+                   "networks": [{"name": "weave", "addresses": ["10.32.0.7"]}],
+                   "containers": [{"name": "nginx", "status": "TASK_RUNNING", "endpoints": [{"name": "http"}]}]}],
+    "lastUpdated": "2017-09-01T10:00:06Z", "lastChanged": "2017-09-01T10:00:06Z",
+}
+
+
+async def test_a_malformed_pod_is_reported_once_and_the_others_are_read(caplog: pytest.LogCaptureFixture) -> None:
+    broken = {**POD_STATUS, "id": "/broken", "spec": {"id": "/broken", "containers": "nginx"}}
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        metrics = Metrics()
+        client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        rule = await fault(url, {"path": PODS_PATH, "method": "GET", "mode": "garbage",
+                                 "body": json.dumps([POD_STATUS, broken])})
+        with caplog.at_level(logging.INFO):
+            read = await client.pods_with_instances()
+        assert [(pod.id, [t.id for t in tasks]) for pod, tasks in read.pods] == [
+            ("/web-pod", ["web-pod.instance-6b9f2c1e"])]
+        assert list(read.malformed) == ["/broken"] and "spec.containers" in read.malformed["/broken"]
+        assert await hits(url, rule) == 1
+        assert errors(metrics, "marathon", "pods", "report", "garbage") == 1
+        [logged] = refusals_logged(caplog, url)
+        assert "/broken" in logged
+
+
 INFO_ROWS = [  # /v2/info answered 200 with this body -> framework_id(): verdict, reason, what the error says
     ('{"name": "marathon", "version": "1.10.0"}', "retry", "unavailable", "not registered with Mesos yet"),
     ('{"name": "marathon", "version": "1.10.0", "frameworkId": null}', "retry", "unavailable",
