@@ -9,9 +9,11 @@ Why it looks like this:
   the leader, move on when one is down); standbys proxy REST calls to the leader, so this saves a
   hop rather than being needed for correctness. The question is asked lazily, once after start and
   once after every failover.
-- **Bounded retries.** Transient failures (above) are retried with tenacity: a fixed number of
-  attempts (at least one per URL), exponential back-off with full jitter and a cap, every retry
-  counted in `mcr_retries_total{system="marathon"}`. Every attempt has its own total timeout and is
+- **Bounded retries.** Transient failures (above) are retried by the one retry rule
+  (`service.retry.retry`): a fixed number of attempts (at least one per URL), exponential back-off
+  with full jitter and a cap, every retry counted in `mcr_retries_total{system="marathon"}`. Each
+  master has one back-off of its own (`service.retry.Cooldown`): while it answers 429/5xx or
+  cannot be reached, every call to it waits that out, whatever asks. Every attempt has its own total timeout and is
   timed in `mcr_marathon_request_seconds{call=...}` (the call label is a fixed, bounded name).
   Anything else (4xx, a 200 that is not JSON) is not retried and raises `MarathonError` carrying the
   status and the body, because retrying a request Marathon rejected only delays the same answer.
@@ -34,16 +36,10 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
 from yarl import URL
 
 from service.backoff import Backoff
@@ -53,18 +49,20 @@ from service.errors import (
     GONE,
     RESYNC_RETRIES,
     RETRY,
-    CallError,
     Classified,
     classify_status,
     classify_transport,
     record,
+    target_unwell,
 )
+from service.marathon.endpoint import Endpoint, MarathonError, Transient, app_path
 from service.marathon.parse import app_with_tasks_from_json, apps_from_json
 from service.marathon.pods import pod_status_from_json, pod_statuses_from_json
 from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
 from service.model import App, PodsRead, Task
 from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
+from service.retry import Cooldown, Stop, retry
 
 log = logging.getLogger(__name__)
 
@@ -72,93 +70,9 @@ EventTransport = Literal["callback", "sse"]
 
 # Statuses that say "this master cannot answer now", not "your request is wrong".
 _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
-_BODY_IN_ERROR = 500  # characters of a response body kept in MarathonError
 _NOT_READY = Classified(RETRY, "unavailable")
 
-
-class MarathonError(CallError):
-    """A Marathon call failed for good: a non-retryable answer, or retries exhausted.
-
-    `status` is the HTTP status (None when no master answered at all); `body` the start of the
-    response body, which is where Marathon explains itself (e.g. the 400 "http event callback
-    system is not running" of a Marathon without callbacks).
-    """
-
-    def __init__(self, method: str, url: str, status: int | None, body: str = "", reason: str = "",
-                 classified: Classified | None = None) -> None:
-        self.method = method
-        self.url = url
-        self.status = status
-        self.body = body[:_BODY_IN_ERROR]
-        self.reason = reason
-        what = f"HTTP {status}" if status is not None else "no answer"
-        why = f" ({reason})" if reason else ""
-        said = f": {self.body}" if self.body else ""
-        super().__init__(f"Marathon {method} {url} -> {what}{why}{said}", classified)
-
-
-class _Transient(Exception):
-    """An attempt failed in a way worth retrying on the next endpoint (internal)."""
-
-    def __init__(self, endpoint_index: int, status: int | None, body: str, reason: str,
-                 classified: Classified) -> None:
-        super().__init__(reason)
-        self.classified = classified
-        self.endpoint_index = endpoint_index
-        self.status = status
-        self.body = body
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One Marathon master: its base URL without credentials, and the credentials apart.
-
-    The credentials are kept as a ready `Authorization` value, excluded from `repr`, so that
-    logging an endpoint (or a structure holding one) never prints the password.
-    """
-
-    base: URL
-    authorization: str | None = field(default=None, repr=False)
-    # DC/OS-style `Authorization: token=<t>` (--marathon-token-file), asked at every request so a
-    # rotated file takes effect without a restart; it replaces basic auth when both are given
-    token: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        u = URL(url.strip())
-        if not u.scheme or not u.host:
-            raise ValueError(f"not an absolute Marathon URL: {url.rsplit('@', 1)[-1]}")
-        authorization = None
-        if u.user is not None:
-            authorization = aiohttp.encode_basic_auth(u.user, u.password or "")
-        return cls(base=u.with_user(None).with_query(None).with_fragment(None), authorization=authorization)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Headers every request to this master carries (only credentials, today)."""
-        token = self.token() if self.token is not None else None
-        if token:
-            return {"Authorization": f"token={token}"}
-        return {"Authorization": self.authorization} if self.authorization else {}
-
-    @property
-    def display(self) -> str:
-        """The URL as logs show it: never the password."""
-        return str(self.base)
-
-    @property
-    def host_port(self) -> tuple[str, int | None]:
-        return ((self.base.host or "").lower(), self.base.port)
-
-    def url(self, path: str) -> URL:
-        """`path` (starting with /) under the base URL, keeping a base path (Marathon behind a proxy)."""
-        return self.base.with_path(self.base.path.rstrip("/") + path)
-
-
-def app_path(app_id: str) -> str:
-    """`/web/customer1/site1` -> `/web/customer1/site1`, tolerant of a missing leading slash."""
-    return "/" + app_id.strip("/")
+__all__ = ["Endpoint", "EventTransport", "MarathonClient", "MarathonError", "app_path"]
 
 
 class MarathonClient:
@@ -175,6 +89,7 @@ class MarathonClient:
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
         token: Callable[[], str | None] | None = None,
+        stop: Stop | None = None,
     ) -> None:
         if isinstance(urls, str):  # a comma list straight from --marathon
             urls = [u for u in urls.split(",") if u.strip()]
@@ -186,7 +101,9 @@ class MarathonClient:
         self.timeout = timeout
         # Every URL gets at least one try before a call gives up.
         self._attempts = max(attempts, len(self.endpoints))
-        self._backoff = Backoff(initial=backoff_initial, cap=backoff_max)
+        self._backoff = Backoff(initial=backoff_initial, cap=backoff_max, max_attempts=self._attempts)
+        self._cooldowns = tuple(Cooldown(self._backoff) for _ in self.endpoints)  # one back-off per master
+        self._stop = stop
         self._current = 0
         self._leader_checked = len(self.endpoints) == 1  # nothing to choose between
         self._leader_lock = asyncio.Lock()
@@ -222,7 +139,7 @@ class MarathonClient:
     async def find_leader(self) -> Endpoint | None:
         """Ask the current master who leads; switch to that master if it is one of ours.
 
-        A transient failure raises `_Transient` (so the calling attempt fails over); any other
+        A transient failure raises `Transient` (so the calling attempt fails over); any other
         answer that names no leader of ours (404 "There is no leader", a refusal, a leader outside
         our list) keeps the current endpoint, since any live master proxies REST calls to the leader.
         """
@@ -284,7 +201,7 @@ class MarathonClient:
                     raise  # not Marathon's answer: a bug of ours, which must stay loud
                 reason = tls_reason(e, https=url.scheme == "https") or f"{type(e).__name__}: {e}".rstrip(": ")
                 self._record(call, ep, classified, f"Marathon {method} {url}: {reason}")
-                raise _Transient(index, None, "", reason, classified) from e
+                raise Transient(index, None, "", reason, classified) from e
             finally:
                 self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
             if not is_redirect(status, location):
@@ -322,7 +239,7 @@ class MarathonClient:
         classified = classify_status(status, text)
         if status in _TRANSIENT_STATUSES or status == 429:
             self._record(call, ep, classified, f"Marathon {method} {url} -> HTTP {status}")
-            raise _Transient(index, status, text, f"HTTP {status}", classified)
+            raise Transient(index, status, text, f"HTTP {status}", classified)
         error = MarathonError(method, str(url), status, text, classified=classified)
         self._record(call, ep, classified, str(error))
         raise error
@@ -333,11 +250,9 @@ class MarathonClient:
         record(self.metrics, system="marathon", call=call, target=ep.display, classified=classified,
                message=message, then=then)
 
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _before_sleep(self, attempt: int, exc: BaseException, _delay: float) -> None:
         self.metrics.retries.labels("marathon").inc()
-        exc = state.outcome.exception() if state.outcome else None
-        log.info("Marathon call failed (%s); retry %d of %d", exc, state.attempt_number,
-                 self._attempts - 1)
+        log.info("Marathon call failed (%s); retry %d of %d", exc, attempt, self._attempts - 1)
 
     async def _call(
         self,
@@ -351,29 +266,41 @@ class MarathonClient:
         ok_statuses: tuple[int, ...] = (),
     ) -> Any:
         """A request with leader preference, failover and bounded retries."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=self._backoff.tenacity_wait(),
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
+        async def attempt() -> Any:
+            index = self._current
+            try:
+                await self._ensure_leader()
+                index = self._current
+                cooldown = self._cooldowns[index]
+                if cooldown.cooling:
+                    await cooldown.ready(self._stop)
+                result = await self._attempt(call, method, path, index=index, params=params,
+                                             headers=headers, data=data, ok_statuses=ok_statuses)
+            except Transient as t:
+                failed = self._cooldowns[t.endpoint_index]
+                if target_unwell(t.classified):
+                    failed.failed()
+                else:
+                    failed.abandoned()
+                self._failover(t.endpoint_index)
+                raise
+            except MarathonError:
+                self._cooldowns[index].succeeded()  # an answer, if not the one wanted
+                raise
+            except BaseException:
+                self._cooldowns[index].abandoned()
+                raise
+            self._cooldowns[index].succeeded()
+            return result
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    try:
-                        await self._ensure_leader()
-                        return await self._attempt(call, method, path, index=self._current, params=params,
-                                                   headers=headers, data=data, ok_statuses=ok_statuses)
-                    except _Transient as t:
-                        self._failover(t.endpoint_index)
-                        raise
-        except _Transient as t:
+            return await retry(attempt, policy=self._backoff, stop=self._stop,
+                               retry_on=lambda e: isinstance(e, Transient), on_retry=self._before_sleep)
+        except Transient as t:
             url = str(self.endpoints[t.endpoint_index].url(path))
             raise MarathonError(method, url, t.status, t.body,
                                 reason=f"gave up after {self._attempts} attempts: {t.reason}",
                                 classified=t.classified) from t
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     @contextlib.contextmanager
     def _shape(self, call: str, method: str, path: str) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""The back-off holds per Consul agent, not per piece of work (issue 18 item 2).
+"""The back-off holds per outside system (each Consul agent, each Marathon master), not per piece
+of work (issue 18 item 2).
 
 The real reconciler writes through the real py-consul client into the in-process Consul simulator;
 one agent answers every call with a 429/5xx for 3 s (devcluster/faults.py) while hints for one
@@ -14,15 +15,27 @@ import itertools
 import time
 from dataclasses import replace
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 import service.consul.call as consul_call
 from devcluster import faults as faults_module
 from devcluster.faults import Faults
+from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
+from service.metrics import Metrics
 from service.model import TaskState
-from tests.integration.test_error_contract import AGENT_A, APP_ID, consul_agents, fault, reconciler_over
+from service.retry import Cooldown
+from tests.integration.test_error_contract import (
+    AGENT_A,
+    APP_ID,
+    MARATHON,
+    consul_agents,
+    fault,
+    marathon_sim,
+    reconciler_over,
+)
 
 WINDOW = 3.0  # seconds the agent answers with the fault
 
@@ -44,7 +57,7 @@ async def test_calls_to_a_failing_agent_are_spaced_by_its_back_off_whatever_work
             calls.append(time.monotonic())
         return pick(self, request)
 
-    monkeypatch.setattr(Faults, "pick", recording_pick)
+    monkeypatch.setattr(Faults, "pick", recording_pick)  # every request, faulted or not
     hint = TaskEvent(task_id="web.t1", app_id=APP_ID, state=TaskState.RUNNING, host=AGENT_A, ports=(31001,),
                      ip_addresses=(), app_version="v1")
     async with consul_agents() as urls, reconciler_over(urls) as (reconciler, _, _metrics):
@@ -65,3 +78,33 @@ async def test_calls_to_a_failing_agent_are_spaced_by_its_back_off_whatever_work
     assert max(gaps) >= 0.8 * 0.9, gaps  # and they grow
     assert landed is not None, "the registration never landed"
     assert landed - (began + WINDOW) <= policy.cap + 1.0  # within one back-off of the recovery
+
+
+async def test_calls_to_a_failing_marathon_master_share_its_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty app reads at once while the master answers 503 for 1.5 s: its one back-off spaces
+    what reaches it (without it, each read retried on a back-off of its own: 80 requests)."""
+    calls: list[float] = []
+    pick = Faults.pick
+
+    def recording_pick(self: Faults, request: web.Request) -> faults_module.Rule | None:
+        if request.path.startswith("/v2/apps"):
+            calls.append(time.monotonic())
+        return pick(self, request)
+
+    monkeypatch.setattr(Faults, "pick", recording_pick)
+    async with marathon_sim() as url, aiohttp.ClientSession() as session:
+        assert MARATHON in url
+        client = MarathonClient([url], session=session, metrics=Metrics(), attempts=4, backoff_initial=0.2,
+                                backoff_max=1.0)
+        client._backoff = replace(client._backoff, uniform=top)
+        client._cooldowns = (Cooldown(client._backoff),)
+        await fault(url, {"path": "^/v2/apps", "status": 503, "duration": 1.5})
+        began = time.monotonic()
+        results = await asyncio.gather(*(client.app_with_tasks("/web") for _ in range(20)), return_exceptions=True)
+    assert all(r is None or isinstance(r, MarathonError) for r in results), results
+    during = [t for t in calls if began <= t < began + 1.5]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    # the 20 in flight at the first 503, then one probe per back-off (0.2, 0.4, 0.8 s): 23, not 80
+    assert len(during) <= 20 + 3, " ".join(f"{c - began:.3f}" for c in calls)
+    assert all(g >= 0.2 * 0.9 for g in gaps[19:]), gaps
+    assert any(r is None for r in results), "no read got through once the master answered again"
