@@ -105,7 +105,8 @@ def _any_part_alive() -> bool:
 
 
 def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
-    argv = ["devcluster.consul_sim"]
+    # the write log: who wrote what when (bench.failover's and tests/e2e's overlap check of two writers)
+    argv = ["devcluster.consul_sim", "--registration-log"]
     for s in SLAVES:
         argv += ["--agent", f"{s.host}:{CONSUL_HTTP_PORT}={s.name}"]
     if tls_dir is not None:  # HTTPS agents that require the registrar's client certificate

@@ -53,6 +53,7 @@ class Config:
     lock_ttl: int = 15
     lock_delay: int = 15
     lock_agent: str = "http://127.0.0.1:8500"
+    lock_check_interval: float = 1.0  # the lock session's liveness check (0: none); see service.leadership
     cluster_id: str | None = None
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS
     weave_exec_lookup: bool = False
@@ -90,6 +91,8 @@ OPTIONS: dict[str, str] = {
     "lock-ttl": "seconds: the lock session's TTL (Consul: 10 to 86400); renewed every TTL/2",
     "lock-delay": "seconds: Consul's lock-delay after a holder's session is invalidated (0 to 60)",
     "lock-agent": "Consul agent URL the lock session is held through",
+    "lock-check-interval": "seconds between the lock agent's checks of this instance's /health, to which the "
+                           "lock session is bound (1 or more; 0: no such check, serfHealth and the TTL only)",
     "cluster-id": "identity of this Marathon cluster in Meta and the lock key (default: Marathon's frameworkId)",
     "overlay-cidr": "CIDR(s) of the overlay, comma separated; an address outside them is never registered as "
                     "an overlay address",
@@ -173,6 +176,7 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "lock-ttl": "15",
         "lock-delay": "15",
         "lock-agent": None,  # derived: DERIVED
+        "lock-check-interval": "1",
         "cluster-id": None,
         "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
         "weave-exec-lookup": "false",
@@ -307,6 +311,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     lock_delay = int(_number("lock-delay", args.lock_delay, int, 0))
     if lock_delay > 60:
         raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum 60")
+    lock_check_interval = float(_number("lock-check-interval", args.lock_check_interval, float, 0))
+    if 0 < lock_check_interval < 1:
+        raise ConfigError(f"--lock-check-interval: {lock_check_interval:g} is below Consul's minimum 1 (0: no check)")
     cluster_id = (args.cluster_id or "").strip() or None
     if cluster_id is not None and not CLUSTER_ID.fullmatch(cluster_id):
         raise ConfigError(f"--cluster-id: {cluster_id!r} must be {CLUSTER_ID_RULE}")
@@ -372,7 +379,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                               tuple(m.value for m in HealthCheckMode))),
         workers=int(_number("workers", args.workers, int, 1)),
         log_level=level,
-        lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay,
+        lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay, lock_check_interval=lock_check_interval,
         lock_agent=_url("lock-agent", lock_agent, ("http", "https")),
         cluster_id=cluster_id,
         overlay_cidrs=_cidrs("overlay-cidr", str(args.overlay_cidr)),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import aiohttp
 import consul.aio
 import consul.base
 
+from service import version
 from service.tokens import TokenSource
 
 
@@ -152,6 +154,12 @@ def tls_reason(exc: BaseException, *, https: bool) -> str | None:
     return None
 
 
+def user_agent() -> str:
+    """Names this process in every Consul request (an agent's access log, the test world's write
+    log), so "which instance wrote this" has an answer when several run."""
+    return f"marathon-consul-registrar/{version()} (pid {os.getpid()}; {socket.gethostname()})"
+
+
 class _HTTP(consul.aio.HTTPClient):  # type: ignore[misc]
     """py-consul's aio transport on a session we build (our SSL context, our limits)."""
 
@@ -161,7 +169,7 @@ class _HTTP(consul.aio.HTTPClient):  # type: ignore[misc]
         self.loop = None
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx if ssl_ctx is not None else False),
-            timeout=aiohttp.ClientTimeout(total=timeout))
+            timeout=aiohttp.ClientTimeout(total=timeout), headers={"User-Agent": user_agent()})
 
 
 class _Consul(consul.aio.Consul):  # type: ignore[misc]

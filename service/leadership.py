@@ -3,24 +3,30 @@
 Several instances may run (the deploy JSON asks for two); exactly one writes to Consul. The lock is
 Consul's own recipe (docs/architecture.md §3.1 "Leadership"; hashicorp/consul `api/lock.go`):
 
-1. a session: `PUT /v1/session/create` with `TTL`, `LockDelay`, `Behavior: release` and the default
-   node check `serfHealth` of the agent we talk to. Both bounds are wanted on purpose: the TTL ends
-   the session of a registrar that hangs or is paused (SIGSTOP) on a healthy node; `serfHealth`
-   ends it as soon as the gossip pool declares the node dead, without waiting up to 2 x TTL.
+1. a liveness registration in the lock agent (`AliveCheck`: a service with an HTTP check of this
+   instance's own `/health`, every second), then a session: `PUT /v1/session/create` with `TTL`,
+   `LockDelay`, `Behavior: release` and the checks `serfHealth` (the node) and that HTTP check.
+   Consul invalidates the session as soon as either goes critical: a killed holder within about a
+   check interval, a dead node when gossip says so, a paused or hung one within interval + timeout.
+   The TTL is the backstop for a holder whose renewals stop while its /health still answers.
    `release` keeps the key (and its value naming the last holder) for the next holder to acquire;
 2. `PUT /v1/kv/<key>?acquire=<session>&flags=<Consul's lock flag>`, the value naming the holder;
-   `false` with no holder means the lock-delay of an invalidated session is running: retry later;
-3. while held: renew every TTL/2 and watch the key with blocking queries; the lock is lost when the
-   key is gone, names another session, or renewal answers 404 (the session is gone);
-4. on SIGTERM: release the key, then destroy the session (no lock-delay for the next holder).
+   `false` with no holder means the lock-delay of an invalidated session is running: retry shortly;
+3. while held: renew every `renew_seconds` and watch the key with blocking queries; the lock is lost
+   when the key is gone, names another session, renewal answers 404, or the lease runs out;
+4. on SIGTERM: release the key, destroy the session (no lock-delay for the next holder), then
+   deregister the liveness registration.
 
-**The write gate.** `may_write()` is true only while we hold the lock as far as we last saw *and*
-our lease has not run out. The lease ends TTL after the moment the last successful renew was
-*sent*. Consul invalidates a session no earlier than TTL after its last renew (it waits 2 x TTL:
-hashicorp/consul `agent/consul/session_ttl.go`) and a new holder can acquire only after that plus the lock-delay,
-so a writer that asks the gate before every write never overlaps the next writer: not after a
-lost renew, not after being paused past its TTL (the monotonic clock runs while a process is
-stopped, so the gate is already shut when it resumes, before any task of it runs a write).
+**The write gate** (`Lease`). `may_write()` is true only while we hold the lock as far as we last saw
+*and* our lease has not run out. The lease ends L = `lease_seconds` after the moment the last
+*acknowledged* renew (or the acquire) was *sent*: that answer proves the session was alive at some
+moment after the send, so Consul invalidated it (by a check, serfHealth, TTL or a destroy) no
+earlier than the send; a new holder acquires no earlier than the invalidation plus the lock-delay
+D. With L < D (`lease_seconds`: D minus a margin of min(1 s, D/3)), the gate is shut before any
+next holder's first write, whatever invalidated the session and whenever: after lost renewals,
+and after a pause (SIGSTOP) past the lease, since the monotonic clock runs while a process is
+stopped, so the gate is already shut when it resumes, before any task of it runs a write. With
+D = 0 there is no such bound: L is the TTL, safe only against TTL expiry (2 x TTL).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from service.ownership import LOCK_SERVICE_NAME, lock_alive_check_id, lock_alive_meta, lock_alive_service_id
+
 log = logging.getLogger(__name__)
 
 # Consul's lock flag (hashicorp/consul api/lock.go `LockFlagValue`): Go lockers treat a key without
@@ -44,6 +52,60 @@ log = logging.getLogger(__name__)
 LOCK_FLAG = 0x2DDCCBC058A50C18
 LOCK_TTL_BOUNDS = (10, 86400)  # Consul's session TTL bounds, seconds (10s..24h)
 LOCK_DELAY_BOUNDS = (0, 60)  # Consul applies at most 60s (MaxLockDelay)
+LEASE_MARGIN = 1.0  # seconds the lock-delay outlasts the lease by (less for a lock-delay under 3 s)
+SERF_HEALTH = "serfHealth"  # Consul's node check, kept beside ours (reference/consul-sessions.md §1)
+
+
+def lease_seconds(ttl_seconds: float, lock_delay_seconds: float) -> float:
+    """L: how long after the send of its last acknowledged renew a holder may still write. Below
+    the lock-delay D by a margin (for the last write in flight, and clocks' rates), so that a next
+    holder, who acquires no earlier than invalidation + D, never overlaps us (module docstring);
+    never above the TTL. D = 0 leaves only the TTL bound."""
+    if lock_delay_seconds <= 0:
+        return ttl_seconds
+    return min(ttl_seconds, lock_delay_seconds - min(LEASE_MARGIN, lock_delay_seconds / 3))
+
+
+class Lease:
+    """The write gate's arithmetic, on an injectable monotonic clock. `acknowledged(sent)` after
+    every successful renew (or acquire) sent at `sent`; `open()` before every write."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self.until = 0.0  # monotonic time from which we must not write
+
+    def acknowledged(self, sent: float) -> None:
+        """Consul answered a renew sent at `sent`: the session was alive after `sent`. A late answer
+        to an earlier renew never shortens the lease."""
+        self.until = max(self.until, sent + self.seconds)
+
+    def open(self) -> bool:
+        return self._clock() < self.until
+
+    def shut(self) -> None:
+        self.until = 0.0
+
+
+@dataclass(frozen=True)
+class AliveCheck:
+    """This instance's liveness registration in the lock agent, which its session is bound to: a
+    service (`service.ownership` marker `marathon-consul-registrar-lock`, never taken for a task's
+    orphan) whose HTTP check asks our /health. A service check, not a node check: a critical
+    node check would make every service on the node unhealthy. Reaped by the agent a minute after
+    a crash (`DeregisterCriticalServiceAfter`, Consul's minimum), removed by us on a clean stop."""
+
+    service_id: str
+    name: str
+    url: str
+    interval_seconds: float = 1.0
+    timeout_seconds: float = 2.0
+    deregister_after_seconds: float = 60.0
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def check_id(self) -> str:
+        return lock_alive_check_id(self.service_id)
 
 
 class LockLost(Exception):
@@ -58,7 +120,12 @@ class SessionsUnavailable(Exception):
 class SessionKV(Protocol):
     """The Consul calls the lock needs (implemented by `service.consul.lock.ConsulLockClient`)."""
 
-    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str: ...
+    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float,
+                             checks: list[str] | None = None) -> str: ...
+
+    async def register_alive(self, alive: AliveCheck) -> None: ...
+
+    async def deregister_alive(self, service_id: str) -> None: ...
 
     async def renew_session(self, session_id: str) -> bool:
         """False when Consul no longer knows the session (404)."""
@@ -87,6 +154,38 @@ class LockSettings:
     lock_delay_seconds: float = 15
     watch_wait_seconds: float = 10.0
     retry_seconds: float = 1.0  # pause after a failed attempt (agent down, session refused)
+    alive: AliveCheck | None = None  # None: the session is bound to serfHealth (and its TTL) only
+    renew_every: float | None = None  # None: L/4 (three more tries before the lease ends), at most TTL/2
+
+    @property
+    def lease_seconds(self) -> float:
+        return lease_seconds(self.ttl_seconds, self.lock_delay_seconds)
+
+    @property
+    def renew_seconds(self) -> float:
+        if self.renew_every is not None:
+            return self.renew_every
+        return min(self.ttl_seconds / 2, self.lease_seconds / 4)
+
+    @property
+    def lock_delay_poll_seconds(self) -> float:
+        """How often a contender retries an acquire refused by a running lock-delay."""
+        return min(1.0, max(0.1, self.lock_delay_seconds / 10))
+
+
+def alive_check(*, cluster_id: str, listen_host: str, listen_port: int, https: bool, interval_seconds: float,
+                host: str | None) -> AliveCheck:
+    """The liveness registration of this instance: the lock agent asks `/health` on our listen
+    address, or on `host` ($HOST, the slave's name) when we listen on every address. The timeout
+    (twice the interval, at least 2 s) spares a busy but live instance; a killed one is refused at once."""
+    target = listen_host if listen_host not in ("", "0.0.0.0", "::") else (host or "127.0.0.1")
+    if ":" in target:
+        target = f"[{target}]"
+    service_id = lock_alive_service_id(cluster_id, listen_port)
+    return AliveCheck(service_id=service_id, name=LOCK_SERVICE_NAME,
+                      url=f"{'https' if https else 'http'}://{target}:{listen_port}/health",
+                      interval_seconds=interval_seconds, timeout_seconds=max(2.0, 2 * interval_seconds),
+                      meta=tuple(sorted(lock_alive_meta(cluster_id).items())))
 
 
 def holder_value(*, host: str, port: int, version: str) -> bytes:
@@ -126,7 +225,9 @@ class Leadership:
         self.unlocked = False  # True once `optional` found no sessions: the only instance, always writing
         self._session: str | None = None
         self._held = False
-        self._lease_until = 0.0  # monotonic time after which we must not write
+        self._lease = Lease(settings.lease_seconds, clock)
+        self._alive_registered = False
+        self._alive_failure: str | None = None  # the last cause logged (a repeat at debug)
         self._stopping = asyncio.Event()
         self.since: float | None = None  # wall time we became writer
         self.holder: dict[str, Any] | None = None  # the value of the key as last read
@@ -138,7 +239,7 @@ class Leadership:
 
     # ------------------------------------------------------------------ the gate
     def may_write(self) -> bool:
-        return self.unlocked or (self._held and self._clock() < self._lease_until)
+        return self.unlocked or (self._held and self._lease.open())
 
     @property
     def role(self) -> Role:
@@ -154,6 +255,12 @@ class Leadership:
             self._finished.set()
 
     async def _run(self) -> None:
+        try:
+            await self._contend_until_stopped()
+        finally:
+            await self._deregister_alive()
+
+    async def _contend_until_stopped(self) -> None:
         while not self._stopping.is_set():
             try:
                 await self._contend_and_hold()
@@ -201,10 +308,23 @@ class Leadership:
         await self._stopping.wait()
 
     async def _contend_and_hold(self) -> None:
+        alive = self.settings.alive
+        checks = None
+        if alive is not None:
+            # every round: the agent may have lost it (restarted, reaped); identical, it changes nothing
+            try:
+                await self._client.register_alive(alive)
+                self._alive_registered = True
+                checks = [SERF_HEALTH, alive.check_id]
+            except Exception as exc:  # e.g. a token without service:write on its name: still a lock
+                why = (f"lock: cannot register the liveness check {alive.service_id} ({exc}); this session is "
+                       "bound to serfHealth and its TTL only (slower failover after a crash)")
+                log.log(logging.DEBUG if why == self._alive_failure else logging.WARNING, "%s", why)
+                self._alive_failure = why
         sent = self._clock()
         self._session = await self._client.create_session(
             name="marathon-consul-registrar", ttl_seconds=self.settings.ttl_seconds,
-            lock_delay_seconds=self.settings.lock_delay_seconds)
+            lock_delay_seconds=self.settings.lock_delay_seconds, checks=checks)
         lease_from = sent
         index: int | None = None
         while not self._stopping.is_set():
@@ -226,14 +346,14 @@ class Leadership:
                 continue
             sent = self._clock()
             if await self._client.acquire(self.settings.key, self._value, self._session, LOCK_FLAG):
-                self._lease_until = min(lease_from, sent) + self.settings.ttl_seconds
+                self._lease.acknowledged(sent)  # the acquire proves the session alive after `sent`
                 await self._hold()
                 return
             # false with no holder: an invalidated session's lock-delay is running (Consul §3)
             self.detail = "standby: lock-delay of the previous holder running"
             lease_from = await self._renew_or_raise(lease_from)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(5.0, max(0.5, self.settings.lock_delay_seconds / 3)))
+                await asyncio.wait_for(self._stopping.wait(), self.settings.lock_delay_poll_seconds)
             index = None
 
     def _is_predecessor(self, entry: dict[str, Any] | None) -> bool:
@@ -316,26 +436,32 @@ class Leadership:
         await self._announce_lost("released on shutdown")
 
     async def _renew_loop(self) -> None:
-        """Renew every TTL/2; on errors keep trying every second while the lease lasts."""
+        """Renew every `renew_seconds`; each acknowledged renew extends the lease to L from its
+        send. Failed renewals are tried again at the same pace while the lease lasts; once it has
+        run out the lock is lost (the gate shut by itself at that moment, see `Lease`)."""
         assert self._session is not None
+        every = self.settings.renew_seconds
+        last_sent = self._lease.until - self._lease.seconds  # the acquire's send
         while self._held:
-            await asyncio.sleep(max(0.0, self._lease_until - self.settings.ttl_seconds / 2 - self._clock()))
-            sent = self._clock()
+            await asyncio.sleep(max(0.0, last_sent + every - self._clock()))
+            sent = last_sent = self._clock()
+            if not self._lease.open():
+                raise LockLost(f"session not renewed within its TTL's lease of {self._lease.seconds:g}s")
             try:
                 alive = await asyncio.wait_for(self._client.renew_session(self._session),
-                                               max(0.5, self._lease_until - sent))
+                                               max(0.1, self._lease.until - sent))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._clock() >= self._lease_until:
-                    raise LockLost(f"session not renewed within its TTL: {exc}") from exc
+                if not self._lease.open():
+                    raise LockLost(f"session not renewed within its TTL's lease of {self._lease.seconds:g}s: "
+                                   f"{str(exc) or type(exc).__name__}") from exc
                 log.warning("lock: renewing the session failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
                 continue
             if not alive:
                 raise LockLost("session expired (renew answered 404)")
             if self._held:  # a step-down meanwhile keeps the gate shut
-                self._lease_until = sent + self.settings.ttl_seconds
+                self._lease.acknowledged(sent)
 
     async def _watch_loop(self) -> None:
         index: int | None = None
@@ -360,7 +486,7 @@ class Leadership:
         """No write passes from now on; True if we were the writer."""
         was_held = self._held
         self._held = False
-        self._lease_until = 0.0
+        self._lease.shut()
         self.writer_event.clear()
         return was_held
 
@@ -383,6 +509,18 @@ class Leadership:
                 await asyncio.wait_for(self._client.destroy_session(session), 5.0)
             except Exception as exc:  # any failure has the same consequence, said there
                 _log_destroy_failed(session, exc, self.settings.ttl_seconds)
+
+    async def _deregister_alive(self) -> None:
+        """After the session is gone (deregistering first would invalidate it): leave nothing behind."""
+        alive = self.settings.alive
+        if alive is None or not self._alive_registered:
+            return
+        try:
+            await asyncio.wait_for(self._client.deregister_alive(alive.service_id), 5.0)
+            self._alive_registered = False
+        except Exception as exc:  # the agent reaps it a minute after its check turns critical
+            log.warning("lock: could not deregister %s (%s); the agent removes it %gs after its check fails",
+                        alive.service_id, str(exc) or type(exc).__name__, alive.deregister_after_seconds)
 
     def _notify(self, role: Role, reason: str) -> None:
         if self._on_change is not None:

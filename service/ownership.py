@@ -155,3 +155,26 @@ def checks_filter(service_ids: Iterable[str]) -> str | None:
     if len(ids) > MAX_FILTERED_SERVICES:
         return None
     return " or ".join(f"ServiceID == {_quoted(sid)}" for sid in ids)
+
+
+# The lock holder's own liveness registration (docs/architecture.md §3.1): a service in the lock
+# agent with an HTTP check of the instance's /health, to which its lock session is bound. Its own
+# marker value, so the resync (which asks for `OWNER_MARKER`) never takes it for a task's orphan;
+# an operator finds every instance with `Meta["managed-by"] == "marathon-consul-registrar-lock"`.
+LOCK_MANAGED_BY = "marathon-consul-registrar-lock"
+LOCK_SERVICE_NAME = "marathon-consul-registrar"
+
+
+def lock_alive_service_id(cluster_id: str, port: int) -> str:
+    """One per instance on an agent: two clusters' instances on one host differ in cluster and
+    port (host networking). Deterministic, so a restarted instance replaces its dead run's entry."""
+    return f"{LOCK_SERVICE_NAME}-lock-{cluster_id}-{port}"
+
+
+def lock_alive_check_id(service_id: str) -> str:
+    """The id Consul gives the one check of a service registered with `Check` (`service:<id>`)."""
+    return f"service:{service_id}"
+
+
+def lock_alive_meta(cluster_id: str) -> dict[str, str]:
+    return {META_MANAGED_BY: LOCK_MANAGED_BY, META_CLUSTER_ID: cluster_id}

@@ -36,7 +36,7 @@ from service.consul.agents import ConsulAgents
 from service.consul.lock import ConsulLockClient
 from service.docker.lookup import ContainerLookup
 from service.intake import EventIntake
-from service.leadership import Leadership, LockSettings, Role, holder_value, lock_key
+from service.leadership import Leadership, LockSettings, Role, alive_check, holder_value, lock_key
 from service.marathon.client import MarathonClient
 from service.marathon.events import EventError
 from service.marathon.sse import EventStream
@@ -216,8 +216,13 @@ class Service:
             self.c.metrics.leader.set(1)
             return
         assert self.cluster_id is not None
+        alive = None
+        if self.config.lock_check_interval > 0:  # the session is also bound to a check of our /health
+            alive = alive_check(cluster_id=self.cluster_id, listen_host=self.config.listen_host,
+                                listen_port=self.config.listen_port, https=bool(self.config.listen_tls_cert),
+                                interval_seconds=self.config.lock_check_interval, host=os.environ.get("HOST"))
         settings = LockSettings(key=lock_key(self.cluster_id), ttl_seconds=self.config.lock_ttl,
-                                lock_delay_seconds=self.config.lock_delay)
+                                lock_delay_seconds=self.config.lock_delay, alive=alive)
         self._lock_client = ConsulLockClient(self.config.lock_agent, token=self._consul_token,
                                              wait_seconds=settings.watch_wait_seconds, tls=self.config.consul_tls,
                                              metrics=self.c.metrics)

@@ -12,7 +12,9 @@ every `/v1/` call per agent as `"<METHOD> <pattern>"`.
 With `--registration-log` (benchmarks; off by default) every accepted service register/deregister
 is also appended, O(1), to a log read by `GET /_sim/registrations` (`?since=N` pages on) as
 `[op, service id, agent, CLOCK_MONOTONIC seconds, wall seconds]`: the monotonic clock is system-wide
-on Linux, so a bench process can subtract its own event-delivery times exactly.
+on Linux, so a bench process can subtract its own event-delivery times exactly. `?client=1` adds a
+sixth field, the request's `User-Agent` (the registrar names its pid there), so "which instance
+wrote what, when" can be read back (`python -m bench.failover`'s overlap check).
 Sessions and KV (`/v1/session/*`, `/v1/kv/*`), their log entries and the `/_sim/nodes/*` and
 `/_sim/clock*` controls are in `kv_api.py` (state in `sessions.py`); `/_sim/reset` clears them too.
 """
@@ -72,16 +74,17 @@ class Sim:
         self.acl = acl
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.ttl_reset: Callable[[Agent, str], None] = lambda agent, check_id: None
-        self.registration_log: list[tuple[str, str, str, float, float]] | None = None  # --registration-log
+        self.registration_log: list[tuple[str, str, str, float, float, str]] | None = None  # --registration-log
         self.kv = SessionKV(state)  # sessions + KV (kv_api.py), shared by every agent like the catalog
         self.kv.on_invalidate = lambda op, sid: self.log_registration(op, sid, None)
         self.faults = Faults(CONSUL)  # POST /_sim/faults on any agent; one rule set for all agents
 
-    def log_registration(self, op: str, service_id: str, agent: Agent | None) -> None:
-        """Also session/KV writes (kv_api.py); `agent` None = the servers' own (TTL expiry)."""
+    def log_registration(self, op: str, service_id: str, agent: Agent | None, client: str = "") -> None:
+        """Also session/KV writes (kv_api.py); `agent` None = the servers' own (TTL expiry);
+        `client` = the request's User-Agent."""
         if self.registration_log is not None:
             self.registration_log.append((op, service_id, agent.addr if agent else "", time.monotonic(),
-                                          time.time()))
+                                          time.time(), client))
 
 
 Handler = Callable[["Request"], Awaitable[web.StreamResponse]]
@@ -177,7 +180,7 @@ async def register_service(r: Request) -> web.StreamResponse:
     q = r.query.getall("replace-existing-checks", [])
     replace = len(q) > 0 and q[0] in ("", "true")
     r.state.register_service(r.agent, spec, replace_existing_checks=replace)
-    r.sim.log_registration("register", spec.id, r.agent)
+    r.sim.log_registration("register", spec.id, r.agent, r.req.headers.get("User-Agent", ""))
     return _ok()
 
 
@@ -200,7 +203,7 @@ async def deregister_service(r: Request) -> web.StreamResponse:
                             "not the service name.")
     authz.require("service", svc.spec.name, "write")
     r.state.deregister_service(r.agent, r.arg)
-    r.sim.log_registration("deregister", r.arg, r.agent)
+    r.sim.log_registration("deregister", r.arg, r.agent, r.req.headers.get("User-Agent", ""))
     return _ok()
 
 
@@ -628,7 +631,8 @@ async def _sim_endpoint(sim: Sim, req: web.Request) -> web.StreamResponse:
         if sim.registration_log is None:
             return _text(404, "registration log is off (start with --registration-log)")
         since = int(req.query.get("since", "0") or 0)
-        return _json({"next": len(sim.registration_log), "entries": sim.registration_log[since:]})
+        width = 6 if req.query.get("client") in ("1", "true") else 5  # five fields: what older readers unpack
+        return _json({"next": len(sim.registration_log), "entries": [e[:width] for e in sim.registration_log[since:]]})
     if req.path == "/_sim/registrations/reset" and req.method == "POST" and sim.registration_log is not None:
         sim.registration_log.clear()
         return _json({"ok": True})

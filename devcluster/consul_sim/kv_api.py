@@ -140,7 +140,7 @@ def _parse_uint(raw: str) -> int:
 
 
 def _log(r: Request, op: str, subject: str) -> None:
-    r.sim.log_registration(op, subject, r.agent)
+    r.sim.log_registration(op, subject, r.agent, r.req.headers.get("User-Agent", ""))
 
 
 # ---- sessions ----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ asks Consul for, since py-consul's aio client does not stretch its timeout for b
 
 The error contract (docs/architecture.md §8) holds here as for the agents: every failed answer is
 classified by `service.errors` and counted in `mcr_call_errors_total{system="consul", call=...}`
-(calls `session_create`, `session_renew`, `session_destroy`, `kv_get`, `kv_acquire`, `kv_release`);
+(calls `session_create`, `session_renew`, `session_destroy`, `kv_get`, `kv_acquire`, `kv_release`,
+and `alive_register`/`alive_deregister` for the holder's liveness check the session is bound to);
 a RETRY answer is retried after the agent's back-off (`ConsulCall`) up to `attempts` in all, then
 `ConsulError` goes to the lock's own loop (`service.leadership`), which tries again for as long as the lock matters. Two
 answers the lock gives a meaning of its own: 404 or 405 on session create is `SessionsUnavailable`
@@ -25,7 +26,7 @@ import consul.exceptions
 from service.connect import TLSOptions, consul_client
 from service.consul.call import ConsulCall, ConsulError
 from service.errors import GONE, NOT_FOUND, RETRY, Classified
-from service.leadership import SessionsUnavailable
+from service.leadership import AliveCheck, SessionsUnavailable
 from service.metrics import Metrics
 from service.retry import Stop
 from service.tokens import TokenSource, static
@@ -49,11 +50,14 @@ class ConsulLockClient:
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=wait_seconds * 17 / 16 + timeout, limit=8)
 
-    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
-        # checks=None keeps Consul's default node check serfHealth (see leadership's docstring)
+    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float,
+                             checks: list[str] | None = None) -> str:
+        # checks=None keeps Consul's default node check serfHealth; a list names every check the
+        # session is bound to (serfHealth included by the caller: see leadership's docstring)
         try:
             sid = await self._call("session_create", lambda: self._client.session.create(
-                name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release"),
+                name=name, ttl=int(ttl_seconds), lock_delay=int(lock_delay_seconds), behavior="release",
+                checks=checks),
                 counted_only=frozenset({"method-not-allowed"}))
         except ConsulError as exc:
             if exc.cause != "method-not-allowed":
@@ -94,6 +98,21 @@ class ConsulLockClient:
     async def release(self, key: str, value: bytes, session_id: str, flags: int) -> bool:
         return bool(await self._call("kv_release", lambda: self._client.kv.put(
             key, value, release=session_id, flags=flags)))
+
+    async def register_alive(self, alive: AliveCheck) -> None:
+        """The holder's liveness registration in the lock agent (`service.leadership.AliveCheck`):
+        initially passing (we are answering), so the session can be bound to it at once."""
+        check: dict[str, Any] = {"HTTP": alive.url, "Interval": f"{alive.interval_seconds:g}s",
+                 "Timeout": f"{alive.timeout_seconds:g}s", "Status": "passing",
+                 "DeregisterCriticalServiceAfter": f"{alive.deregister_after_seconds:g}s"}
+        if alive.url.startswith("https://"):
+            check["TLSSkipVerify"] = True  # a liveness probe: nothing secret goes either way
+        await self._call("alive_register", lambda: self._client.agent.service.register(
+            alive.name, service_id=alive.service_id, check=check, meta=dict(alive.meta)))
+
+    async def deregister_alive(self, service_id: str) -> None:
+        if not await self._call("alive_deregister", lambda: self._client.agent.service.deregister(service_id)):
+            self._call.count("alive_deregister", GONE)  # already gone, as wanted
 
     async def close(self) -> None:
         await self._client.close()

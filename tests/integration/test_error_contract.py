@@ -294,7 +294,7 @@ async def test_consul_reset_connection_is_retried_within_the_bound() -> None:
 # int(0.8) = 0, so the simulator's session never expires on its own: the write gate closes on the
 # registrar's own lease, which is the bound under test (the TTL is validated at 10 s and above).
 LOCK_SETTINGS = LockSettings(key=lock_key("contract"), ttl_seconds=0.8, lock_delay_seconds=0,
-                             watch_wait_seconds=1.0, retry_seconds=0.5)
+                             watch_wait_seconds=1.0, retry_seconds=0.5, renew_every=0.4)
 LOCK_KV = "^/v1/kv/marathon-consul-registrar/contract/leader$"
 LOCK_PATHS = {
     "session_create": ("PUT", "^/v1/session/create$"),

@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 
-from service.leadership import LOCK_FLAG, Leadership, LockSettings, Role, holder_value, lock_key
+from service.leadership import (
+    LOCK_FLAG,
+    AliveCheck,
+    Lease,
+    Leadership,
+    LockSettings,
+    Role,
+    alive_check,
+    holder_value,
+    lease_seconds,
+    lock_key,
+)
 
 
 class FakeConsul:
@@ -36,11 +47,18 @@ class FakeConsul:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float) -> str:
+    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float,
+                             checks: list[str] | None = None) -> str:
         sid = f"s{next(self._ids)}"
         self.sessions.add(sid)
-        self.calls.append(f"create {sid}")
+        self.calls.append(f"create {sid}" + (f" checks={','.join(checks)}" if checks is not None else ""))
         return sid
+
+    async def register_alive(self, alive: AliveCheck) -> None:
+        self.calls.append(f"register {alive.service_id}")
+
+    async def deregister_alive(self, service_id: str) -> None:
+        self.calls.append(f"deregister {service_id}")
 
     async def renew_session(self, session_id: str) -> bool:
         self.calls.append(f"renew {session_id}")
@@ -272,3 +290,102 @@ async def test_seeing_another_holder_reports_standby() -> None:
     assert not lead.may_write()
     await lead.stop()
     task.cancel()
+
+
+# ---------------------------------------------------------------- the gate's arithmetic (injected clock)
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("ttl,delay,lease", [
+    (15, 15, 14.0),  # the CLI defaults: a margin of 1 s
+    (10, 3, 2.0),  # the deploy JSON
+    (10, 1, 2 / 3),  # a short lock-delay: a third of it as the margin
+    (10, 60, 10.0),  # never beyond the TTL
+    (10, 0, 10.0),  # no lock-delay: only the TTL bound is left
+])
+def test_the_lease_ends_before_the_lock_delay_of_an_invalidation_after_the_last_acknowledged_renew(
+        ttl: float, delay: float, lease: float) -> None:
+    assert lease_seconds(ttl, delay) == pytest.approx(lease)
+    if delay > 0:
+        # invalidation is no earlier than the renew's send s, the next holder's acquire no earlier
+        # than invalidation + delay: our last write (before s + L) is at least the margin before it
+        assert delay - lease_seconds(ttl, delay) >= min(1.0, delay / 3) - 1e-9
+
+
+def test_the_lease_counts_from_the_send_of_an_acknowledged_renew_not_from_its_answer() -> None:
+    clock = Clock()
+    lease = Lease(2.0, clock)
+    assert not lease.open()  # nothing acknowledged yet
+    sent = clock.now
+    clock.now += 1.5  # a slow answer
+    lease.acknowledged(sent)
+    assert lease.until == sent + 2.0
+    clock.now = sent + 1.999
+    assert lease.open()
+    clock.now = sent + 2.0
+    assert not lease.open()
+    lease.acknowledged(sent - 1.0)  # a late answer to an earlier renew never shortens (nor lengthens) it
+    assert lease.until == sent + 2.0
+    lease.acknowledged(sent + 1.0)
+    assert lease.until == sent + 3.0
+    lease.shut()
+    assert not lease.open()
+
+
+def test_renewals_come_three_times_within_a_lease_and_at_most_every_half_ttl() -> None:
+    deploy = LockSettings(key="k", ttl_seconds=10, lock_delay_seconds=3)
+    assert (deploy.lease_seconds, deploy.renew_seconds) == (2.0, 0.5)
+    assert LockSettings(key="k", ttl_seconds=10, lock_delay_seconds=60).renew_seconds == 2.5
+    assert LockSettings(key="k", ttl_seconds=0.8, lock_delay_seconds=0, renew_every=0.4).renew_seconds == 0.4
+    assert deploy.lock_delay_poll_seconds == pytest.approx(0.3)
+
+
+async def test_a_writer_paused_past_its_lease_has_a_shut_gate_before_any_of_its_tasks_runs() -> None:
+    """SIGSTOP then SIGCONT: the monotonic clock ran meanwhile. The gate is a comparison with it,
+    so the first `may_write()` after the resume is already false, before the renew loop, the watch
+    or anything else of ours has run."""
+    consul = FakeConsul()
+    clock = Clock(time.monotonic())
+    s = LockSettings(key=lock_key("cluster-a"), ttl_seconds=10, lock_delay_seconds=3,
+                     watch_wait_seconds=0.2, retry_seconds=0.05)
+    lead = Leadership(consul, s, value=holder_value(host="h", port=1, version="t"), clock=clock)
+    task = asyncio.create_task(lead.run())
+    await until(lead.may_write)
+    clock.now += s.lease_seconds  # "paused": no task of ours ran while the clock moved
+    assert not lead.may_write() and lead.role is Role.STANDBY
+    await lead.stop()
+    task.cancel()
+
+
+async def test_the_session_is_bound_to_serf_health_and_our_liveness_check_which_goes_after_the_session() -> None:
+    consul = FakeConsul()
+    alive = alive_check(cluster_id="cluster-a", listen_host="0.0.0.0", listen_port=8123, https=False,
+                        interval_seconds=1, host="slave-7")
+    assert alive.url == "http://slave-7:8123/health" and alive.timeout_seconds == 2.0
+    assert alive.check_id == f"service:{alive.service_id}"
+    assert dict(alive.meta)["managed-by"] == "marathon-consul-registrar-lock"  # not a task's: no resync takes it
+    s = LockSettings(key=lock_key("cluster-a"), ttl_seconds=10, lock_delay_seconds=3, watch_wait_seconds=0.2,
+                     retry_seconds=0.05, alive=alive)
+    lead = Leadership(consul, s, value=holder_value(host="h", port=1, version="t"))
+    task = asyncio.create_task(lead.run())
+    await until(lead.may_write)
+    sid = consul.entry["Session"]  # type: ignore[index]
+    assert consul.calls[:2] == [f"register {alive.service_id}", f"create {sid} checks=serfHealth,{alive.check_id}"]
+    await lead.stop()
+    await asyncio.wait_for(task, 2.0)
+    tail = consul.calls[-3:]
+    assert tail == [f"release {sid}", f"destroy {sid}", f"deregister {alive.service_id}"]
+
+
+def test_the_liveness_check_asks_our_listen_address_when_it_is_not_a_wildcard() -> None:
+    alive = alive_check(cluster_id="c", listen_host="127.0.0.1", listen_port=9, https=True, interval_seconds=3,
+                        host="slave-7")
+    assert (alive.url, alive.timeout_seconds) == ("https://127.0.0.1:9/health", 6.0)
+    v6 = alive_check(cluster_id="c", listen_host="::1", listen_port=9, https=False, interval_seconds=1, host=None)
+    assert v6.url == "http://[::1]:9/health"
