@@ -44,13 +44,15 @@ def memory_mb(pid: int) -> dict[str, float]:
 class Proc:
     """`python -m <argv>` in a new session, logged to bench/results/logs/<name>.log."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], code: Path = ROOT) -> None:
+        """`code`: the tree whose modules run (another checkout, for a before/after pair)."""
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = LOG_DIR / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(code)} if code != ROOT else None
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, cwd=code, start_new_session=True, env=env)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:

@@ -9,6 +9,7 @@ registrars' own counters say which instance made them.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from tests.helpers import http, wait_for
 from tests.registrar_fixtures import Marathon, Registrar, managed_instances, private_marathon, start_registrar
 
 APP = "/web/customer1/site1"
-FAST_LOCK = ["--lock", "on", "--lock-ttl", "10", "--lock-delay", "1"]
+# the deploy JSON's lock settings (lock-delay 3 s: a write lease of 2 s, renewed every 0.5 s; the
+# liveness check every second, the default)
+FAST_LOCK = ["--lock", "on", "--lock-ttl", "10", "--lock-delay", "3"]
 
 
 def lock_args(agent: int = 0) -> list[str]:
@@ -228,6 +231,53 @@ def test_a_writer_paused_past_its_ttl_writes_nothing_after_it_resumes(pair: tupl
     # every deregistration Consul saw since the resume was the new writer's
     assert consul_calls("PUT /v1/agent/service/deregister") == \
         metric(b, "mcr_deregistrations_total", '{result="ok"}') - b_before >= 1
+
+
+def writes_by_pid(since: int) -> list[tuple[float, int, str]]:
+    """Task (de)registrations in the world Consul's write log since `since`: (monotonic time, the
+    writer's pid as its User-Agent names it, op)."""
+    status, body, _ = http("GET", f"{SLAVES[0].consul_url}/_sim/registrations?client=1&since={since}")
+    assert status == 200, (status, body)
+    out = []
+    for op, sid, _agent, mono, _wall, client in body["entries"]:
+        if op in ("register", "deregister") and sid.startswith("mcr-"):
+            pid = re.search(r"\(pid (\d+)", client)
+            assert pid is not None, client
+            out.append((mono, int(pid.group(1)), op))
+    return out
+
+
+def log_cursor() -> int:
+    status, body, _ = http("GET", f"{SLAVES[0].consul_url}/_sim/registrations?since=999999999")
+    assert status == 200, (status, body)
+    return int(body["next"])
+
+
+@pytest.mark.parametrize("marathon", ["1.10"], indirect=True)
+def test_a_paused_writer_writes_nothing_after_the_new_writers_first_write(
+        pair: tuple[Marathon, Registrar, Registrar]) -> None:
+    """The overlap check of `python -m bench.failover`, from the Consul simulator's write log: the
+    resumed instance has Marathon's events of its pause to work off, and writes none of them."""
+    m, a, b = pair
+    m.deploy(APP, 1)
+    wait_for(lambda: registered_tasks(APP) == running_ids(m, APP) != set(), 30, what="registered")
+    since = log_cursor()
+    a.process.proc.send_signal(signal.SIGSTOP)
+    try:
+        m.scale(APP, 2)
+        wait_for(lambda: role(b) == "writer", 30, interval=0.1, what="the standby takes over")
+        wait_for(lambda: len(registered_tasks(APP)) == 2, 30, what="the new writer registers the new task")
+    finally:
+        a.process.proc.send_signal(signal.SIGCONT)
+    m.scale(APP, 3)
+    wait_for(lambda: len(registered_tasks(APP)) == 3 and registered_tasks(APP) == running_ids(m, APP), 30,
+             what="the third task registered")
+    wait_for(lambda: role(a) == "standby", 10, what="the resumed instance stands by")
+    time.sleep(2)
+    writes = writes_by_pid(since)
+    first_new = min(t for t, pid, _ in writes if pid == b.process.proc.pid)
+    assert [w for w in writes if w[1] == a.process.proc.pid and w[0] >= first_new] == []
+    assert {pid for _, pid, _ in writes} == {b.process.proc.pid}
 
 
 def test_the_agent_holding_the_session_going_down_brings_a_new_writer(pair: tuple[Marathon, Registrar, Registrar]

@@ -20,8 +20,8 @@ import pytest
 from service.leadership import (
     LOCK_FLAG,
     AliveCheck,
-    Lease,
     Leadership,
+    Lease,
     LockSettings,
     Role,
     alive_check,
