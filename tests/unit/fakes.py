@@ -61,8 +61,10 @@ class FakeLookup:
     by_task: dict[str, Container] = field(default_factory=dict)  # task id -> container
     hosts: dict[str, str] = field(default_factory=dict)  # task id -> slave
     listings: int = 0
+    finds: int = 0
 
     async def find(self, host: str, task_id: str) -> Container | None:
+        self.finds += 1
         return self.by_task.get(task_id) if self.hosts.get(task_id, host) == host else None
 
     async def containers(self, host: str) -> dict[str, Container]:

@@ -81,3 +81,21 @@ def test_hosts_of_tasks_is_where_their_registrations_were_last_seen() -> None:
     ledger.remember(reg("t2", host=H2))
     assert ledger.hosts_of_tasks(["t1"]) == {H1, H2}
     assert ledger.hosts_of_tasks(["t3"]) == set()
+
+
+def test_tasks_of_an_instance_for_every_id_family() -> None:
+    """An expunge names only the instance (issue 19): its tasks are found for 1.8+ app tasks (every
+    incarnation), pod instances (registered under the instance id) and legacy 1.4-1.7 task ids."""
+    ledger = Ledger()
+    app18 = ["web.instance-6f1e2d3c._app.1", "web.instance-6f1e2d3c._app.2", "web.instance-0000ffff._app.1"]
+    for task in [*app18, "db.instance-6b9f2c1e", "old.6f1e2d3c-8f0a", "old.aaaa-bbbb"]:
+        ledger.remember(reg(task))
+    assert ledger.tasks_of_instance("web.instance-6f1e2d3c") == set(app18[:2])
+    assert ledger.tasks_of_instance("db.instance-6b9f2c1e") == {"db.instance-6b9f2c1e"}
+    assert ledger.tasks_of_instance("old.marathon-6f1e2d3c-8f0a") == {"old.6f1e2d3c-8f0a"}
+    assert ledger.tasks_of_instance("web.instance-unknown") == set()
+    ledger.forget(reg(app18[0]))
+    ledger.forget(reg(app18[1]))
+    assert ledger.tasks_of_instance("web.instance-6f1e2d3c") == set()
+    ledger.replace_from({})
+    assert ledger.tasks_of_instance("db.instance-6b9f2c1e") == set()

@@ -193,3 +193,26 @@ async def test_marathon_without_pods_costs_no_pod_read_for_a_deleted_app():
         await r.wait_idle()
         assert agents.managed() == {}
         assert marathon.pod_reads == reads
+
+
+async def test_ucr_task_is_registered_from_marathon_without_any_docker_call():
+    marathon, lookup, agents = world()
+    ucr = App(id="/ucr", version="v1", network_mode=NetworkMode.USER, mesos_containerizer=True,
+              port_mappings=(PortMapping(80, None, "http"),))
+    marathon.apps["/ucr"] = ucr
+    marathon.tasks["/ucr"] = {}
+    async with started(marathon, lookup, agents) as r:
+        await r.resync()
+        await r.wait_idle()
+        finds = lookup.finds
+        task = Task(id="ucr.instance-1._app.1", app_id="/ucr", host=HOST, ip_addresses=("10.32.0.9",))
+        marathon.tasks["/ucr"][task.id] = task
+        r.hint(parse_event({"eventType": "status_update_event", "taskId": task.id, "appId": "/ucr",
+                            "taskStatus": "TASK_RUNNING", "host": HOST,
+                            "ipAddresses": [{"ipAddress": "10.32.0.9", "protocol": "IPv4"}]}))  # type: ignore[arg-type]
+        await r.wait_idle()
+        await r.resync()
+        await r.wait_idle()
+        [reg] = [reg for reg in agents.managed().values() if reg.app_id == "/ucr"]
+        assert (reg.address, reg.port) == ("10.32.0.9", 80)
+        assert lookup.finds == finds  # neither while Marathon answered nor after
