@@ -88,8 +88,9 @@ OPTIONS: dict[str, str] = {
     "log-level": "DEBUG, INFO, WARNING or ERROR",
     "lock": "one writer among several instances through a Consul lock: auto (on when the agent offers "
             "sessions), on, or off (a single instance)",
-    "lock-ttl": "seconds: the lock session's TTL (Consul: 10 to 86400); renewed every TTL/2",
-    "lock-delay": "seconds: Consul's lock-delay after a holder's session is invalidated (0 to 60)",
+    "lock-ttl": "seconds: the lock session's TTL (Consul: 10 to 86400), the backstop for a holder whose renewals stop",
+    "lock-delay": "seconds: Consul's lock-delay after a holder's session is invalidated (0 to 60); the holder "
+                  "writes only within this minus min(1, this/3) of its last acknowledged renew",
     "lock-agent": "Consul agent URL the lock session is held through",
     "lock-check-interval": "seconds between the lock agent's checks of this instance's /health, to which the "
                            "lock session is bound (1 or more; 0: no such check, serfHealth and the TTL only)",

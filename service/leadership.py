@@ -44,6 +44,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from service.ownership import LOCK_SERVICE_NAME, lock_alive_check_id, lock_alive_meta, lock_alive_service_id
+from service.retry import Stop, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class Leadership:
                  on_lost: Callable[[str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[Role, str], None] | None = None, optional: bool = False,
-                 on_standby: Callable[[], None] | None = None) -> None:
+                 on_standby: Callable[[], None] | None = None, stop: Stop | None = None) -> None:
         self._client = client
         self.settings = settings
         self._value = value
@@ -228,7 +229,7 @@ class Leadership:
         self._lease = Lease(settings.lease_seconds, clock)
         self._alive_registered = False
         self._alive_failure: str | None = None  # the last cause logged (a repeat at debug)
-        self._stopping = asyncio.Event()
+        self._stop = stop if stop is not None else Stop()  # every wait of the lock's loops ends on it
         self.since: float | None = None  # wall time we became writer
         self.holder: dict[str, Any] | None = None  # the value of the key as last read
         self.detail = "not started"
@@ -261,7 +262,7 @@ class Leadership:
             await self._deregister_alive()
 
     async def _contend_until_stopped(self) -> None:
-        while not self._stopping.is_set():
+        while not self._stop.is_set():
             try:
                 await self._contend_and_hold()
             except asyncio.CancelledError:
@@ -275,8 +276,8 @@ class Leadership:
                 self._failed(logging.WARNING, f"lock: {type(exc).__name__}: {exc}")
             await self._step_down("lock attempt ended")
             await self._destroy_session()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.retry_seconds)
+            with contextlib.suppress(Stopped):
+                await self._stop.sleep(self.settings.retry_seconds)
 
     def _failed(self, level: int, detail: str) -> None:
         """An attempt failed: say why, once per distinct cause (the loop asks again every
@@ -289,7 +290,7 @@ class Leadership:
     async def stop(self, grace: float = 10.0) -> None:
         """Release the key, then destroy the session, so the next holder need not wait (the lock
         task does both on its way out; this waits for it)."""
-        self._stopping.set()
+        self._stop.set()
         if self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), grace)
@@ -305,7 +306,7 @@ class Leadership:
         if self._on_acquired is not None:
             await self._on_acquired()
         self.writer_event.set()
-        await self._stopping.wait()
+        await self._stop.wait()
 
     async def _contend_and_hold(self) -> None:
         alive = self.settings.alive
@@ -327,7 +328,7 @@ class Leadership:
             lock_delay_seconds=self.settings.lock_delay_seconds, checks=checks)
         lease_from = sent
         index: int | None = None
-        while not self._stopping.is_set():
+        while not self._stop.is_set():
             # wake at least every TTL/2: our own (idle) session needs renewing while we wait
             index, entry = await self._client.get_key(
                 self.settings.key, index=index,
@@ -352,8 +353,8 @@ class Leadership:
             # false with no holder: an invalidated session's lock-delay is running (Consul §3)
             self.detail = "standby: lock-delay of the previous holder running"
             lease_from = await self._renew_or_raise(lease_from)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.lock_delay_poll_seconds)
+            with contextlib.suppress(Stopped):
+                await self._stop.sleep(self.settings.lock_delay_poll_seconds)
             index = None
 
     def _is_predecessor(self, entry: dict[str, Any] | None) -> bool:
@@ -399,7 +400,7 @@ class Leadership:
         self._notify(Role.WRITER, "acquired")
         renew = asyncio.create_task(self._renew_loop(), name="lock-renew")
         watch = asyncio.create_task(self._watch_loop(), name="lock-watch")
-        stop = asyncio.create_task(self._stopping.wait(), name="lock-stop")
+        stop = asyncio.create_task(self._stop.wait(), name="lock-stop")
         # the new writer's resync runs while the lock is renewed and watched (it may outlast a TTL)
         acquired = asyncio.create_task(self._acquired(), name="lock-acquired")
         try:
@@ -443,7 +444,7 @@ class Leadership:
         every = self.settings.renew_seconds
         last_sent = self._lease.until - self._lease.seconds  # the acquire's send
         while self._held:
-            await asyncio.sleep(max(0.0, last_sent + every - self._clock()))
+            await self._stop.sleep(max(0.0, last_sent + every - self._clock()))
             sent = last_sent = self._clock()
             if not self._lease.open():
                 raise LockLost(f"session not renewed within its TTL's lease of {self._lease.seconds:g}s")
@@ -473,7 +474,7 @@ class Leadership:
                 raise
             except Exception as exc:  # the renew loop decides; a flaky read alone loses nothing
                 log.warning("lock: watching %s failed (%s)", self.settings.key, exc)
-                await asyncio.sleep(1.0)
+                await self._stop.sleep(self.settings.retry_seconds)
                 index = None
                 continue
             if entry is None:
