@@ -3,7 +3,7 @@
 `POST /v1/events` is unauthenticated by nature, so whatever reaches it is hostile until proven
 otherwise. This module drives the real aiohttp app (`service.web.make_app`, real request parsing
 over a localhost socket) in front of the real reconciler, with the in-memory Marathon, Docker and
-Consul of `tests/unit/fakes.py`, and checks after every body what DESIGN §2.11 promises:
+Consul of `tests/unit/fakes.py`, and checks after every body what docs/architecture.md §8 promises:
 
 - never a 5xx, never an exception logged (a 5xx backs Marathon's delivery to us off, events dropped);
 - every 4xx names a reason from `events.REASONS` (a bounded metric label);

@@ -1,4 +1,4 @@
-"""`python -m devcluster up|down|status`: bring the whole test world up, or stop exactly what we started.
+"""`python -m devcluster up|down`: bring the whole test world up, or stop exactly what we started.
 
 Slaves are real dockerd processes (devcluster/slaves-up.sh, verified in the reference); the two
 simulators run as background processes whose pids go to RUN_DIR. `up` twice is harmless: a part

@@ -1,6 +1,6 @@
 """Error injection for the three simulators: one aiohttp middleware and its control endpoint.
 
-Why: the registrar's contract (DESIGN.md §2.11) is that every answer Consul, Docker and Marathon can
+Why: the registrar's contract (docs/architecture.md §8) is that every answer Consul, Docker and Marathon can
 give is classified (retry with back-off, done, or report). Those answers only happen in a real
 cluster under stress (a Consul election, a connection limit hit, a Marathon leader change), so the
 simulators can be told to give them on purpose, and count how often they did, so that a test can

@@ -2,7 +2,7 @@
 
 Parsing and validation live in `service.marathon.events`; this module counts, and turns an event
 into a hint for the reconciler. It never waits on Consul or Docker, so the callback handler can
-answer Marathon within milliseconds (DESIGN §2.10).
+answer Marathon within milliseconds (docs/architecture.md §6.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Who writes: one holder of a Consul lock among several registrar instances (DESIGN §2.9).
+"""Who writes: one holder of a Consul lock among several registrar instances (docs/architecture.md §3.1).
 
 Several instances may run (the deploy JSON asks for two); exactly one writes to Consul. The lock is
 Consul's own recipe (docs/architecture.md §3.1 "Leadership"; hashicorp/consul `api/lock.go`):
@@ -204,7 +204,7 @@ class Leadership:
     """Contends for the lock, holds it, and tells the rest of the registrar when it may write.
 
     `on_acquired` runs (awaited) after the lock is taken and before `may_write()` turns true for
-    event work: the caller runs its full resync there (DESIGN §2.9). `on_lost` runs when the lock
+    event work: the caller runs its full resync there (docs/architecture.md §3.1). `on_lost` runs when the lock
     is lost or released. Both are called from the lock's own task, one at a time.
     """
 

@@ -18,7 +18,7 @@ from service.ownership import META_APP_ID, META_TASK_ID
 
 Cidr = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Weave's default IP allocation range (`--ipalloc-range`, reference/weave.md §2.2 routes): only an address
-# inside `--overlay-cidr` counts as an overlay address (DESIGN §2.7).
+# inside `--overlay-cidr` counts as an overlay address (docs/architecture.md §6.2).
 DEFAULT_OVERLAY_CIDRS: tuple[Cidr, ...] = (ipaddress.ip_network("10.32.0.0/12"),)
 # Why a container has no overlay address (bounded metric label values, see `Container.overlay_address`)
 NO_OVERLAY_IP = "no-overlay-ip"
@@ -223,7 +223,7 @@ class Container:
         return hash((self.id, self.task_id))
 
     def overlay_address(self, networks: tuple[str, ...], cidrs: tuple[Cidr, ...]) -> tuple[str | None, str]:
-        """`(ip, "")`, or `(None, reason)` with a bounded reason (DESIGN §2.7).
+        """`(ip, "")`, or `(None, reason)` with a bounded reason (docs/architecture.md §6.2).
 
         The candidates are the Weave IPs for a proxied container, else the IPs on `networks` in the
         operator's order; the first inside `cidrs` wins. An address outside them is never an overlay

@@ -1,6 +1,6 @@
 """The registrar's HTTP face: Marathon's callback endpoint plus health, readiness, metrics and state.
 
-The callback handler only parses, validates and queues (DESIGN §2.10): Marathon ≤ 1.4 puts a
+The callback handler only parses, validates and queues (docs/architecture.md §6.1): Marathon ≤ 1.4 puts a
 subscriber that answers slowly or with non-2xx into back-off and drops its events meanwhile, so
 the handler must never wait on Consul or Docker. Marathon posts JSON with `application/json`, but
 1.3.10+ sends `text/plain`; the body is parsed as JSON whatever the Content-Type says.
@@ -31,7 +31,7 @@ MAX_EVENT_BYTES = 4 * 1024 * 1024  # a heavy 1.4 deployment_info carries whole r
 
 @dataclass
 class Readiness:
-    """Why the registrar is not ready yet (DESIGN §3: event source attached, first resync done)."""
+    """Why the registrar is not ready yet (README "HTTP endpoints": event source attached, first resync done)."""
 
     source_attached: bool = False
     first_resync_done: bool = False

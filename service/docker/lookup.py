@@ -1,4 +1,4 @@
-"""Find a Marathon task's container, and its overlay IPs, on the task's slave (DESIGN §2.7): task id
+"""Find a Marathon task's container, and its overlay IPs, on the task's slave (docs/architecture.md §6.2): task id
 -> Container, from cached per-slave listings. The Engine API calls (sessions, version, errors) are
 service.docker.engine's; the Weave IPs of Weave-proxied containers are service.docker.weave_proxy's.
 
@@ -115,7 +115,7 @@ class ContainerLookup:
     `url_template` is `tcp://{host}:2375` (also `http://`) or `unix:///path.sock`; without `{host}`
     one engine serves every host. `networks` is the operator's `--networks`, in order: each returned
     Container lists those networks first, in that order, so `c.overlay_ip(lookup.networks)` is the
-    answer DESIGN §2.7 asks for.
+    answer docs/architecture.md §6.2 asks for.
     """
 
     def __init__(

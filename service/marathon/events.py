@@ -1,6 +1,6 @@
 """Marathon event JSON -> a small set of typed hints for the reconciler (marathon.md §3).
 
-Events are hints, not a replica (DESIGN §2.1): each one only says which task or which apps may
+Events are hints, not a replica (docs/architecture.md §2): each one only says which task or which apps may
 have changed, and the reconciler re-reads Marathon before it writes anything. So this parser keeps
 what identifies the work key (task id, app ids, instance id) plus the few fields that are useful
 for logging and fast paths, and ignores everything else. It is the gate of `POST /v1/events`, so
@@ -21,7 +21,7 @@ syntax) becomes an `EventError` with its own reason, so no body can end as an in
 Ids are checked against Marathon's own rules (marathon.md §6.1): an event naming an app id Marathon
 could never have produced (`..`, `_`, upper case, empty segments) is forged or broken, and turning it
 into a Marathon read (`GET /v2/apps/<id>`, whose path it would otherwise shape) is the one cost a
-forged event can cause (DESIGN §2.1), so it is refused at the door.
+forged event can cause (docs/architecture.md §2), so it is refused at the door.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Why it looks like this:
   reconnect wait longer than the first. A refusal (a REPORT answer: 401, 403, 405) backs off up
   to 30 s: the same answer comes back until an operator acts. There is no replay (no
   `Last-Event-ID`), so every successful connect calls `on_connect()`, which is where the caller
-  schedules a full resync (DESIGN §2.1).
+  schedules a full resync (docs/architecture.md §2).
 - **Silence watchdog instead of a timeout.** The stream is endless, so there is no total timeout;
   Jetty sends a heartbeat every 10 s, so no byte at all for 3 heartbeats means a dead peer (a
   half-open TCP connection after a master vanished) and the stream is dropped and reconnected.

@@ -1,4 +1,4 @@
-"""App + task + container -> exact Consul registrations (DESIGN §2.3, §2.5, §2.6)."""
+"""App + task + container -> exact Consul registrations (docs/architecture.md §2 and §5, README "Naming")."""
 
 from __future__ import annotations
 

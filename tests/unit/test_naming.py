@@ -1,4 +1,4 @@
-"""Consul names and tags from app ids, labels and registrator env (DESIGN §2.6)."""
+"""Consul names and tags from app ids, labels and registrator env (README "Naming")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Weave-proxied containers and --overlay-cidr, without I/O: the parsers of what the Engine API answers
-(reference/weave.md §2.3, §3, §6), the overlay-address rule (DESIGN §2.7) and where desired.py puts
+(reference/weave.md §2.3, §3, §6), the overlay-address rule (docs/architecture.md §6.2) and where desired.py puts
 the task (issue 12)."""
 
 from __future__ import annotations
