@@ -43,6 +43,7 @@ from service.marathon.sse import EventStream
 from service.marathon.subscription import CallbackSubscription
 from service.metrics import Metrics
 from service.reconcile import Drift, Reconciler, ReconcileSettings
+from service.reconcile.settings import ttl_floor_for
 from service.redact import redact, register
 from service.tokens import TokenFile, TokenSource, read_token, static
 from service.web import Readiness, make_app
@@ -102,7 +103,7 @@ def build(config: Config, consul_token_source: TokenSource | None = None) -> Com
                                  address_mode=config.address_mode, networks=config.networks,
                                  overlay_cidrs=config.overlay_cidrs,
                                  workers=config.workers, health_checks=config.health_checks,
-                                 ttl_floor_seconds=max(180, int(3 * config.resync_interval)))
+                                 ttl_floor_seconds=ttl_floor_for(config.resync_interval))
     reconciler = Reconciler(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=settings)
     return Components(metrics, session, marathon, lookup, agents, reconciler)
 

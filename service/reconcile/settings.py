@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.backoff import Backoff
+from service.desired import TTL_FLOOR_SECONDS
 from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
+
+
+def ttl_floor_for(resync_interval: float) -> int:
+    """A TTL mirror (a COMMAND check) is refreshed by health events and every resync: its TTL must
+    outlive three resync intervals, and never less than `desired.TTL_FLOOR_SECONDS`."""
+    return max(TTL_FLOOR_SECONDS, int(3 * resync_interval))
 
 
 @dataclass(frozen=True)
@@ -16,7 +23,7 @@ class ReconcileSettings:
     networks: tuple[str, ...] = ("weave", "bridge")
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS  # only addresses inside count as overlay IPs
     health_checks: HealthCheckMode = HealthCheckMode.CONSUL  # which checks Consul runs itself
-    ttl_floor_seconds: int = 180  # TTL mirrors must outlive the gap between two resyncs refreshing them
+    ttl_floor_seconds: int = TTL_FLOOR_SECONDS  # see ttl_floor_for
     workers: int = 16
     write_concurrency: int = 64
     max_attempts: int = 8  # failed runs of one app before it is left to the next resync
