@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from service import redact
 from service.config import ConfigError, add_serve_options, config_from_args, secret_values
-from service.model import App, NameOverride, Naming
+from service.model import DEFAULT_NAME_OVERRIDE, App, NameOverride, Naming
 from service.naming import dns_names, service_identity
 
 DESCRIPTION = """\
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     names.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an app label")
     names.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an app env entry")
     names.add_argument("--datacenter", default="dc1")
-    names.add_argument("--allow-name-override", choices=[m.value for m in NameOverride], default="group",
+    names.add_argument("--allow-name-override", choices=[m.value for m in NameOverride],
+                       default=DEFAULT_NAME_OVERRIDE.value,
                        help="as serve's option: which consul.name / SERVICE_NAME overrides are honoured")
     sync = sub.add_parser("sync", help="one resync: print the drift (--dry-run) or repair it, then exit",
                           description="Compare Marathon with Consul once. With --dry-run print the drift "

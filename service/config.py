@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
-from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
+from service.leadership import LOCK_DELAY_BOUNDS, LOCK_TTL_BOUNDS
+from service.model import (
+    DEFAULT_NAME_OVERRIDE,
+    DEFAULT_OVERLAY_CIDRS,
+    AddressMode,
+    Cidr,
+    HealthCheckMode,
+    NameOverride,
+    Naming,
+)
 from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 from service.redact import redact
 from service.tokens import TokenFileError, read_token
@@ -57,7 +66,7 @@ class Config:
     cluster_id: str | None = None
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS
     weave_exec_lookup: bool = False
-    allow_name_override: NameOverride = NameOverride.GROUP
+    allow_name_override: NameOverride = DEFAULT_NAME_OVERRIDE
     consul_token_file: str | None = None  # wins over consul_token (as in Consul's own API client)
     marathon_token_file: str | None = None
     docker_tls: TLSOptions | None = None  # None: plain TCP; paths may hold {host} (per-slave certificates)
@@ -181,7 +190,7 @@ def _defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         "cluster-id": None,
         "overlay-cidr": ",".join(map(str, DEFAULT_OVERLAY_CIDRS)),
         "weave-exec-lookup": "false",
-        "allow-name-override": "group",
+        "allow-name-override": DEFAULT_NAME_OVERRIDE.value,
         "consul-token-file": env.get("CONSUL_HTTP_TOKEN_FILE"),
         "marathon-token-file": None,
         "marathon-cacert": None,
@@ -306,12 +315,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except ValueError:
         raise ConfigError(f"--naming: {args.naming!r} is not one of dns, flat") from None
     lock = _choice("lock", args.lock, ("auto", "on", "off"))
-    lock_ttl = int(_number("lock-ttl", args.lock_ttl, int, 10))
-    if lock_ttl > 86400:
-        raise ConfigError(f"--lock-ttl: {lock_ttl} is above Consul's maximum 86400 (24h)")
-    lock_delay = int(_number("lock-delay", args.lock_delay, int, 0))
-    if lock_delay > 60:
-        raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum 60")
+    lock_ttl = int(_number("lock-ttl", args.lock_ttl, int, LOCK_TTL_BOUNDS[0]))
+    if lock_ttl > LOCK_TTL_BOUNDS[1]:
+        raise ConfigError(f"--lock-ttl: {lock_ttl} is above Consul's maximum {LOCK_TTL_BOUNDS[1]} (24h)")
+    lock_delay = int(_number("lock-delay", args.lock_delay, int, LOCK_DELAY_BOUNDS[0]))
+    if lock_delay > LOCK_DELAY_BOUNDS[1]:
+        raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum {LOCK_DELAY_BOUNDS[1]}")
     lock_check_interval = float(_number("lock-check-interval", args.lock_check_interval, float, 0))
     if 0 < lock_check_interval < 1:
         raise ConfigError(f"--lock-check-interval: {lock_check_interval:g} is below Consul's minimum 1 (0: no check)")

@@ -208,15 +208,3 @@ def consul_client(url: str, *, token: TokenSource, tls: TLSOptions | None, timeo
         token=token, ssl_ctx=ssl_context(tls or TLSOptions(), "consul") if https else None, limit=limit,
         timeout=timeout, host=parsed.hostname or "127.0.0.1", port=parsed.port or (443 if https else 8500),
         scheme=parsed.scheme or "http")
-
-
-def env_flag(env: dict[str, str] | os._Environ[str], name: str) -> bool | None:
-    """A boolean env var as Consul's tools read it (strconv.ParseBool), None when unset or empty."""
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return None
-    if value in ("1", "t", "true", "yes", "on"):
-        return True
-    if value in ("0", "f", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={value!r} is not a boolean")

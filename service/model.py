@@ -56,6 +56,11 @@ class NameOverride(StrEnum):
     NONE = "none"  # overrides are ignored: every app registers under its derived name
 
 
+# The operator's default for --allow-name-override (config, `names`, the reconciler's settings); the
+# pure naming functions default to ANY so that a library caller gets registrator's behaviour.
+DEFAULT_NAME_OVERRIDE = NameOverride.GROUP
+
+
 class HealthCheckMode(StrEnum):
     """Who runs HTTP/TCP checks: Consul itself (docs/architecture.md §2), a TTL check mirroring Marathon's
     verdict (for agents that cannot reach the host ports), or both. Validated once, in config."""

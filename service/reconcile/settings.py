@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from service.backoff import Backoff
 from service.desired import TTL_FLOOR_SECONDS
-from service.model import DEFAULT_OVERLAY_CIDRS, AddressMode, Cidr, HealthCheckMode, NameOverride, Naming
+from service.model import (
+    DEFAULT_NAME_OVERRIDE,
+    DEFAULT_OVERLAY_CIDRS,
+    AddressMode,
+    Cidr,
+    HealthCheckMode,
+    NameOverride,
+    Naming,
+)
 
 
 def ttl_floor_for(resync_interval: float) -> int:
@@ -18,7 +26,7 @@ def ttl_floor_for(resync_interval: float) -> int:
 @dataclass(frozen=True)
 class ReconcileSettings:
     naming: Naming = Naming.DNS
-    name_override: NameOverride = NameOverride.GROUP  # --allow-name-override (service.naming)
+    name_override: NameOverride = DEFAULT_NAME_OVERRIDE  # --allow-name-override (service.naming)
     address_mode: AddressMode = AddressMode.AUTO
     networks: tuple[str, ...] = ("weave", "bridge")
     overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS  # only addresses inside count as overlay IPs
