@@ -1,21 +1,9 @@
-"""What "ours" means in Consul, in one place (docs/architecture.md §5).
-
-Several Marathon clusters, other registrars and people share a Consul datacenter, so the registrar
-only ever reads back, changes or removes a service that carries its ownership marker in `Meta`.
-Everything that writes or recognises that marker lives here: the marker itself (`OWNER_MARKER`),
-the other Meta keys a registration carries, the service-id and check-id formats (and their parsing
-back, which a resync needs to tie an agent's entry to a task and a Marathon health check), and the
-Consul filter expressions that ask an agent for our entries only.
-
-Several Marathon clusters (two frameworks on the same slaves, production and staging sharing one
-Consul) each run a registrar: a registration also names the cluster it came from
-(`marathon-cluster-id`: Marathon's frameworkId, or `--cluster-id`), and `claim` sorts what an
-agent holds into ours, another cluster's (never read back, changed or removed), and *legacy*
-(written by a version before cluster ids: adopted only where its task is in our Marathon, never
-deleted otherwise). The agent-side filter asks for the marker only; the cluster is told apart
-here, since Consul's filter language cannot say "this key equals X or is absent" portably.
-This module is pure strings (and one regular expression): `model`, `desired` and
-`service.consul` import it, it imports nothing of ours.
+"""What "ours" means in Consul, in one place: the marker, the Meta keys, the service and check id
+formats (and their parsing back), the cluster claim and the agent-side filter expressions
+(docs/architecture.md §5 says what each is for). The agent-side filter asks for the marker only;
+the cluster is told apart here (`claim`), since Consul's filter language cannot say "this key
+equals X or is absent" portably. Pure strings (and one regular expression): `model`, `desired`
+and `service.consul` import it, it imports nothing of ours.
 """
 
 from __future__ import annotations

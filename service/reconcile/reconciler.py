@@ -1,19 +1,11 @@
 """The reconciler's face: events in as hints, workers draining the queue, resyncs, a view of state.
 
-Concurrency model (docs/architecture.md, "Concurrency"): events are hints, never instructions. A
-hint marks an *app* dirty, optionally narrowed to some of its tasks, and goes into the keyed
-`WorkQueue` (key = app id), where hints for a queued app coalesce into one `AppWork`: a
-deployment's burst of status updates costs one Marathon read per app and run. `workers` tasks take
-apps from the queue; the queue never hands one app to two workers, so two writes for one task never
-race, and different apps run concurrently. A failed run goes back into the queue after the retry
-policy's back-off, merged with whatever arrived meanwhile; once the policy is exhausted the app is
-left to the next resync, which re-derives everything, so nothing is dropped for good. A run stopped
-only by refusals (`Parked`: a 403, a 400, a refused endpoint) is left to the next resync at once:
-retrying it soon would only repeat the same answer (docs/architecture.md §8).
-
-This class only wires the parts together and chooses, per run, where the step reads Consul's state
-from (`_source`); the four jobs live apart: `workqueue` (the queue), `step` (one app), `resync`
-(read -> diff -> schedule) and `ledger` (what we own).
+The concurrency model is docs/architecture.md §3: hints for an app coalesce in the keyed
+`WorkQueue`, one worker per app at a time, failed runs retried by the policy and then left to the
+resync, refusals (`Parked`) left to it at once (§8). This class only wires the parts together and
+chooses, per run, where the step reads Consul's state from (`_source`); the four jobs live apart:
+`workqueue` (the queue), `step` (one app), `resync` (read -> diff -> schedule) and `ledger` (what
+we own). Hints for apps Marathon is not known to have are held to a read budget (`budget`).
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""The full resync: read everything -> pure diff -> schedule the repairs through the work queue.
-
-Events are hints and some get lost (docs/architecture.md §2), and Consul can be changed behind our back, so at
-start, after every event-stream reconnect and every `--resync-interval` the registrar compares
-everything Marathon runs with everything it owns on every agent. The three stages are separate so
-each can be reasoned about (and tested) alone:
-
-1. read (`WorldReader.read_world`): Marathon's apps with tasks, our registrations on every agent,
-   each slave's container listing; the ledger is replaced by what the agents hold;
-2. diff (`diff.diff`, pure): missing, orphaned and drifted registrations, the apps to repair;
-3. schedule: one whole-app `AppWork` per app to repair goes into the same queue as event work,
-   carrying the app's snapshot (`Repair`), and the resync waits for those runs. The queue's
-   per-key exclusion is the only lock; there is no second path into the work.
-
-A repair uses the snapshot instead of reading again unless work for the app ran or was hinted
-since the reads began (the reconciler decides, see `Reconciler._source`), or an agent was
-unreachable (then every repair reads afresh). This keeps a 10% drift repair at 10,000 tasks to
-little more than its writes. In-place registrations with TTL checks are refreshed after the
-repairs, so a mirror's TTL outlives the gap to the next resync.
+"""The full resync (docs/architecture.md §4): read everything -> pure diff -> schedule the repairs
+through the work queue, then refresh the TTL mirrors of in-place registrations. A repair uses the
+resync's snapshot instead of reading again unless work for the app ran or was hinted since the
+reads began (`Reconciler._source`) or an agent was unreachable (then every repair reads afresh).
 """
 
 from __future__ import annotations
