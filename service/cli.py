@@ -89,12 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact.install(config.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.command == "serve":
-        from service.runtime import Service
+        from service.runtime import serve
 
-        async def serve() -> None:
-            await Service(config).run()
-
-        asyncio.run(serve())
+        asyncio.run(serve(config))
         return 0
     from service.errors import CallError
     from service.runtime import sync_once

@@ -19,6 +19,7 @@ import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
@@ -41,10 +42,26 @@ class ConfigError(ValueError):
     """A bad option value; the message names the option and what is wrong."""
 
 
+class Transport(StrEnum):
+    """--events: how Marathon's events reach us (AUTO is resolved at start, from /v2/info)."""
+
+    AUTO = "auto"
+    CALLBACK = "callback"
+    SSE = "sse"
+
+
+class LockMode(StrEnum):
+    """--lock: AUTO holds the lock unless the agent offers no sessions; OFF is a single instance."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 @dataclass(frozen=True)
 class Config:
     marathon: tuple[str, ...]
-    events: str
+    events: Transport
     listen_host: str
     listen_port: int
     callback_url: str | None
@@ -58,7 +75,7 @@ class Config:
     health_checks: HealthCheckMode
     workers: int
     log_level: str
-    lock: str = "auto"
+    lock: LockMode = LockMode.AUTO
     lock_ttl: int = 15
     lock_delay: int = 15
     lock_agent: str = "http://127.0.0.1:8500"
@@ -293,7 +310,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     host, sep, port = str(args.listen).rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen: {args.listen!r} is not HOST:PORT")
-    events = _choice("events", args.events, ("auto", "callback", "sse"))
+    events = Transport(_choice("events", args.events, tuple(Transport)))
     derived_env: Mapping[str, str | None] = getattr(args, _DERIVED_ENV, None) or {}
     listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
     callback_url = args.callback_url or None
@@ -301,7 +318,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         _url("callback-url", callback_url, ("http", "https"))
     else:
         callback_url = _callback_url_default(derived_env.get("HOST"), int(port), bool(listen_cert and listen_key))
-    if callback_url is None and events == "callback":
+    if callback_url is None and events is Transport.CALLBACK:
         raise ConfigError("--callback-url: required with --events callback (or run under Marathon with $HOST/$PORT0)")
     networks = tuple(n.strip() for n in str(args.networks).split(",") if n.strip())
     if not networks:
@@ -314,7 +331,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         naming = Naming(args.naming)
     except ValueError:
         raise ConfigError(f"--naming: {args.naming!r} is not one of dns, flat") from None
-    lock = _choice("lock", args.lock, ("auto", "on", "off"))
+    lock = LockMode(_choice("lock", args.lock, tuple(LockMode)))
     lock_ttl = int(_number("lock-ttl", args.lock_ttl, int, LOCK_TTL_BOUNDS[0]))
     if lock_ttl > LOCK_TTL_BOUNDS[1]:
         raise ConfigError(f"--lock-ttl: {lock_ttl} is above Consul's maximum {LOCK_TTL_BOUNDS[1]} (24h)")

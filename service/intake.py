@@ -15,7 +15,9 @@ from service.reconcile import Reconciler
 
 
 class EventIntake:
-    def __init__(self, reconciler: Reconciler, metrics: Metrics) -> None:
+    def __init__(self, reconciler: Reconciler | None, metrics: Metrics) -> None:
+        """`reconciler` None: the registrar is still starting (its cluster identity is not known
+        yet); events are checked and counted, and left to the first resync, which reads them all."""
         self.reconciler = reconciler
         self.metrics = metrics
 
@@ -33,5 +35,7 @@ class EventIntake:
         if isinstance(event, IgnoredEvent):
             self.metrics.events_ignored.inc()
             return "ignored"
+        if self.reconciler is None:
+            return "ignored"  # still starting: the first resync reads it
         self.reconciler.hint(event, received)
         return "queued"

@@ -144,6 +144,7 @@ class SessionKV(Protocol):
 
 
 class Role(StrEnum):
+    CONTENDING = "contending"  # not known yet who writes (readiness only: the gate is shut meanwhile)
     STANDBY = "standby"
     WRITER = "writer"
 

@@ -16,17 +16,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from service.intake import EventIntake
+from service.leadership import Role
 from service.marathon.events import EventError, decode_event_body
 from service.metrics import Metrics
-from service.reconcile import Reconciler
 
 MAX_EVENT_BYTES = 4 * 1024 * 1024  # a heavy 1.4 deployment_info carries whole root groups
+
+
+class Intake(Protocol):
+    def accept(self, obj: object) -> str:
+        """"queued" or "ignored"; raises EventError for a body that is no event."""
+        ...
+
+
+class StateView(Protocol):
+    def snapshot(self) -> dict[str, object] | None:
+        """What /v1/registrations shows; None while the registrar is still starting."""
+        ...
 
 
 @dataclass
@@ -37,7 +48,7 @@ class Readiness:
     first_resync_done: bool = False
     source_detail: str = "event source not attached yet"
     notes: list[str] = field(default_factory=list)
-    role: str | None = None  # with a lock: "contending" until known, then "writer" / "standby"; None without
+    role: Role | None = None  # with a lock: CONTENDING until known, then WRITER / STANDBY; None without
 
     def reasons(self) -> list[str]:
         """A standby is ready once its event source is attached: it resyncs when it becomes the
@@ -45,9 +56,9 @@ class Readiness:
         out = []
         if not self.source_attached:
             out.append(self.source_detail)
-        if self.role == "contending":
+        if self.role == Role.CONTENDING:
             out.append("not known yet which instance writes (contending for the Consul lock)")
-        elif not self.first_resync_done and self.role != "standby":
+        elif not self.first_resync_done and self.role != Role.STANDBY:
             out.append("first resync not finished yet")
         return out
 
@@ -74,7 +85,7 @@ def _error(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"error": reason, "message": message}, status=status)
 
 
-def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, readiness: Readiness,
+def make_app(*, intake: Intake, reconciler: StateView, metrics: Metrics, readiness: Readiness,
              max_event_bytes: int = MAX_EVENT_BYTES,
              extra_state: Callable[[], dict[str, Any]] | None = None,
              events_path: str = "/v1/events") -> web.Application:
@@ -126,6 +137,8 @@ def make_app(*, intake: EventIntake, reconciler: Reconciler, metrics: Metrics, r
 
     async def registrations(_: web.Request) -> web.Response:
         state = reconciler.snapshot()
+        if state is None:
+            return web.json_response({"error": "starting", "reasons": readiness.reasons()}, status=503)
         if extra_state is not None:
             state.update(extra_state())
         return web.json_response(state)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
 from service.marathon.events import POD_EVENTS, AppEvent, HealthEvent, InstanceEvent, TaskEvent
@@ -54,7 +54,10 @@ DEPLOYMENT_PROGRESS = frozenset({"deployment_info", "deployment_step_success", "
 
 class Reconciler:
     def __init__(self, *, marathon: MarathonApps, lookup: ContainerSource, agents: ConsulAgentDirectory,
-                 metrics: Metrics, settings: ReconcileSettings | None = None, clock: Clock | None = None) -> None:
+                 metrics: Metrics, settings: ReconcileSettings | None = None, clock: Clock | None = None,
+                 may_write: Callable[[], bool] | None = None) -> None:
+        """`settings.cluster_id` is this Marathon cluster's identity, known before the reconciler is
+        built; `may_write` is the leadership's write gate (None: a single instance, always writing)."""
         self.settings = settings or ReconcileSettings()
         self.agents = agents
         self.metrics = metrics
@@ -62,7 +65,7 @@ class Reconciler:
         reader = WorldReader(marathon=marathon, lookup=lookup, agents=agents, metrics=metrics, settings=self.settings)
         self.reader = reader
         self.writer = writer = ConsulWriter(agents=agents, ledger=self.ledger, metrics=metrics,
-                                            concurrency=self.settings.write_concurrency)
+                                            concurrency=self.settings.write_concurrency, may_write=may_write)
         self.step = AppStep(reader=reader, ledger=self.ledger, writer=writer, metrics=metrics)
         self._resync = Resync(reader=reader, ledger=self.ledger, writer=writer, agents=agents, metrics=metrics,
                               schedule=self._schedule_repair)
@@ -82,13 +85,7 @@ class Reconciler:
         # the ledger holds a resync's read plus our writes since; not after a spell as standby
         self._ledger_fresh = False
 
-    # ---------------------------------------------------------------- who we are, whether we write
-    def identify(self, cluster_id: str | None) -> None:
-        """This Marathon cluster's identity (Meta `marathon-cluster-id`), known once Marathon answered:
-        registrations carry it, and entries of other clusters are never read back as ours."""
-        self.settings = replace(self.settings, cluster_id=cluster_id)
-        self.reader.settings = self.settings
-
+    # ---------------------------------------------------------------- whether we write
     def pause(self) -> None:
         """Stop taking work (we are not the writer): queued and delayed work is dropped; a run in
         progress finishes, its writes refused by the writer's gate."""

@@ -33,15 +33,15 @@ def _always() -> bool:
 
 class ConsulWriter:
     def __init__(self, *, agents: ConsulAgentDirectory, ledger: Ledger, metrics: Metrics, concurrency: int,
-                 may_write: Callable[[], bool] = _always) -> None:
+                 may_write: Callable[[], bool] | None = None) -> None:
         self._agents = agents
         self._ledger = ledger
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
-        self.may_write = may_write  # asked right before every write, after waiting for a slot
+        self._may_write = may_write or _always  # asked right before every write, after waiting for a slot
 
     def _gate(self) -> None:
-        if not self.may_write():
+        if not self._may_write():
             self._metrics.writes_refused.inc()
             raise NotWriter("not the writer: this instance does not hold the Consul lock")
 
