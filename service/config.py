@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ipaddress
 import os
 import re
 import ssl
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context
+from service.connect import TLSOptions
 from service.leadership import LOCK_DELAY_BOUNDS, LOCK_TTL_BOUNDS
 from service.model import (
     DEFAULT_NAME_OVERRIDE,
@@ -33,13 +32,23 @@ from service.model import (
     NameOverride,
     Naming,
 )
+from service.option_checks import ConfigError as ConfigError
+from service.option_checks import (
+    boolean,
+    checked_url,
+    choice,
+    cidrs,
+    directory,
+    docker_tls_options,
+    https,
+    number,
+    readable_file,
+    tls_files,
+    token_file,
+)
 from service.ownership import CLUSTER_ID, CLUSTER_ID_RULE
 from service.redact import redact
-from service.tokens import TokenFileError, read_token
-
-
-class ConfigError(ValueError):
-    """A bad option value; the message names the option and what is wrong."""
+from service.tokens import read_token
 
 
 class Transport(StrEnum):
@@ -150,7 +159,6 @@ OPTIONS: dict[str, str] = {
 }
 # Options that may be given without a value (meaning "true").
 FLAGS = frozenset({"weave-exec-lookup", "consul-http-ssl", "consul-http-ssl-verify"})
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
 # a callback secret becomes a URL path segment: unreserved characters only, long enough to guess at
@@ -258,64 +266,21 @@ def add_serve_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
                             help=f"{help_text} [env {env_name(option)}; default {shown}]", **flag)
 
 
-def _url(option: str, value: str, schemes: tuple[str, ...]) -> str:
-    parsed = urllib.parse.urlsplit(value.replace("{host}", "placeholder"))
-    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
-        raise ConfigError(f"--{option}: {value!r} is not a {'/'.join(schemes)} URL")
-    return value
-
-
-def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"--{option}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _number(option: str, value: str, kind: type[int] | type[float], minimum: float) -> int | float:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ConfigError(f"--{option}: {value!r} is not a number") from None
-    if number < minimum:
-        raise ConfigError(f"--{option}: {value} is below the minimum {minimum}")
-    return number
-
-
-def _cidrs(option: str, value: str) -> tuple[Cidr, ...]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise ConfigError(f"--{option}: no CIDR given")
-    out = []
-    for item in items:
-        try:
-            out.append(ipaddress.ip_network(item, strict=True))
-        except ValueError as exc:
-            raise ConfigError(f"--{option}: {item!r} is not a CIDR ({exc})") from None
-    return tuple(out)
-
-
-def _bool(option: str, value: str) -> bool:
-    v = str(value).strip().lower()
-    if v not in _TRUE + _FALSE:
-        raise ConfigError(f"--{option}: {value!r} is not one of true, false")
-    return v in _TRUE
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
     marathon = tuple(u.strip().rstrip("/") for u in str(args.marathon).split(",") if u.strip())
     if not marathon:
         raise ConfigError("--marathon: no URL given")
     for url in marathon:
-        _url("marathon", url, ("http", "https"))
+        checked_url("marathon", url, ("http", "https"))
     host, sep, port = str(args.listen).rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen: {args.listen!r} is not HOST:PORT")
-    events = Transport(_choice("events", args.events, tuple(Transport)))
+    events = Transport(choice("events", args.events, tuple(Transport)))
     derived_env: Mapping[str, str | None] = getattr(args, _DERIVED_ENV, None) or {}
     listen_cert, listen_key = args.listen_tls_cert or None, args.listen_tls_key or None
     callback_url = args.callback_url or None
     if callback_url:
-        _url("callback-url", callback_url, ("http", "https"))
+        checked_url("callback-url", callback_url, ("http", "https"))
     else:
         callback_url = _callback_url_default(derived_env.get("HOST"), int(port), bool(listen_cert and listen_key))
     if callback_url is None and events is Transport.CALLBACK:
@@ -331,47 +296,49 @@ def config_from_args(args: argparse.Namespace) -> Config:
         naming = Naming(args.naming)
     except ValueError:
         raise ConfigError(f"--naming: {args.naming!r} is not one of dns, flat") from None
-    lock = LockMode(_choice("lock", args.lock, tuple(LockMode)))
-    lock_ttl = int(_number("lock-ttl", args.lock_ttl, int, LOCK_TTL_BOUNDS[0]))
+    lock = LockMode(choice("lock", args.lock, tuple(LockMode)))
+    lock_ttl = int(number("lock-ttl", args.lock_ttl, int, LOCK_TTL_BOUNDS[0]))
     if lock_ttl > LOCK_TTL_BOUNDS[1]:
         raise ConfigError(f"--lock-ttl: {lock_ttl} is above Consul's maximum {LOCK_TTL_BOUNDS[1]} (24h)")
-    lock_delay = int(_number("lock-delay", args.lock_delay, int, LOCK_DELAY_BOUNDS[0]))
+    lock_delay = int(number("lock-delay", args.lock_delay, int, LOCK_DELAY_BOUNDS[0]))
     if lock_delay > LOCK_DELAY_BOUNDS[1]:
         raise ConfigError(f"--lock-delay: {lock_delay} is above Consul's maximum {LOCK_DELAY_BOUNDS[1]}")
-    lock_check_interval = float(_number("lock-check-interval", args.lock_check_interval, float, 0))
+    lock_check_interval = float(number("lock-check-interval", args.lock_check_interval, float, 0))
     if 0 < lock_check_interval < 1:
         raise ConfigError(f"--lock-check-interval: {lock_check_interval:g} is below Consul's minimum 1 (0: no check)")
     cluster_id = (args.cluster_id or "").strip() or None
     if cluster_id is not None and not CLUSTER_ID.fullmatch(cluster_id):
         raise ConfigError(f"--cluster-id: {cluster_id!r} must be {CLUSTER_ID_RULE}")
-    allow_name_override = NameOverride(_choice("allow-name-override", args.allow_name_override,
+    allow_name_override = NameOverride(choice("allow-name-override", args.allow_name_override,
                                                tuple(m.value for m in NameOverride)))
-    consul_token_file = _token_file("consul-token-file", args.consul_token_file)
-    marathon_token_file = _token_file("marathon-token-file", args.marathon_token_file)
-    consul_url = _url("consul", args.consul, ("http", "https"))
+    consul_token_file = token_file("consul-token-file", args.consul_token_file)
+    marathon_token_file = token_file("marathon-token-file", args.marathon_token_file)
+    consul_url = checked_url("consul", args.consul, ("http", "https"))
     lock_agent = args.lock_agent or _lock_agent_default(consul_url, derived_env.get("HOST"))
     consul_tls = None
-    if _bool("consul-http-ssl", args.consul_http_ssl):
-        consul_url, lock_agent = _https(consul_url), _https(lock_agent)
+    if boolean("consul-http-ssl", args.consul_http_ssl):
+        consul_url, lock_agent = https(consul_url), https(lock_agent)
     if consul_url.startswith("https://") or lock_agent.startswith("https://"):
-        consul_tls = _tls("consul", TLSOptions(
-            verify=_bool("consul-http-ssl-verify", args.consul_http_ssl_verify),
-            ca_file=_file("consul-cacert", args.consul_cacert), ca_path=_dir("consul-capath", args.consul_capath),
-            cert_file=_file("consul-client-cert", args.consul_client_cert),
-            key_file=_file("consul-client-key", args.consul_client_key),
+        consul_tls = tls_files("consul", TLSOptions(
+            verify=boolean("consul-http-ssl-verify", args.consul_http_ssl_verify),
+            ca_file=readable_file("consul-cacert", args.consul_cacert),
+            ca_path=directory("consul-capath", args.consul_capath),
+            cert_file=readable_file("consul-client-cert", args.consul_client_cert),
+            key_file=readable_file("consul-client-key", args.consul_client_key),
             server_name=args.consul_tls_server_name or None))
-    docker = _url("docker", args.docker, ("tcp", "http", "https", "unix"))
-    docker_mode = _choice("docker-tls", args.docker_tls, ("off", "verify", "no-verify"))
+    docker = checked_url("docker", args.docker, ("tcp", "http", "https", "unix"))
+    docker_mode = choice("docker-tls", args.docker_tls, ("off", "verify", "no-verify"))
     if docker_mode == "off" and docker.startswith("https://"):
         docker_mode = "verify"
     docker_tls = None
     if docker_mode != "off":
         if docker.startswith(("unix://", "http://")):
             raise ConfigError(f"--docker-tls: {docker_mode} needs a tcp:// or https:// --docker URL, not {docker!r}")
-        docker_tls = _docker_tls(args.docker_cert_path, docker_mode == "verify", args.docker_tls_server_name or None)
+        docker_tls = docker_tls_options(args.docker_cert_path, docker_mode == "verify",
+                                        args.docker_tls_server_name or None)
     marathon_tls = None
     if any(u.startswith("https://") for u in marathon) or args.marathon_cacert:
-        marathon_tls = _tls("marathon", TLSOptions(ca_file=_file("marathon-cacert", args.marathon_cacert)))
+        marathon_tls = tls_files("marathon", TLSOptions(ca_file=readable_file("marathon-cacert", args.marathon_cacert)))
     if bool(listen_cert) != bool(listen_key):
         raise ConfigError("--listen-tls-cert: needs --listen-tls-key too (and the other way round)")
     if listen_cert and listen_key and callback_url and callback_url.startswith("http://"):
@@ -379,101 +346,40 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # this server (as the derived default is), so it speaks the server's scheme
         callback_url = "https://" + callback_url[len("http://"):]
     if listen_cert and listen_key:
-        _file("listen-tls-cert", listen_cert)
-        _file("listen-tls-key", listen_key)
+        readable_file("listen-tls-cert", listen_cert)
+        readable_file("listen-tls-key", listen_key)
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(listen_cert, listen_key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"--listen-tls-cert: cannot load {listen_cert!r} with key {listen_key!r}: "
                               f"{exc}") from None
-    callback_secret_file = _token_file("callback-secret-file", args.callback_secret_file)
+    callback_secret_file = token_file("callback-secret-file", args.callback_secret_file)
     if callback_secret_file is not None:
         secret = read_token(callback_secret_file)
         if not _URL_SECRET.fullmatch(secret):
             raise ConfigError("--callback-secret-file: the secret must be 16-256 of letters, digits, '-', '_', '.' "
                               "or '~' (it becomes a URL path segment)")
     level = str(args.log_level).upper()
-    _choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+    choice("log-level", level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     return Config(
         marathon=marathon, events=events, listen_host=host or "0.0.0.0", listen_port=int(port),
         callback_url=callback_url,
-        consul=_url("consul", consul_url, ("http", "https")),
+        consul=checked_url("consul", consul_url, ("http", "https")),
         consul_token=args.consul_token or None,
         docker=docker,
         networks=networks, address_mode=address_mode, naming=naming,
-        resync_interval=float(_number("resync-interval", args.resync_interval, float, 1.0)),
-        health_checks=HealthCheckMode(_choice("health-checks", args.health_checks,
+        resync_interval=float(number("resync-interval", args.resync_interval, float, 1.0)),
+        health_checks=HealthCheckMode(choice("health-checks", args.health_checks,
                                               tuple(m.value for m in HealthCheckMode))),
-        workers=int(_number("workers", args.workers, int, 1)),
+        workers=int(number("workers", args.workers, int, 1)),
         log_level=level,
         lock=lock, lock_ttl=lock_ttl, lock_delay=lock_delay, lock_check_interval=lock_check_interval,
-        lock_agent=_url("lock-agent", lock_agent, ("http", "https")),
+        lock_agent=checked_url("lock-agent", lock_agent, ("http", "https")),
         cluster_id=cluster_id,
-        overlay_cidrs=_cidrs("overlay-cidr", str(args.overlay_cidr)),
-        weave_exec_lookup=_bool("weave-exec-lookup", args.weave_exec_lookup),
+        overlay_cidrs=cidrs("overlay-cidr", str(args.overlay_cidr)),
+        weave_exec_lookup=boolean("weave-exec-lookup", args.weave_exec_lookup),
         allow_name_override=allow_name_override,
         consul_token_file=consul_token_file, marathon_token_file=marathon_token_file,
         docker_tls=docker_tls, consul_tls=consul_tls, marathon_tls=marathon_tls,
         listen_tls_cert=listen_cert, listen_tls_key=listen_key, callback_secret_file=callback_secret_file,
     )
-
-
-def _https(url: str) -> str:
-    """CONSUL_HTTP_SSL=true: Consul's tools switch the scheme and keep the address."""
-    return "https://" + url[len("http://"):] if url.startswith("http://") else url
-
-
-def _file(option: str, path: str | None) -> str | None:
-    if not path:
-        return None
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ConfigError(f"--{option}: {path!r} is not a readable file")
-    return path
-
-
-def _dir(option: str, path: str | None) -> str | None:
-    if not path:
-        return None
-    if not os.path.isdir(path):
-        raise ConfigError(f"--{option}: {path!r} is not a directory")
-    return path
-
-
-def _token_file(option: str, path: str | None) -> str | None:
-    """A token file must be readable and hold a token at start; later it may change (service.tokens)."""
-    if not path:
-        return None
-    try:
-        read_token(path)
-    except TokenFileError as exc:
-        raise ConfigError(f"--{option}: {exc}") from None
-    return path
-
-
-def _tls(system: str, opts: TLSOptions) -> TLSOptions:
-    """Load the files once now, so a bad one stops the start with one line, not every call later."""
-    try:
-        ssl_context(opts, system)
-    except TLSConfigError as exc:
-        option = {"consul": "consul-cacert", "marathon": "marathon-cacert"}[system]
-        if "client certificate" in str(exc):
-            option = "consul-client-cert"
-        raise ConfigError(f"--{option}: {exc}") from None
-    return opts
-
-
-def _docker_tls(cert_path: str, verify: bool, server_name: str | None) -> TLSOptions:
-    """Docker's conventions: ca.pem, cert.pem, key.pem in DOCKER_CERT_PATH; the client certificate is
-    optional (an engine without --tlsverify does not ask for one). With `{host}` in the path each
-    slave has its own files, checked when the slave is first used; without it they are checked now."""
-    path = os.path.expanduser(cert_path)
-    opts = TLSOptions(verify=verify, ca_file=os.path.join(path, "ca.pem"), cert_file=os.path.join(path, "cert.pem"),
-                      key_file=os.path.join(path, "key.pem"), server_name=server_name)
-    if "{host}" in path:
-        return opts
-    opts = docker_files(opts)
-    try:
-        ssl_context(opts, "docker")
-    except TLSConfigError as exc:
-        raise ConfigError(f"--docker-cert-path: {exc}") from None
-    return opts

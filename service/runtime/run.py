@@ -36,8 +36,10 @@ UNSUBSCRIBE_GRACE = 1.0  # of it, for the callback unsubscription
 
 async def identify(config: Config, outside: Outside, readiness: Readiness, stop: Stop) -> str:
     """This cluster's identity: --cluster-id, else Marathon's frameworkId (asked until it answers)."""
-    cluster_id = config.cluster_id or await until_answered(
-        outside.marathon.framework_id, "cannot read Marathon's frameworkId from /v2/info", readiness, stop)
+    cluster_id = config.cluster_id
+    if cluster_id is None:
+        cluster_id = await until_answered(outside.marathon.framework_id,
+                                          "cannot read Marathon's frameworkId from /v2/info", readiness, stop)
     log.info("cluster identity: %s", cluster_id)
     return cluster_id
 
