@@ -4,7 +4,7 @@ Why at the output and not only at the source: a secret reaches text in ways no c
 (an aiohttp exception quoting a URL, a traceback's repr of a header dict, a py-consul error echoing
 a request). So every output path runs through `redact()`: the log formatter (`RedactingFormatter`,
 which also covers tracebacks, since it redacts the whole formatted record), the HTTP endpoints (a
-middleware in `service.runtime`), configuration errors and `--help` defaults (`service.cli`,
+middleware in `service.runtime.face`), configuration errors and `--help` defaults (`service.cli`,
 `service.config`).
 
 `redact()` removes two kinds of things:
