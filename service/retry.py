@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_never
+from tenacity.wait import wait_base
 
 from service.backoff import Backoff
 
@@ -89,13 +90,16 @@ async def sleep(seconds: float, stop: Stop | None) -> None:
 
 async def retry(fn: Callable[[], Awaitable[T]], *, policy: Backoff, stop: Stop | None = None,
                 retry_on: Callable[[BaseException], bool],
-                on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+                on_retry: Callable[[int, BaseException, float], None] | None = None,
+                wait_for: Callable[[int, BaseException], float] | None = None) -> T:
     """Call `fn`; on an exception for which `retry_on` is true, wait `policy.delay(n)` (watching
     `stop`) and try again. `policy.max_attempts` None tries for ever, else the last exception is
     raised once the attempts ran out; `Stopped` when stop is set while waiting.
 
     `on_retry(n, exc, delay)` is called before each wait: attempt `n` (from 1) failed with `exc`,
-    the next attempt comes after `delay` seconds. Cancellation is never retried."""
+    the next attempt comes after `delay` seconds. `wait_for(n, exc)`, when given, decides that
+    delay instead of `policy.delay(n)` (a caller whose back-off depends on what failed, or starts
+    over after a partial success: the event stream). Cancellation is never retried."""
     if stop is not None and stop.is_set():
         raise Stopped()
     try:
@@ -120,13 +124,23 @@ async def retry(fn: Callable[[], Awaitable[T]], *, policy: Backoff, stop: Stop |
 
     retrying: AsyncRetrying = AsyncRetrying(
         stop=stop_never if policy.max_attempts is None else stop_after_attempt(policy.max_attempts),
-        wait=policy.tenacity_wait(),
+        wait=policy.tenacity_wait() if wait_for is None else _WaitFor(wait_for),
         retry=retry_if_exception(lambda e: isinstance(e, Exception) and retry_on(e)),
         before_sleep=before_sleep,
         sleep=(stop.sleep if stop is not None else asyncio.sleep),
         reraise=True,
     )
     return await retrying(attempt)
+
+
+class _WaitFor(wait_base):
+    def __init__(self, wait_for: Callable[[int, BaseException], float]) -> None:
+        self._wait_for = wait_for
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        assert exc is not None  # tenacity waits only after a failed attempt here
+        return self._wait_for(retry_state.attempt_number, exc)
 
 
 class Cooldown:

@@ -47,7 +47,7 @@ from service.marathon.client import MarathonClient
 from service.marathon.events import decode_event_text
 from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
-from service.retry import Stop, Stopped
+from service.retry import Stop, Stopped, retry
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,15 @@ class _StreamFailed(Exception):
         self.failover = failover
 
 
+class _Ended(Exception):
+    """The master closed a stream (leader change, slow consumer): reconnect."""
+
+
+def _reconnects(exc: BaseException) -> bool:
+    """Every end of a connection is followed by another, except a stop (or a cancellation)."""
+    return isinstance(exc, Exception) and not isinstance(exc, Stopped)
+
+
 class EventStream:
     """Reads Marathon's event stream forever, reconnecting, until `stop()`.
 
@@ -195,6 +204,7 @@ class EventStream:
         self._connected_at: float | None = None
         self._attached = False  # this connection delivered an event_stream_attached
         self._refused = False  # this attempt ended in a refusal (a REPORT answer)
+        self._started = False  # a connection was attempted: the next one is a reconnect
         self._reader: asyncio.Task[None] | None = None
 
     # -- control ---------------------------------------------------------------------------------
@@ -213,53 +223,63 @@ class EventStream:
         """Connect, read, reconnect, until `stop()`. Cancelling the task also ends it, cleanly.
 
         An EventStream runs once: `stop()` is final, even when it comes before `run()` starts.
+        Every connection ends in an exception (`_Ended` when the master closed it), so the one
+        retry rule (`service.retry.retry`, for ever, waiting on the stop signal) drives the
+        reconnects; the delay is the stream's own (`_delay`): it starts over after a success.
         """
-        first = True
         try:
-            while not self._stop.is_set():
-                if not first:
-                    self.metrics.reconnects.inc()
-                first = False
-                self._connected_at = None
-                self._attached = self._refused = False
-                # The connection runs in its own task so that stop() can cut a read short.
-                self._reader = asyncio.create_task(self._read_once())
-                try:
-                    await self._reader
-                    # Same master again: a standby redirects (1.7+) or proxies (older) to the leader.
-                    log.warning("Marathon event stream closed by %s; reconnecting", self._display)
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if self._stop.is_set() and not (current and current.cancelling()):
-                        break  # our own stop(), not a cancellation of run()
-                    raise
-                except _StreamFailed as e:
-                    log.warning("Marathon event stream: %s", e)
-                    if e.failover:
-                        self._next_endpoint()
-                except (aiohttp.ClientError, TimeoutError, OSError, SSEError) as e:
-                    log.warning("Marathon event stream from %s failed: %s: %s",
-                                self._display, type(e).__name__, e)
-                    if self._connected_at is None:
-                        self._next_endpoint()  # could not even connect: try the next master
-                except Exception:
-                    # Never give up on the event source: a bug here must not silence the registrar
-                    # (the periodic resync would hide it); log it loudly and reconnect.
-                    log.exception("Marathon event stream from %s failed unexpectedly", self._display)
-                finally:
-                    self._reader = None
-                    self._set_connected(False)
-                if self._stop.is_set():
-                    break
-                if self._attached or (self._connected_at is not None
-                                      and time.monotonic() - self._connected_at >= self.stable_after):
-                    self._failures = 0
-                try:
-                    await self._stop.sleep(self._backoff())
-                except Stopped:
-                    break
+            await retry(self._connection, policy=self.backoff, stop=self._stop, retry_on=_reconnects,
+                        wait_for=self._delay)
+        except Stopped:
+            pass  # our own stop()
         finally:
             self._set_connected(False)
+
+    async def _connection(self) -> None:
+        """One connection, from request to end; it always ends in an exception, logged here."""
+        if self._started:
+            self.metrics.reconnects.inc()
+        self._started = True
+        self._connected_at = None
+        self._attached = self._refused = False
+        # The connection runs in its own task so that stop() can cut a read short.
+        self._reader = asyncio.create_task(self._read_once())
+        try:
+            await self._reader
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._stop.is_set() and not (current and current.cancelling()):
+                raise Stopped() from None  # our own stop(), not a cancellation of run()
+            raise
+        except _StreamFailed as e:
+            log.warning("Marathon event stream: %s", e)
+            if e.failover:
+                self._next_endpoint()
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError, SSEError) as e:
+            log.warning("Marathon event stream from %s failed: %s: %s", self._display, type(e).__name__, e)
+            if self._connected_at is None:
+                self._next_endpoint()  # could not even connect: try the next master
+            raise
+        except Exception:
+            # Never give up on the event source: a bug here must not silence the registrar
+            # (the periodic resync would hide it); log it loudly and reconnect.
+            log.exception("Marathon event stream from %s failed unexpectedly", self._display)
+            raise
+        finally:
+            self._reader = None
+            self._set_connected(False)
+        # Same master again: a standby redirects (1.7+) or proxies (older) to the leader.
+        log.warning("Marathon event stream closed by %s; reconnecting", self._display)
+        raise _Ended()
+
+    def _delay(self, _attempt: int, _exc: BaseException) -> float:
+        """The wait before the next connection: a connection that attached (or stayed up a while)
+        was a success, so the back-off starts over."""
+        if self._attached or (self._connected_at is not None
+                              and time.monotonic() - self._connected_at >= self.stable_after):
+            self._failures = 0
+        return self._backoff()
 
     def _backoff(self) -> float:
         """The next reconnect delay (full jitter, `service.backoff`); longer after a refusal."""

@@ -223,3 +223,15 @@ async def test_stop_ends_the_wait_for_a_probe_at_once() -> None:
     with pytest.raises(Stopped):
         await waiter
     assert time.perf_counter() - started < 0.05
+
+
+async def test_wait_for_decides_the_delay_from_what_failed() -> None:
+    fn = Flaky(OSError("refused"), TimeoutError("slow"), OSError("refused"))
+    seen: list[tuple[int, float]] = []
+
+    def wait_for(n: int, exc: BaseException) -> float:
+        return 0.003 if isinstance(exc, TimeoutError) else 0.001 * n
+
+    assert await retry(fn, policy=Backoff(initial=1.0, cap=1.0), retry_on=lambda e: True, wait_for=wait_for,
+                       on_retry=lambda n, e, d: seen.append((n, d))) == "ok"
+    assert seen == [(1, 0.001), (2, 0.003), (3, 0.003)]
