@@ -172,8 +172,9 @@ class Cooldown:
         """Seconds until the back-off ends (0 when it has)."""
         return max(0.0, self._until - self._clock())
 
-    async def ready(self, stop: Stop | None = None) -> None:
-        """Wait until the target may be called again (at once when it answers)."""
+    async def ready(self, stop: Stop | None = None) -> bool:
+        """Wait until the target may be called again (at once when it answers). True when this
+        caller is the probe: the one call let through after a back-off (it alone may `abandoned()`)."""
         while self.failures:
             wait = self._until - self._clock()
             if wait > 0:
@@ -182,7 +183,7 @@ class Cooldown:
             now = self._clock()
             if self._probe_since is None or now - self._probe_since >= self._lease:
                 self._probe_since = now  # this caller probes; the others wait for its answer
-                return
+                return True
             changed = self._changed
             lease_left = self._lease - (now - self._probe_since)
             if stop is not None:
@@ -191,6 +192,7 @@ class Cooldown:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(lease_left):
                         await changed.wait()
+        return False
 
     def failed(self) -> None:
         """The target answered RETRY: back off (again). Answers of calls that were already under

@@ -91,14 +91,14 @@ class ConsulCall:
 
     async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str]) -> T:
         cooldown = self.cooldown
-        if cooldown.cooling:
-            await cooldown.ready(self._stop)
+        probe = await cooldown.ready(self._stop) if cooldown.cooling else False
         try:
             result = await self._timed(call, fn)
         except Exception as exc:
             classified = classify_consul(exc)
             if classified is None:
-                cooldown.abandoned()
+                if probe:
+                    cooldown.abandoned()
                 raise  # not an answer of Consul's: a bug of ours, which must stay loud
             if target_unwell(classified):
                 cooldown.failed()
@@ -110,7 +110,8 @@ class ConsulCall:
                 raise ConsulError(f"consul agent {self.url}: {call} failed: {detail}", classified) from exc
             raise self.fail(call, classified, detail) from exc
         except BaseException:
-            cooldown.abandoned()  # cancelled: no answer either way
+            if probe:
+                cooldown.abandoned()  # cancelled: no answer either way
             raise
         cooldown.succeeded()
         return result

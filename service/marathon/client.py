@@ -268,19 +268,20 @@ class MarathonClient:
         """A request with leader preference, failover and bounded retries."""
         async def attempt() -> Any:
             index = self._current
+            probe = False
             try:
                 await self._ensure_leader()
                 index = self._current
                 cooldown = self._cooldowns[index]
                 if cooldown.cooling:
-                    await cooldown.ready(self._stop)
+                    probe = await cooldown.ready(self._stop)
                 result = await self._attempt(call, method, path, index=index, params=params,
                                              headers=headers, data=data, ok_statuses=ok_statuses)
             except Transient as t:
                 failed = self._cooldowns[t.endpoint_index]
                 if target_unwell(t.classified):
                     failed.failed()
-                else:
+                elif probe:
                     failed.abandoned()
                 self._failover(t.endpoint_index)
                 raise
@@ -288,7 +289,8 @@ class MarathonClient:
                 self._cooldowns[index].succeeded()  # an answer, if not the one wanted
                 raise
             except BaseException:
-                self._cooldowns[index].abandoned()
+                if probe:
+                    self._cooldowns[index].abandoned()
                 raise
             self._cooldowns[index].succeeded()
             return result

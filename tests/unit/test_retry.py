@@ -165,16 +165,16 @@ async def test_cooldown_spacing(steps: list[str], remaining: float, failures: in
 
 async def test_cooldown_lets_one_probe_through_and_the_others_wait_for_its_answer() -> None:
     cooldown = Cooldown(Backoff(initial=0.02, cap=0.02, uniform=top))
-    await cooldown.ready()  # no back-off: at once
+    assert await cooldown.ready() is False  # no back-off: at once, and no probe
     cooldown.failed()
     waiters = [asyncio.create_task(cooldown.ready()) for _ in range(5)]
     await asyncio.sleep(0.06)
-    assert sum(w.done() for w in waiters) == 1  # the probe
+    assert [w.result() for w in waiters if w.done()] == [True]  # the probe
     cooldown.failed()  # the probe's RETRY: another window, then one more probe
     await asyncio.sleep(0.06)
     assert sum(w.done() for w in waiters) == 2
     cooldown.succeeded()  # the target answers: everyone goes
-    await asyncio.wait_for(asyncio.gather(*waiters), 0.5)
+    assert sorted(await asyncio.wait_for(asyncio.gather(*waiters), 0.5)) == [False, False, False, True, True]
 
 
 async def test_an_abandoned_probe_hands_its_turn_on() -> None:
