@@ -362,7 +362,8 @@ def _status_update(f: _Fields) -> TaskEvent:
     task_id = f.text("taskId")
     app_id = f.text("appId", required=False)
     try:
-        owner = parse_task_id(task_id).app_id
+        parsed = parse_task_id(task_id)
+        owner = parsed.app_id
         ports = ports_from_json(f.obj, "")
         ips = ip_addresses_from_json(f.obj, "")
     except ValueError as exc:
@@ -370,7 +371,6 @@ def _status_update(f: _Fields) -> TaskEvent:
     app_id = f.app_id(app_id or owner, "appId" if app_id else "taskId")
     if owner != app_id:
         raise f.error(f"field 'taskId' is not a task of app {app_id!r}: {_short(task_id)}")
-    parsed = parse_task_id(task_id)
     # `<pod>.instance-<uuid>.<container>`: no incarnation (an app task since 1.8 has `._app.<n>`)
     is_pod_task = parsed.format == "instance" and parsed.incarnation is None and parsed.container is not None
     return TaskEvent(

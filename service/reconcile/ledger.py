@@ -18,19 +18,20 @@ from collections.abc import Iterable, Mapping
 
 from service.model import OwnedService, Registration
 
+MAX_INCARNATIONS = 64  # incarnations of one 1.8+ app instance looked for by tasks_of_instance
+
 
 class Ledger:
     def __init__(self) -> None:
         self._managed: dict[str, Registration] = {}  # service id -> what we last saw or wrote
         self._task_services: dict[str, set[str]] = {}  # task id -> ids of its registrations
-        self._instance_tasks: dict[str, set[str]] = {}  # instance_key(task id) -> task ids
         self._ttl_status: dict[str, str] = {}  # TTL check id -> the status we last saw or pushed
         self._locations: dict[str, set[str]] = {}  # app id -> hosts whose agent holds its registrations
 
     # ---------------------------------------------------------------- updates
     def replace_from(self, owned: Mapping[str, OwnedService]) -> None:
         """A resync read `owned` from every reachable agent: it is now what we own."""
-        self._managed, self._task_services, self._ttl_status, self._instance_tasks = {}, {}, {}, {}
+        self._managed, self._task_services, self._ttl_status = {}, {}, {}
         for svc in owned.values():
             reg = svc.registration
             self.remember(reg)
@@ -40,7 +41,6 @@ class Ledger:
     def remember(self, reg: Registration) -> None:
         self._managed[reg.service_id] = reg
         self._task_services.setdefault(reg.task_id, set()).add(reg.service_id)
-        self._instance_tasks.setdefault(instance_key(reg.task_id), set()).add(reg.task_id)
 
     def forget(self, reg: Registration) -> None:
         self._managed.pop(reg.service_id, None)
@@ -51,11 +51,6 @@ class Ledger:
             sids.discard(reg.service_id)
             if not sids:
                 del self._task_services[reg.task_id]
-                key = instance_key(reg.task_id)
-                tasks = self._instance_tasks.get(key, set())
-                tasks.discard(reg.task_id)
-                if not tasks:
-                    self._instance_tasks.pop(key, None)
 
     def set_ttl(self, check_id: str, status: str) -> None:
         self._ttl_status[check_id] = status
@@ -83,11 +78,17 @@ class Ledger:
 
     def tasks_of_instance(self, instance_id: str) -> set[str]:
         """The task ids we hold registrations of for a Marathon instance id (an expunge names only
-        the instance, reference/marathon-ucr-pods.md §3.3): `<app>.instance-<uuid>` covers its 1.8+
-        app tasks and a pod instance; a legacy `<app>.marathon-<uuid>` is the task `<app>.<uuid>`."""
+        the instance, reference/marathon-ucr-pods.md §3.3): a pod instance is registered under its
+        own id; a 1.8+ app instance `<app>.instance-<uuid>` has the tasks `<app>.instance-<uuid>._app.<n>`
+        (n = the incarnation, 1 and up: the first `MAX_INCARNATIONS` are probed, dict lookups, so no
+        index costs memory at 10,000 registrations; a task relaunched more often than that is left
+        to the next resync); a legacy `<app>.marathon-<uuid>` is the task `<app>.<uuid>`."""
         head, sep, uuid = instance_id.rpartition(".marathon-")
-        key = f"{head}.{uuid}" if sep else instance_id
-        return set(self._instance_tasks.get(key, ()))
+        if sep:
+            candidates = [f"{head}.{uuid}"]
+        else:
+            candidates = [instance_id, *(f"{instance_id}._app.{n}" for n in range(1, MAX_INCARNATIONS + 1))]
+        return {task_id for task_id in candidates if task_id in self._task_services}
 
     def hosts_of_tasks(self, task_ids: Iterable[str]) -> set[str]:
         """Where the registrations of `task_ids` were last seen."""
@@ -104,13 +105,3 @@ class Ledger:
 
     def __len__(self) -> int:
         return len(self._managed)
-
-
-def instance_key(task_id: str) -> str:
-    """`<app>.instance-<uuid>[.<rest>]` -> `<app>.instance-<uuid>`; a legacy task id is its own key.
-    String operations only: every registration we remember passes through here."""
-    start = task_id.rfind(".instance-")
-    if start < 0:
-        return task_id
-    end = task_id.find(".", start + len(".instance-"))
-    return task_id if end < 0 else task_id[:end]

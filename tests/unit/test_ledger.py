@@ -99,3 +99,6 @@ def test_tasks_of_an_instance_for_every_id_family() -> None:
     assert ledger.tasks_of_instance("web.instance-6f1e2d3c") == set()
     ledger.replace_from({})
     assert ledger.tasks_of_instance("db.instance-6b9f2c1e") == set()
+    # a relaunched (resident) task: its latest incarnation is found within the bound probed
+    ledger.remember(reg("web.instance-6f1e2d3c._app.64"))
+    assert ledger.tasks_of_instance("web.instance-6f1e2d3c") == {"web.instance-6f1e2d3c._app.64"}
