@@ -235,13 +235,14 @@ class Sims:
                 raise RuntimeError(f"{method} {url}: {r.status} {text[:300]}")
             return json.loads(text) if text else None
 
-    async def deploy(self, apps: dict[str, int], *, limit_s: float = 240.0) -> None:
+    async def deploy(self, apps: dict[str, int], *, limit_s: float = 240.0, network: str = "bridge") -> None:
         """Create apps (id -> instances) and wait until that many tasks run in total."""
         slots = asyncio.Semaphore(8)
 
         async def create(app_id: str, n: int) -> None:
             async with slots:
-                await self._req("POST", f"{self.marathon_url}/v2/apps", bench_app(app_id, n, self.version))
+                await self._req("POST", f"{self.marathon_url}/v2/apps",
+                                bench_app(app_id, n, self.version, network=network))
 
         await asyncio.gather(*(create(a, n) for a, n in apps.items()))
         await self.wait_running(sum(apps.values()), limit_s=limit_s)
@@ -308,13 +309,19 @@ class Sims:
             await asyncio.sleep(0.1)
 
 
-def bench_app(app_id: str, instances: int, version: str) -> dict[str, Any]:
+def bench_app(app_id: str, instances: int, version: str, *, network: str = "bridge") -> dict[str, Any]:
     """A one-port BRIDGE app without health checks (docker_sim containers answer no probes; >80% of
-    Allegro's apps register one port, peers.md §4)."""
-    mapping = {"containerPort": 80, "hostPort": 0, "protocol": "tcp", "name": "http"}
+    Allegro's apps register one port, peers.md §4). `network="weave"` (1.5+): on the Weave container
+    network without a host port, which the registrar registers the same way (overlay IP, container
+    port); `scale` uses it because 2,000 tasks per slave would not fit Mesos' 1,001 default host ports."""
+    mapping: dict[str, Any] = {"containerPort": 80, "hostPort": 0, "protocol": "tcp", "name": "http"}
     body: dict[str, Any] = {"id": app_id, "instances": instances, "cpus": 0.01, "mem": 16,
                             "cmd": "sleep 100000", "healthChecks": [], "backoffSeconds": 3600}
-    if version == "1.4":
+    if network == "weave":
+        del mapping["hostPort"]
+        body["networks"] = [{"mode": "container", "name": "weave"}]
+        body["container"] = {"type": "DOCKER", "docker": {"image": "local/busybox:1"}, "portMappings": [mapping]}
+    elif version == "1.4":
         body["container"] = {"type": "DOCKER", "docker": {"image": "local/busybox:1", "network": "BRIDGE",
                                                           "portMappings": [mapping]}}
     else:

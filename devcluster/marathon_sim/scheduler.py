@@ -114,6 +114,15 @@ class Scheduler:
     def _publish_task(self, task: Task) -> None:
         self.bus.publish(ev.status_update(task))
         self.bus.publish(ev.instance_changed(task))
+        rec = self.reg.apps.get(task.app_id)
+        if rec is not None:
+            rec.changed.set()  # wakes the app's deployment step (`_reach`)
+
+    def _end(self, task: Task, state: str) -> None:
+        """A task reaches a terminal state: the one place placement's per-slave count goes down."""
+        if task.active and task.host in self.reg.active_on:
+            self.reg.active_on[task.host] -= 1
+        task.state = state
 
     def root_group(self) -> dict[str, Any]:
         """A flat root group (apps not nested in subgroups) for heavy deployment plans. Only versions
@@ -280,6 +289,7 @@ class Scheduler:
             victims = sorted(current, key=lambda t: (t.state == "TASK_RUNNING", t.staged_at), reverse=False)[:excess]
             await asyncio.gather(*(self.kill_task(rec, t) for t in victims))
         while True:
+            rec.changed.clear()
             alive = [t for t in rec.active_tasks() if not t.kill_requested
                      and (not fresh_only or t.version == version)]
             if len(alive) < rec.spec.instances:  # again and again: a constraint may let only some start
@@ -287,7 +297,20 @@ class Scheduler:
             ready = [t for t in alive if self._usable(rec, t)]
             if len(ready) >= rec.spec.instances:
                 return
-            await asyncio.sleep(0.05)
+            # a task state change wakes this at once; health and readiness results (and a slave
+            # freed by another app) are seen by the poll. 10,000 deployments each polling every
+            # 50 ms kept the loop busy with nothing to do (issue 20)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05 if self._polled(rec) else 2.0):  # no task per wait
+                    await rec.changed.wait()
+
+    @staticmethod
+    def _polled(rec: AppRecord) -> bool:
+        """Whether a deployment step of `rec` can become done without a task state change: health
+        and readiness results, and constraints that wait for a slave (hostname UNIQUE). Others
+        are woken by their tasks' changes; their slow poll only covers a launch that found no
+        slave (none configured, or only Weave-proxy slaves for a container-network app)."""
+        return bool(rec.spec.health_checks or rec.spec.readiness_checks or rec.spec.constraints)
 
     # ------------------------------------------------------------------ tasks
 
@@ -296,10 +319,7 @@ class Scheduler:
         Constraint `["hostname", "UNIQUE"]` leaves out the slaves where the app has an active task (one
         being killed still holds its slave until it is gone, as in Marathon); fewer than `n` slaves
         may come back then, and the rest waits, like a Marathon launch waiting for a matching offer."""
-        counts = {s.host: 0 for s in self.slaves}
-        for t in self.reg.all_tasks():  # one pass, not one per slave
-            if t.active and t.host in counts:
-                counts[t.host] += 1
+        counts = {s.host: self.reg.active_on.get(s.host, 0) for s in self.slaves}
         candidates = list(self.slaves)
         if rec is not None:
             candidates = [s for s in candidates if self._may_run(rec.spec, s)]
@@ -344,6 +364,7 @@ class Scheduler:
                         slave_id=self.reg.slave_ids[slave.host], version=rec.spec.version,
                         container_name=f"mesos-{uuid.uuid4()}")
             rec.tasks[task_id] = task
+            self.reg.active_on[slave.host] = self.reg.active_on.get(slave.host, 0) + 1
             tasks.append(task)
             self._publish_task(task)  # TASK_STAGING
             self._spawn(self._start_task(rec, task))
@@ -357,13 +378,15 @@ class Scheduler:
             # take a port another slave's task listens on (separate machines would not care)
             for ports in self.reg.used_host_ports.values():
                 used = used | ports
-        free = [p for p in range(HOST_PORT_RANGE[0], HOST_PORT_RANGE[1] + 1) if p not in used]
-        random.shuffle(free)
         out: list[int | None] = []
         if spec.network == "host":
             wanted: list[int | None] = [d.port if spec.require_ports else 0 for d in spec.port_definitions]
         else:
             wanted = [m.host_port for m in spec.port_mappings]
+        free: list[int] = []
+        if 0 in wanted:  # only then: the list is a walk over the whole range
+            free = [p for p in range(HOST_PORT_RANGE[0], HOST_PORT_RANGE[1] + 1) if p not in used]
+            random.shuffle(free)
         for w in wanted:
             out.append(None if w is None else (w or free.pop()))
         return out
@@ -496,7 +519,7 @@ class Scheduler:
                 await asyncio.to_thread(self.dockers[task.host].stop, task.container_id, grace)
             await asyncio.to_thread(self.dockers[task.host].remove, task.container_id)
             self.launched.pop(task.container_id, None)
-        task.state = "TASK_KILLED"
+        self._end(task, "TASK_KILLED")
         task.message = "Container exited with status 137"
         self._publish_task(task)
         self._forget(rec, task)
@@ -508,7 +531,7 @@ class Scheduler:
     async def _task_failed(self, rec: AppRecord, task: Task, state: str, message: str) -> None:
         """A task ended without being asked to: record, forget, replace after the back-off."""
         self._stop_health(task)
-        task.state = state
+        self._end(task, state)
         task.message = message
         self._publish_task(task)
         rec.last_task_failure = {"appId": task.app_id, "host": task.host, "message": message,

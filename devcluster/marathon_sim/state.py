@@ -142,6 +142,9 @@ class AppRecord:
     launch_delay: float = 0.0  # current back-off for replacements; grows by backoffFactor
     last_task_failure: dict[str, Any] | None = None
     deleted: bool = False
+    # set on every state change of one of its tasks (Scheduler._publish_task): a deployment step
+    # waits on it instead of polling, so 10,000 deployments at once do not spin the loop
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def active_tasks(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.active]
@@ -158,7 +161,13 @@ class Registry:
         master = uuid.uuid4()
         self.slave_ids = {s.host: f"{master}-S{i}" for i, s in enumerate(cfg.slaves)}
         self._next_service_port = 10000
+        # service port -> ids of the apps that were given it (checked against the app's current
+        # ports before use): picking a port must not walk every app (10,000 apps: quadratic)
+        self._service_port_apps: dict[int, set[str]] = {}
         self.used_host_ports: dict[str, set[int]] = {s.host: set() for s in cfg.slaves}
+        # active (non-terminal) tasks per slave, kept by the scheduler where a task is launched and
+        # where it ends: placement reads it instead of walking every task per launch
+        self.active_on: dict[str, int] = {s.host: 0 for s in cfg.slaves}
 
     def all_tasks(self) -> list[Task]:
         return [t for rec in self.apps.values() for t in rec.tasks.values()]
@@ -171,13 +180,20 @@ class Registry:
 
     def assign_service_ports(self, spec: AppSpec, previous: AppSpec | None) -> None:
         """Service ports 0 get 10000+ (Marathon's default range), kept across updates by index."""
-        used = {p for rec in self.apps.values() if rec.spec.id != spec.id for p in rec.spec.service_ports()}
         old = previous.service_ports() if previous else []
+
+        def used(port: int) -> bool:
+            """Another app that exists has `port` as one of its service ports now."""
+            for app_id in self._service_port_apps.get(port, ()):
+                rec = self.apps.get(app_id)
+                if app_id != spec.id and rec is not None and port in rec.spec.service_ports():
+                    return True
+            return False
 
         def pick(i: int) -> int:
             if i < len(old) and old[i]:
                 return old[i]
-            while self._next_service_port in used:
+            while used(self._next_service_port):
                 self._next_service_port += 1
             self._next_service_port += 1
             return self._next_service_port - 1
@@ -188,6 +204,9 @@ class Registry:
         for i, d in enumerate(spec.port_definitions):
             if not d.port:
                 d.port = pick(i)
+        for port in spec.service_ports():
+            if port:
+                self._service_port_apps.setdefault(port, set()).add(spec.id)
 
     def tasks_on(self, host: str) -> int:
         return sum(1 for t in self.all_tasks() if t.active and t.host == host)
