@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,18 @@ _LABEL_QUERY = "all=1&filters=" + quote(json.dumps({"label": [TASK_ID_KEY]}, sep
 _NAME_QUERY = "all=1&filters=" + quote(json.dumps({"name": [NAME_PREFIX]}, separators=(",", ":")))
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What `_build` needs of an engine's list entry, and nothing else: a listing stays cached per
+    slave, and whole engine entries (mounts, ports, labels, ...) for 10,000 containers cost tens
+    of MB of RSS; even the kept fields as nested dicts cost ~1 KB a container (issue 20)."""
+
+    id: str
+    state: str | None
+    networks: tuple[tuple[str, str | None], ...]  # (network name, IPAddress) as listed
+    weave: bool
+
+
 @dataclass(slots=True)
 class _Listing:
     """One snapshot of a slave's task containers; `started` is when its request was sent. `raw`
@@ -81,7 +94,7 @@ class _Listing:
 
     started: float
     full: bool
-    raw: dict[str, Mapping[str, Any]]
+    raw: dict[str, _Entry]
     built: dict[str, Container] = field(default_factory=dict)
 
 
@@ -103,7 +116,7 @@ class _Slave:
     inflight: _Run | None = None
     pending: _Run | None = None
     legacy: bool = False  # unlabelled task containers were seen: every listing is full
-    probes: dict[str, asyncio.Task[Mapping[str, Any] | None]] = field(default_factory=dict)
+    probes: dict[str, asyncio.Task[_Entry | None]] = field(default_factory=dict)
     env_cache: dict[str, str | None] = field(default_factory=dict)  # container id -> task id or None
     weave: WeaveCache = field(default_factory=WeaveCache)
     noted: set[str] = field(default_factory=set)  # container ids whose overlay address was judged
@@ -262,7 +275,7 @@ class ContainerLookup:
         prefix = await self._docker.prefix(e.engine)
         if not full:
             labelled = await self._docker.listing(e.engine, "list", f"{prefix}/containers/json?{_LABEL_QUERY}")
-            raw: dict[str, Mapping[str, Any]] = {}
+            raw: dict[str, _Entry] = {}
             for entry in labelled:
                 task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
                 if task_id:
@@ -274,7 +287,7 @@ class ContainerLookup:
 
     async def _full(
         self, e: _Slave, prefix: str, entries: list[dict[str, Any]]
-    ) -> tuple[dict[str, Mapping[str, Any]], bool]:
+    ) -> tuple[dict[str, _Entry], bool]:
         """Task containers among `mesos-` named entries: by label, else by the task id in their env
         (inspecting each container once in its life). Also: was any of them unlabelled?"""
         alive = {x["Id"] for x in entries}
@@ -287,7 +300,7 @@ class ContainerLookup:
             for entry, (gone, task_id) in zip(unseen, answers, strict=True):
                 if not gone:
                     e.env_cache[entry["Id"]] = task_id
-        raw: dict[str, Mapping[str, Any]] = {}
+        raw: dict[str, _Entry] = {}
         legacy = False
         for entry in entries:
             task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
@@ -298,7 +311,7 @@ class ContainerLookup:
                 _keep(raw, entry, task_id)
         return raw, legacy
 
-    async def _probe(self, e: _Slave, task_id: str) -> Mapping[str, Any] | None:
+    async def _probe(self, e: _Slave, task_id: str) -> _Entry | None:
         """The list entry labelled with exactly `task_id`, asked now; one request per task at a time."""
         task = e.probes.get(task_id)
         if task is None:
@@ -307,10 +320,10 @@ class ContainerLookup:
             task.add_done_callback(consume_exception)
         return await asyncio.shield(task)
 
-    async def _probe_now(self, e: _Slave, task_id: str) -> Mapping[str, Any] | None:
+    async def _probe_now(self, e: _Slave, task_id: str) -> _Entry | None:
         prefix = await self._docker.prefix(e.engine)
         query = "all=1&filters=" + quote(json.dumps({"label": [f"{TASK_ID_KEY}={task_id}"]}, separators=(",", ":")))
-        raw: dict[str, Mapping[str, Any]] = {}
+        raw: dict[str, _Entry] = {}
         for entry in await self._docker.listing(e.engine, "list-task", f"{prefix}/containers/json?{query}"):
             if (entry.get("Labels") or {}).get(TASK_ID_KEY) == task_id:
                 _keep(raw, entry, task_id)
@@ -334,15 +347,14 @@ class ContainerLookup:
             c = listing.built[task_id] = self._build(entry, task_id)
         return c
 
-    def _build(self, entry: Mapping[str, Any], task_id: str) -> Container:
-        networks = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
-        ips = {name: n.get("IPAddress") for name, n in networks.items() if n and n.get("IPAddress")}
+    def _build(self, entry: _Entry, task_id: str) -> Container:
+        ips = {name: ip for name, ip in entry.networks if ip}
         # operator's networks first, in their order, so a reader sees the preference
         ordered = {n: ips[n] for n in self.networks if n in ips}
         ordered.update((n, ip) for n, ip in ips.items() if n not in ordered)
         return Container(
-            id=entry["Id"], task_id=task_id, network_ips=ordered, running=entry.get("State") == "running",
-            weave_proxied=bool(entry.get("Weave")),
+            id=entry.id, task_id=task_id, network_ips=ordered, running=entry.state == "running",
+            weave_proxied=entry.weave,
         )
 
     # ---- what a lookup returns: Weave IPs (service.docker.weave_proxy), the overlay judgement ----------
@@ -367,19 +379,17 @@ class ContainerLookup:
         return c
 
 
-def _keep(raw: dict[str, Mapping[str, Any]], entry: Mapping[str, Any], task_id: str) -> None:
-    """Record a list entry; of two containers claiming one task id, a running one wins. Only the
-    fields `_build` reads are kept: a listing stays cached per slave, and whole engine entries
-    (mounts, ports, labels, ...) for 10,000 containers cost tens of MB of RSS."""
-    old = raw.get(task_id)
-    if old is None or (entry.get("State") == "running" and old.get("State") != "running"):
+def _keep(raw: dict[str, _Entry], entry: Mapping[str, Any] | _Entry, task_id: str) -> None:
+    """Record a list entry (as an `_Entry`); of two containers claiming one task id, a running one wins."""
+    if not isinstance(entry, _Entry):
         networks = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
-        raw[task_id] = {
-            "Id": entry["Id"], "State": entry.get("State"),
-            "NetworkSettings": {"Networks": {name: {"IPAddress": n.get("IPAddress")}
-                                             for name, n in networks.items() if n}},
-            "Weave": weave_proxied_entry(entry),
-        }
+        state = entry.get("State")
+        entry = _Entry(id=entry["Id"], state=sys.intern(state) if isinstance(state, str) else state,
+                       networks=tuple((sys.intern(name), n.get("IPAddress")) for name, n in networks.items() if n),
+                       weave=weave_proxied_entry(entry))
+    old = raw.get(task_id)
+    if old is None or (entry.state == "running" and old.state != "running"):
+        raw[task_id] = entry
 
 
 
@@ -390,7 +400,7 @@ def _forget_stopped(e: _Slave, listing: _Listing) -> None:
     it (reference/weave.md §6.1)."""
     if not (e.weave.answers or e.noted or e.weave.no_exec):
         return
-    running = {x["Id"] for x in listing.raw.values() if x.get("State") == "running"}
+    running = {x.id for x in listing.raw.values() if x.state == "running"}
     e.weave.forget(running)
     e.noted &= running
 
