@@ -75,6 +75,9 @@ _NOT_READY = Classified(RETRY, "unavailable")
 __all__ = ["Endpoint", "EventTransport", "MarathonClient", "MarathonError", "app_path"]
 
 
+APPS_TIMEOUT_FACTOR = 6  # `GET /v2/apps?embed=apps.tasks` gets this many times the call timeout
+
+
 class MarathonClient:
     """Async client for the Marathon REST calls the registrar makes. Share one per process."""
 
@@ -167,6 +170,13 @@ class MarathonClient:
 
     # -- the HTTP machinery ---------------------------------------------------------------------
 
+    def _timeout_of(self, call: str) -> float:
+        """The resync's read of every app with its tasks grows with the cluster: at 100,000 tasks
+        Marathon renders ~55 MB, which took the simulator 5-15 s on a loaded machine, so the
+        10 s of the other calls timed it out on every attempt and no resync ever finished
+        (`python -m bench scale`, issue 20). Each retry also made Marathon render it again."""
+        return self.timeout * APPS_TIMEOUT_FACTOR if call == "apps" else self.timeout
+
     async def _attempt(
         self,
         call: str,
@@ -189,7 +199,7 @@ class MarathonClient:
             try:
                 async with self.session.request(
                     method, url, params=params, headers={**(headers or {}), **auth}, data=data,
-                    timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False,
+                    timeout=aiohttp.ClientTimeout(total=self._timeout_of(call)), raise_for_status=False,
                     allow_redirects=False,
                 ) as resp:
                     status = resp.status
