@@ -77,9 +77,9 @@ class Callbacks:
         self._subscribed = False
 
     async def start(self, stop: Stop) -> None:
+        self._subscribed = True  # from the first attempt on: a stop may cut one that Marathon took
         await retry(self._subscription.ensure, policy=STARTUP_BACKOFF, stop=stop, retry_on=_any_error,
                     on_retry=saying_why(self._readiness, f"cannot subscribe {self._url}"))
-        self._subscribed = True
         self._readiness.source_attached = True
 
     async def before_resync(self) -> None:
