@@ -7,7 +7,9 @@ interleaved (A B C, A B C, ...) so that load on the machine hits all three alike
 - `bare`: `await fn()`, the floor;
 - `retry`: `service.retry.retry(fn, ...)`, which makes the first attempt itself and builds
   tenacity's state only after a failure;
-- `tenacity`: an `AsyncRetrying` built and run for every call (what the Marathon client did).
+- `tenacity`: an `AsyncRetrying` built and run for every call (what the Marathon client did);
+- `consul-loop`: the Consul call wrapper's former plain loop (timing, then the call), and
+  `consul-call`: `ConsulCall` as it is (timing, the agent's Cooldown check, `retry`).
 Prints the median per-call cost of each in microseconds and each one's excess over `bare`.
 """
 
@@ -23,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from service.backoff import Backoff
+from service.consul.call import ConsulCall
+from service.metrics import Metrics
 from service.retry import Stop, retry
 
 POLICY = Backoff(initial=0.1, cap=2.0, max_attempts=4)
@@ -50,6 +54,25 @@ async def tenacity_each_call(stop: Stop) -> int:
     return await retrying(fn)
 
 
+CONSUL = ConsulCall("http://127.0.0.1:8500", metrics=Metrics(), attempts=3)
+
+
+async def consul_loop(stop: Stop) -> int:
+    """The success path of ConsulCall's former hand-written loop."""
+    attempt = 1
+    while True:
+        try:
+            return await CONSUL._timed("register", fn)
+        except Exception:
+            if attempt >= 3:
+                raise
+        attempt += 1
+
+
+async def consul_call(stop: Stop) -> int:
+    return await CONSUL("register", fn)
+
+
 async def per_call_us(way: Callable[[Stop], Awaitable[int]], n: int, stop: Stop) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -59,7 +82,8 @@ async def per_call_us(way: Callable[[Stop], Awaitable[int]], n: int, stop: Stop)
 
 async def main(n: int, rounds: int) -> None:
     stop = Stop()
-    ways = {"bare": bare, "retry": helper, "tenacity": tenacity_each_call}
+    ways = {"bare": bare, "retry": helper, "tenacity": tenacity_each_call, "consul-loop": consul_loop,
+            "consul-call": consul_call}
     results: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(rounds):
         for name, way in ways.items():
@@ -68,7 +92,7 @@ async def main(n: int, rounds: int) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {rounds} rounds x {n} calls")
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:9s} median {median:7.2f} us/call  (+{median - floor:6.2f} us over bare)  "
+        print(f"{name:11s} median {median:7.2f} us/call  (+{median - floor:6.2f} us over bare)  "
               f"min {min(values):.2f} max {max(values):.2f}")
 
 
