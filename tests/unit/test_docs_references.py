@@ -59,3 +59,27 @@ def test_every_repository_path_cited_in_the_docs_exists() -> None:
                 missing.append(f"{doc.relative_to(ROOT)}: {ref}")
     assert checked > 50, checked
     assert not missing, "\n".join(missing)
+
+
+def test_where_things_are_lists_every_module_of_service() -> None:
+    """docs/architecture.md §9 names every module of service/ under its package: a module added
+    without a line there fails here."""
+    text = ARCHITECTURE.read_text()
+    start = text.index("## 9. Where things are")
+    block = text[start:text.index("\n## ", start + 1)]
+    listed: set[str] = set()
+    package = ""
+    for line in block.splitlines():
+        names = re.split(r"\s{2,}", line.strip())[0]  # the left column, before the description
+        if not names or names.startswith(("`", "service/")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if names.endswith("/"):
+            package = names if indent == 2 else f"{package.split('/')[0]}/{names}"
+            continue
+        prefix = package if indent > 2 else ""
+        listed |= {f"{prefix}{n.strip()}" for n in names.split(",") if n.strip().endswith(".py")}
+    modules = {p.relative_to(ROOT / "service").as_posix() for p in (ROOT / "service").rglob("*.py")
+               if p.name not in {"__init__.py", "__main__.py"}}
+    assert modules - listed == set(), "not in §9: " + ", ".join(sorted(modules - listed))
+    assert listed - modules == set(), "in §9 but not in service/: " + ", ".join(sorted(listed - modules))
