@@ -389,3 +389,29 @@ def test_the_liveness_check_asks_our_listen_address_when_it_is_not_a_wildcard() 
     assert (alive.url, alive.timeout_seconds) == ("https://127.0.0.1:9/health", 6.0)
     v6 = alive_check(cluster_id="c", listen_host="::1", listen_port=9, https=False, interval_seconds=1, host=None)
     assert v6.url == "http://[::1]:9/health"
+
+
+async def test_a_refused_liveness_registration_still_gives_a_lock_bound_to_serf_health(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A token without service:write on the check's name must not stop the registrar from writing:
+    the session is then bound to serfHealth and its TTL (Consul's default), said once."""
+    consul = FakeConsul()
+
+    async def refuse(alive: AliveCheck) -> None:
+        raise PermissionError("403 Permission denied: lacks permission 'service:write'")
+
+    consul.register_alive = refuse  # type: ignore[method-assign]
+    alive = alive_check(cluster_id="cluster-a", listen_host="127.0.0.1", listen_port=1, https=False,
+                        interval_seconds=1, host=None)
+    s = LockSettings(key=lock_key("cluster-a"), ttl_seconds=10, lock_delay_seconds=3, watch_wait_seconds=0.2,
+                     retry_seconds=0.05, alive=alive)
+    with caplog.at_level(logging.WARNING, logger="service.leadership"):
+        lead = Leadership(consul, s, value=holder_value(host="h", port=1, version="t"))
+        task = asyncio.create_task(lead.run())
+        await until(lead.may_write)
+        await lead.stop()
+        await asyncio.wait_for(task, 2.0)
+    sid = consul.calls[0].split()[1]
+    assert consul.calls[0] == f"create {sid}"  # no checks given: Consul's default serfHealth
+    assert not any(c.startswith("deregister") for c in consul.calls)  # nothing of ours to remove
+    assert len([r for r in caplog.records if "cannot register the liveness check" in r.getMessage()]) == 1
