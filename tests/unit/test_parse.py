@@ -7,7 +7,7 @@ import json
 import pytest
 
 from service.marathon.parse import app_from_json, apps_from_json, task_from_json, tasks_from_json
-from service.model import App, HealthCheck, NetworkMode, PortMapping, Task
+from service.model import App, HealthCheck, NetworkMode, PortMapping, ReadinessCheck, Task
 
 # --- verbatim from reference/marathon.md --------------------------------------------------------
 
@@ -171,12 +171,42 @@ def test_app_from_json(obj, expected):
         ({"id": "/a", "healthChecks": {}}, "app '/a': healthChecks: expected a list"),
         ({"id": "/a", "healthChecks": [{"portIndex": "0"}]}, "healthChecks[0].portIndex: expected an integer"),
         ({"id": "/a", "healthChecks": ["HTTP"]}, "healthChecks[0]: expected an object"),
+        # issue 19: the containerizer and readiness checks
+        ({"id": "/a", "container": {"type": 5}}, "app '/a': container.type: expected a string, got 5"),
+        ({"id": "/a", "readinessChecks": {}}, "app '/a': readinessChecks: expected a list"),
+        ({"id": "/a", "readinessChecks": [{"intervalSeconds": "30"}]},
+         "readinessChecks[0].intervalSeconds: expected an integer, got '30'"),
+        ({"id": "/a", "readinessChecks": [{"portName": 0}]}, "readinessChecks[0].portName: expected a string"),
     ],
 )
 def test_malformed_apps_raise_naming_the_field(obj, message):
     with pytest.raises(ValueError) as info:
         app_from_json(obj)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("container", "networks", "mesos", "from_marathon"), [
+    ({"type": "MESOS", "docker": {"image": "x"}}, [{"mode": "container", "name": "weave"}], True, True),
+    ({"type": "mesos"}, [{"mode": "container/bridge"}], True, False),
+    ({"type": "DOCKER", "docker": {"image": "x"}}, [{"mode": "container", "name": "weave"}], False, False),
+    ({"docker": {"image": "x"}}, [{"mode": "container", "name": "weave"}], False, False),  # type defaults to DOCKER
+    (None, [{"mode": "container", "name": "weave"}], True, True),  # a command app on a CNI network
+    ({"type": "MESOS"}, [{"mode": "host"}], True, False),
+])
+def test_containerizer_decides_whether_marathon_reports_the_address(container, networks, mesos, from_marathon):
+    body: dict[str, object] = {"id": "/a", "networks": networks}
+    if container is not None:
+        body["container"] = container
+    app = app_from_json(body)
+    assert (app.mesos_containerizer, app.addresses_from_marathon) == (mesos, from_marathon)
+
+
+def test_readiness_checks_parse_with_marathons_defaults():
+    app = app_from_json({"id": "/a", "readinessChecks": [
+        {"name": "r", "protocol": "https", "path": "/ready", "portName": "api", "intervalSeconds": 3,
+         "timeoutSeconds": 1, "httpStatusCodesForReady": [200, 204], "preserveLastResponse": True}, {}]})
+    assert app.readiness_checks == (ReadinessCheck("r", "HTTPS", "/ready", "api", 3, 1), ReadinessCheck())
+    assert ReadinessCheck() == ReadinessCheck("readinessCheck", "HTTP", "/", "http-api", 30, 10)
 
 
 # --- tasks --------------------------------------------------------------------------------------
