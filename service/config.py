@@ -113,7 +113,8 @@ OPTIONS: dict[str, str] = {
     "consul": "Consul agent URL template; {host} = the task's host",
     "consul-token": "Consul ACL token",
     "docker": "Docker Engine API URL template of each slave; {host} = the task's host",
-    "networks": "Docker networks whose IP is the overlay IP, in order of preference",
+    "networks": "Docker networks (and the CNI network names of pod instances) whose IP is the overlay IP, in order of "
+                "preference",
     "address-mode": "without an overlay IP: auto = fall back to host:hostPort, overlay = wait, host = always host",
     "naming": "naming strategy: dns (name = first path segment, tags = deeper levels) or flat",
     "resync-interval": "seconds between full resyncs",
