@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
+from service.heap import release_free_memory
 from service.marathon.events import POD_EVENTS, AppEvent, HealthEvent, InstanceEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import TaskState
@@ -260,6 +261,7 @@ class Reconciler:
         self._forget_touches_before(time.monotonic())
         drift = await self._resync.run(dry_run=dry_run)
         self._ledger_fresh = not self.paused
+        release_free_memory()  # the resync's reads are garbage now; see service/heap.py
         return drift
 
     def _forget_touches_before(self, started: float) -> None:
