@@ -9,8 +9,9 @@ and `service.consul` import it, it imports nothing of ours.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from enum import StrEnum
+from typing import TypeVar
 
 MANAGED_BY = "marathon-consul-registrar"
 
@@ -40,6 +41,29 @@ SERVICE_ID_PREFIX = "mcr-"
 MAX_FILTERED_SERVICES = 64  # beyond this a filter expression costs more than reading every check
 
 
+_OWN_VALUE = frozenset({META_TASK_ID, META_POD_INSTANCE})  # Meta keys whose value no other registration has
+_Shared = TypeVar("_Shared", bound=Hashable)
+_SHARED: dict[Hashable, Hashable] = {}
+_SHARED_MAX = 200_000  # distinct values kept; then the table starts over (a bound, not an eviction policy)
+
+
+def shared(value: _Shared) -> _Shared:
+    """One object for equal immutable values that many registrations repeat (a Meta pair, a name,
+    a tags tuple): the ledger holds every registration we own, and at 10,000 registrations each
+    parsed one held ~1.9 KB, most of it copies of the same pairs and strings (issue 20)."""
+    got = _SHARED.get(value)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[value] = got = value
+    return got  # type: ignore[return-value]
+
+
+def shared_meta(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Sorted Meta pairs, each shared (`shared`) unless its value is this registration's own."""
+    return tuple(sorted(p if p[0] in _OWN_VALUE else shared(p) for p in pairs))
+
+
 def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
                    address_source: str, cluster_id: str | None = None,
                    pod_endpoint: tuple[str, str] | None = None) -> tuple[tuple[str, str], ...]:
@@ -58,7 +82,7 @@ def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,
     if pod_endpoint is not None:
         meta[META_POD_INSTANCE] = task_id
         meta[META_POD_CONTAINER], meta[META_POD_ENDPOINT] = pod_endpoint
-    return tuple(sorted(meta.items()))
+    return shared_meta(meta.items())
 
 
 class Claim(StrEnum):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from service.connect import TLSOptions, consul_client
@@ -27,11 +28,12 @@ from service.consul.call import ConsulError as ConsulError
 from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, Classified, record
 from service.metrics import Metrics
 from service.model import ConsulCheck, OwnedService, Registration
-from service.ownership import checks_filter, owned_filter
+from service.ownership import checks_filter, owned_filter, shared, shared_meta
 from service.retry import Stop
 from service.tokens import TokenSource, static
 
 _CHECK_GONE = Classified(RETRY, "gone")
+_NO_CHECKS: Mapping[str, str] = MappingProxyType({})  # one read-only empty map for every entry without checks
 
 
 def _check_from_consul(obj: Mapping[str, Any]) -> ConsulCheck:
@@ -97,14 +99,16 @@ class AgentClient:
         for sid, svc in services.items():
             chks = sorted(by_service.get(sid, []), key=lambda c: c.get("CheckID", ""))
             meta = svc.get("Meta") or {}
+            # names, tags and most Meta pairs repeat across registrations: the ledger keeps one of each
             owned[sid] = OwnedService(
                 registration=Registration(
-                    agent_host=self.host, service_id=sid, name=svc.get("Service", ""),
-                    tags=tuple(svc.get("Tags") or ()), address=svc.get("Address", ""), port=int(svc.get("Port", 0)),
-                    meta=tuple(sorted(meta.items())), checks=tuple(_check_from_consul(c) for c in chks),
+                    agent_host=self.host, service_id=sid, name=shared(svc.get("Service", "")),
+                    tags=shared(tuple(svc.get("Tags") or ())), address=svc.get("Address", ""),
+                    port=int(svc.get("Port", 0)), meta=shared_meta(meta.items()),
+                    checks=tuple(_check_from_consul(c) for c in chks),
                 ),
-                check_types={c.get("CheckID", ""): c.get("Type", "") for c in chks},
-                check_status={c.get("CheckID", ""): c.get("Status", "") for c in chks},
+                check_types={c.get("CheckID", ""): c.get("Type", "") for c in chks} if chks else _NO_CHECKS,
+                check_status={c.get("CheckID", ""): c.get("Status", "") for c in chks} if chks else _NO_CHECKS,
             )
         return owned
 
