@@ -2,6 +2,7 @@
 
 Scenarios (issue 5): burst, steady, resync, memory, real, smoke. `all` runs burst, resync (which
 also measures memory: the registrar idle with 10,000 registrations after a resync), steady, real.
+`scale` (issue 20, not in `all`: ~25 min) is resync + memory at 100,000 tasks over 50 agents.
 Each scenario's JSON goes to bench/results/<scenario>-<UTC time>.json and bench/results/<scenario>.json
 (the latest); `all` also writes bench/results/all.json. Logs of every process: bench/results/logs/.
 """
