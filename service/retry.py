@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,9 +29,17 @@ from tenacity.wait import wait_base
 
 from service.backoff import Backoff
 
-__all__ = ["Backoff", "Cooldown", "Stop", "Stopped", "retry"]
+__all__ = ["ATTEMPT_GATE", "Backoff", "Cooldown", "Stop", "Stopped", "retry"]
 
 T = TypeVar("T")
+
+# Asked (when set) right before each attempt of a call is sent, after any back-off: it raises if
+# the attempt must not go out. The writer sets the lock's write gate here, so a write whose first
+# attempt passed the gate sends no retry once the lease has run out while it backed off (a new
+# holder may be writing by then: service.leadership). A context variable, so it reaches the Consul
+# call wrapper through the clients' Protocols without the reconcile core knowing the client.
+ATTEMPT_GATE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("attempt_gate",
+                                                                                        default=None)
 
 
 class Stopped(Exception):

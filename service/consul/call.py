@@ -37,7 +37,7 @@ from service.errors import (
     target_unwell,
 )
 from service.metrics import Metrics
-from service.retry import Cooldown, Stop, retry
+from service.retry import ATTEMPT_GATE, Cooldown, Stop, retry
 
 T = TypeVar("T")
 # The agent's back-off while it answers RETRY: short, since the whole key is retried later anyway.
@@ -92,6 +92,14 @@ class ConsulCall:
     async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str]) -> T:
         cooldown = self.cooldown
         probe = await cooldown.ready(self._stop) if cooldown.cooling else False
+        gate = ATTEMPT_GATE.get()
+        if gate is not None:
+            try:
+                gate()  # the write gate: shut now (the lease ran out while we waited), nothing is sent
+            except BaseException:
+                if probe:
+                    cooldown.abandoned()
+                raise
         try:
             result = await self._timed(call, fn)
         except Exception as exc:

@@ -11,8 +11,9 @@ also shuts when the lock's lease runs out, so a paused process that resumes writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from service.clients import ConsulAgentDirectory
 from service.desired import ttl_check_statuses
@@ -20,6 +21,7 @@ from service.errors import CallError
 from service.metrics import Metrics
 from service.model import OwnedService, Registration, Task
 from service.reconcile.ledger import Ledger
+from service.retry import ATTEMPT_GATE
 
 
 class NotWriter(CallError):
@@ -45,12 +47,25 @@ class ConsulWriter:
             self._metrics.writes_refused.inc()
             raise NotWriter("not the writer: this instance does not hold the Consul lock")
 
+    @contextlib.contextmanager
+    def _gated(self) -> Iterator[None]:
+        """The gate before every attempt of the call, retries too (after their back-off): a lease
+        that ran out meanwhile stops the retry from being sent (`NotWriter`, as at the first)."""
+        token = ATTEMPT_GATE.set(self._gate)
+        try:
+            yield
+        finally:
+            ATTEMPT_GATE.reset(token)
+
     async def register(self, reg: Registration, *, replacing: bool, received: float | None) -> None:
         """Write `reg` (replacing its checks); `received` is when the event that caused it came in."""
         async with self._slots:
             self._gate()
             try:
-                await self._agents.agent(reg.agent_host).register(reg)
+                with self._gated():
+                    await self._agents.agent(reg.agent_host).register(reg)
+            except NotWriter:
+                raise
             except CallError:
                 self._metrics.registrations.labels("error").inc()
                 raise
@@ -63,7 +78,10 @@ class ConsulWriter:
         async with self._slots:
             self._gate()
             try:
-                await self._agents.agent(reg.agent_host).deregister(reg.service_id)
+                with self._gated():
+                    await self._agents.agent(reg.agent_host).deregister(reg.service_id)
+            except NotWriter:
+                raise
             except CallError:
                 self._metrics.deregistrations.labels("error").inc()
                 raise
@@ -76,7 +94,10 @@ class ConsulWriter:
         async with self._slots:
             self._gate()
             try:
-                await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
+                with self._gated():
+                    await self._agents.agent(reg.agent_host).set_ttl(check_id, status, output)
+            except NotWriter:
+                raise
             except CallError as exc:
                 if exc.cause == "gone":  # the check, so the registration, was removed behind our back:
                     self._ledger.forget(reg)  # the task's retry compares with a ledger without it
