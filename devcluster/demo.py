@@ -5,6 +5,11 @@ Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devclu
 of the three slaves; the simulator removes them at `down`), then deploys /web/customer1/site1 with 3 instances
 and an HTTP health check, waits for Consul to hold 3 passing instances, then prints Consul's view,
 the DNS answer and one overlay IP's HTTP answer.
+
+Every run takes over whatever an earlier one left, in any order of the modes: the registrar of the
+other mode is removed (the host process stopped, or the Marathon app deleted), an app is deleted
+and its deployment waited out before it is posted again, and with `--world plain|tls`
+(`scripts/demo`) a world up in the other mode is taken down and brought up in this one.
 """
 
 from __future__ import annotations
@@ -79,10 +84,33 @@ def stop_local_registrar() -> None:
         pid_file.unlink(missing_ok=True)
 
 
+def registrar_app_id() -> str:
+    return str(json.loads((ROOT / "deploy" / "marathon.json").read_text())["id"])
+
+
+def remove_app(marathon: str, app_id: str, what: str) -> None:
+    """Delete `app_id` (forcing past a deployment still running for it) and wait until Marathon no
+    longer has it and no deployment touches it: a POST of the same id before that is refused with
+    409 "already exists" (the app's StopApplication step still runs after GET answers 404)."""
+    app_url = f"{marathon}/v2/apps{app_id}"
+    if call("GET", app_url)[0] == 200:
+        call("DELETE", f"{app_url}?force=true")
+
+    def gone() -> bool:
+        status, deployments = call("GET", f"{marathon}/v2/deployments")
+        busy = status == 200 and isinstance(deployments, list) and any(
+            app_id in (d.get("affectedApps") or []) for d in deployments if isinstance(d, dict))
+        return call("GET", app_url)[0] == 404 and not busy
+
+    wait(f"the old {what} to go", gone, 60)
+
+
 def start_registrar(marathon: str) -> None:
-    """The registrar as a host process; in the TLS world with the options `devcluster up --tls` prints."""
+    """The registrar as a host process; in the TLS world with the options `devcluster up --tls` prints.
+    A registrar app an `--as-app` run left is removed first (two registrars would share the lock)."""
     from devcluster.__main__ import world_registrar_options
 
+    remove_app(marathon, registrar_app_id(), "registrar app")
     stop_local_registrar()
     pid_file = RUN_DIR / "registrar.pid"
     log = open(RUN_DIR / "registrar.log", "ab")  # handed to the child
@@ -127,9 +155,7 @@ def deploy_registrar_app(marathon: str) -> None:
         from devcluster.__main__ import as_tls_app
         spec = as_tls_app(spec, tls_dir)
     app_url = f"{marathon}/v2/apps{spec['id']}"
-    if call("GET", app_url)[0] == 200:
-        call("DELETE", app_url)
-        wait("the old registrar app to go", lambda: call("GET", app_url)[0] == 404, 60)
+    remove_app(marathon, spec["id"], "registrar app")
     status, body = call("POST", f"{marathon}/v2/apps", spec)
     if status != 201:
         raise SystemExit(f"demo: Marathon refused deploy/marathon.json: {status} {body}")
@@ -150,22 +176,36 @@ def deploy_registrar_app(marathon: str) -> None:
               f"role {role['leadership']['role'] if isinstance(role, dict) else '?'}")
 
 
+def ensure_world(*, tls: bool, as_app: bool) -> None:
+    """The world up in the mode asked for: one up in the other mode (or, for `--as-app`, with a
+    Marathon simulator started before it named itself to its tasks) is taken down first."""
+    from devcluster import __main__ as world
+
+    running = world._alive(RUN_DIR / "marathon-sim.pid") is not None
+    if running and (bool(world_tls_dir()) != tls or (as_app and not _resolves_marathon_for_tasks(marathon_url()))):
+        print(f"demo: the world is up {'with' if world_tls_dir() else 'without'} TLS; taking it down first")
+        world.down()
+    world.up("1.10", tls=tls)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devcluster.demo", description=__doc__)
     parser.add_argument("--as-app", action="store_true",
                         help="run the registrar as the Marathon app of deploy/marathon.json, from its image")
     parser.add_argument("--marathon", help="the Marathon simulator (default: the world's, "
                                            "https with basic auth in the TLS world)")
+    parser.add_argument("--world", choices=["plain", "tls"],
+                        help="bring the test world up in this mode first (taking down one up in the other "
+                             "mode); without it the world is used as it is")
     args = parser.parse_args(argv)
+    if args.world is not None:
+        ensure_world(tls=args.world == "tls", as_app=args.as_app)
     marathon = args.marathon or marathon_url()
     if args.as_app:
         deploy_registrar_app(marathon)
     else:
         start_registrar(marathon)
-    status, _ = call("GET", f"{marathon}/v2/apps{APP}")
-    if status == 200:
-        call("DELETE", f"{marathon}/v2/apps{APP}")
-        wait("the old demo app to go", lambda: call("GET", f"{marathon}/v2/apps{APP}")[0] == 404, 30)
+    remove_app(marathon, APP, "demo app")
     status, body = call("POST", f"{marathon}/v2/apps", APP_JSON)
     if status != 201:
         raise SystemExit(f"demo: Marathon refused the app: {status} {body}")
