@@ -61,6 +61,8 @@ def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
 
 def _names(args: argparse.Namespace) -> int:
     app_id = "/" + args.app_id.strip("/")
+    if not app_id.strip("/ "):  # Marathon has no such app; "app" (the fallback name) would mislead
+        raise ConfigError(f"APP_ID: {args.app_id!r} is not a Marathon app id (e.g. /web/customer1/site1)")
     app = App(id=app_id, labels=_pairs("label", args.label), env=_pairs("env", args.env))
     identity = service_identity(app, 0, Naming(args.naming), NameOverride(args.allow_name_override))
     if identity is None:

@@ -27,3 +27,12 @@ def test_names_honours_flat_strategy_labels_and_opt_out() -> None:
     assert out.returncode == 0 and "not registered" in out.stdout
     bad = run_cli("names", "/web/x", "--label", "novalue")
     assert bad.returncode == 2 and "--label: 'novalue' is not KEY=VALUE" in bad.stderr
+
+
+def test_names_refuses_an_app_id_without_a_name() -> None:
+    # "/" or "" is no Marathon app id (Marathon refuses it; the registrar's parse does too): a
+    # clear error, not the names of an app called "app"
+    for app_id in ("/", "//", "", " "):
+        result = run_cli("names", app_id)
+        assert result.returncode == 2, (app_id, result.stdout)
+        assert result.stdout == "" and f"APP_ID: {app_id!r} is not a Marathon app id" in result.stderr
