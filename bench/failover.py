@@ -16,7 +16,9 @@ moment the app is scaled up by one:
 
 Reported per case: seconds until the standby says it is the writer, until the new task is in Consul
 (what a user sees), and the overlap: writes of the old writer logged after the new writer's first
-write (must be 0; "n/a" for a tree whose requests do not name their pid). `--code DIR` runs another
+write (must be 0; "n/a" for a tree whose requests do not name their pid) and, for the paused writer, the
+writes its own counters (`mcr_registrations_total`, `mcr_deregistrations_total`) gained from SIGSTOP
+to the end (every tree has them). `--code DIR` runs another
 checkout's registrar (the bench and the world stay this tree's): a before/after pair. Results go to
 bench/results/failover[-<label>].json.
 """
@@ -39,7 +41,8 @@ from bench.procs import Proc, free_port
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 MARATHON = "http://127.0.0.1:8080"
-AGENTS = ("http://127.0.0.2:8500", "http://127.0.0.3:8500")
+AGENTS = ("http://127.0.0.2:8500", "http://127.0.0.3:8500")  # one per instance's lock session
+THIRD_AGENT = "http://127.0.0.4:8500"
 APP = "/bench/failover/site"
 CASES = {"clean": signal.SIGTERM, "crash": signal.SIGKILL, "paused": signal.SIGSTOP}
 LOCK_ENV = {"MCR_LOCK_TTL": "--lock-ttl", "MCR_LOCK_DELAY": "--lock-delay",
@@ -79,10 +82,19 @@ def role(url: str) -> str:
 
 def registered() -> int:
     n = 0
-    for agent in AGENTS:
+    for agent in (*AGENTS, THIRD_AGENT):  # tasks land on any of the world's three slaves
         _, body = call("GET", f"{agent}/v1/agent/services")
         n += sum(1 for s in (body or {}).values() if (s.get("Meta") or {}).get("marathon-app-id") == APP)
     return n
+
+
+def writes_counted(url: str) -> float:
+    """The instance's own count of its successful Consul writes (every tree has these counters)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("mcr_registrations_total{", "mcr_deregistrations_total{"))
+               and 'result="error"' not in line)
 
 
 def settings_of(code: Path) -> dict[str, list[str]]:
@@ -150,6 +162,7 @@ def case(code: Path, lock: list[str], how: str) -> dict[str, Any]:
             "networks": [{"mode": "container/bridge"}]})[0] == 201
         wait("first task registered", lambda: registered() == 1, 60)
         cursor = log_cursor()
+        a_writes = writes_counted(a_url)
         os.kill(a.pid, CASES[how])
         t0 = time.monotonic()
         scale(2)
@@ -163,6 +176,7 @@ def case(code: Path, lock: list[str], how: str) -> dict[str, Any]:
             wait("third task registered", lambda: registered() == 3, 60)
             time.sleep(3.0)
             out["resumed_role"] = role(a_url)
+            out["resumed_writes"] = writes_counted(a_url) - a_writes  # by its own counters: must be 0
         out["overlap"] = overlap(write_log(cursor), a.pid, b.pid)
         return out
     finally:
@@ -195,7 +209,9 @@ def main() -> None:
                 ov = figures["overlap"]
                 print(f"{name:50} {how:6} writer after {figures['writer_s']:6.2f} s, writes resumed after "
                       f"{figures['writes_resumed_s']:6.2f} s, old writer's writes after the new one's first: "
-                      f"{'n/a' if ov is None else ov}", flush=True)
+                      f"{'n/a' if ov is None else ov}"
+                      + (f"; its own writes after SIGCONT: {figures['resumed_writes']:g}" if how == "paused" else ""),
+                      flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"failover-{args.label}.json" if args.label else "failover.json"
     (RESULTS / name).write_text(json.dumps({
