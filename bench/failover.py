@@ -3,8 +3,9 @@ ever overlap (issues 10 and 20). Needs the test world (`python -m devcluster up`
 simulator keeps the write log (`GET /_sim/registrations?client=1`: op, service id, agent,
 CLOCK_MONOTONIC time and the writer's User-Agent, which names its pid).
 
-Two registrar instances on the world's Marathon (1.10), each holding its session through another
-slave's agent, with the lock settings of the deploy JSON (`deploy/marathon.json` of the tree under
+Two registrar instances on a Marathon 1.10 simulator of the bench's own, on the world's slaves (its
+own framework id, so its lock key and its tasks are no other registrar's in the world), each
+holding its session through another slave's agent, with the lock settings of the deploy JSON (`deploy/marathon.json` of the tree under
 test) and with the CLI defaults. For each way of going, the writer is stopped and at the same
 moment the app is scaled up by one:
 
@@ -37,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import Proc, free_port
+from devcluster.__main__ import marathon_sim_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-MARATHON = "http://127.0.0.1:8080"
+MARATHON = "http://127.0.0.1:8080"  # replaced by the bench's own Marathon simulator (`main`)
 AGENTS = ("http://127.0.0.2:8500", "http://127.0.0.3:8500")  # one per instance's lock session
 THIRD_AGENT = "http://127.0.0.4:8500"
 APP = "/bench/failover/site"
@@ -151,9 +153,10 @@ def case(code: Path, lock: list[str], how: str) -> dict[str, Any]:
     call("DELETE", f"{MARATHON}/v2/apps{APP}")
     wait("app gone", lambda: call("GET", f"{MARATHON}/v2/apps{APP}")[0] == 404, 60)
     a, a_url = start(code, AGENTS[0], lock, "a")
-    wait("a writes", lambda: role(a_url) == "writer", 60)
-    b, b_url = start(code, AGENTS[1], lock, "b")
+    b: Proc | None = None
     try:
+        wait("a writes", lambda: role(a_url) == "writer", 60)
+        b, b_url = start(code, AGENTS[1], lock, "b")
         assert call("POST", f"{MARATHON}/v2/apps", {
             "id": APP, "instances": 1, "cpus": 0.1, "mem": 32,
             "cmd": "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
@@ -183,7 +186,8 @@ def case(code: Path, lock: list[str], how: str) -> dict[str, Any]:
         if a.alive():
             os.kill(a.pid, signal.SIGCONT)
         a.stop()
-        b.stop()
+        if b is not None:
+            b.stop()
         call("DELETE", f"{MARATHON}/v2/apps{APP}")
 
 
@@ -198,6 +202,24 @@ def main() -> None:
     code = args.code.resolve()
     load = os.getloadavg()
     print(f"code {code}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    global MARATHON
+    port = free_port()
+    marathon = Proc(f"failover-marathon-{port}", marathon_sim_argv("1.10", ("127.0.0.1", port)))
+    MARATHON = f"http://127.0.0.1:{port}"
+    try:
+        wait("the bench's Marathon simulator", lambda: call("GET", f"{MARATHON}/v2/info")[0] == 200, 30)
+        out = run(code, args)
+    finally:
+        marathon.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"failover-{args.label}.json" if args.label else "failover.json"
+    (RESULTS / name).write_text(json.dumps({
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": str(code),
+        "load_average": [round(x, 2) for x in load], "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "results": out}, indent=2) + "\n")
+
+
+def run(code: Path, args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for name, lock in settings_of(code).items():
         if args.settings not in name:
@@ -212,12 +234,7 @@ def main() -> None:
                       f"{'n/a' if ov is None else ov}"
                       + (f"; its own writes after SIGCONT: {figures['resumed_writes']:g}" if how == "paused" else ""),
                       flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"failover-{args.label}.json" if args.label else "failover.json"
-    (RESULTS / name).write_text(json.dumps({
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": str(code),
-        "load_average": [round(x, 2) for x in load], "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "results": out}, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":
