@@ -5,9 +5,9 @@ CLOCK_MONOTONIC time and the writer's User-Agent, which names its pid).
 
 Two registrar instances on a Marathon 1.10 simulator of the bench's own, on the world's slaves (its
 own framework id, so its lock key and its tasks are no other registrar's in the world), each
-holding its session through another slave's agent, with the lock settings of the deploy JSON (`deploy/marathon.json` of the tree under
-test) and with the CLI defaults. For each way of going, the writer is stopped and at the same
-moment the app is scaled up by one:
+holding its session through another slave's agent, with the lock settings of the deploy JSON
+(`deploy/marathon.json` of the tree under test) and with the CLI defaults. For each way of going,
+the writer is stopped and at the same moment the app is scaled up by one:
 
 - SIGTERM (clean stop: the key is released, the standby acquires at once);
 - SIGKILL (crash: the session must be invalidated, by the liveness check, serfHealth or the TTL,
