@@ -183,7 +183,7 @@ def alive_check(*, cluster_id: str, listen_host: str, listen_port: int, https: b
     target = listen_host if listen_host not in ("", "0.0.0.0", "::") else (host or "127.0.0.1")
     if ":" in target:
         target = f"[{target}]"
-    service_id = lock_alive_service_id(cluster_id, listen_port)
+    service_id = lock_alive_service_id(cluster_id, target, listen_port)
     return AliveCheck(service_id=service_id, name=LOCK_SERVICE_NAME,
                       url=f"{'https' if https else 'http'}://{target}:{listen_port}/health",
                       interval_seconds=interval_seconds, timeout_seconds=max(2.0, 2 * interval_seconds),

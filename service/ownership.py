@@ -177,10 +177,11 @@ LOCK_MANAGED_BY = "marathon-consul-registrar-lock"
 LOCK_SERVICE_NAME = "marathon-consul-registrar"
 
 
-def lock_alive_service_id(cluster_id: str, port: int) -> str:
+def lock_alive_service_id(cluster_id: str, host: str, port: int) -> str:
     """One per instance on an agent: two clusters' instances on one host differ in cluster and
-    port (host networking). Deterministic, so a restarted instance replaces its dead run's entry."""
-    return f"{LOCK_SERVICE_NAME}-lock-{cluster_id}-{port}"
+    port (host networking), instances on two hosts sharing one lock agent (`--lock-agent`) in the
+    host their check asks. Deterministic, so a restarted instance replaces its dead run's entry."""
+    return f"{LOCK_SERVICE_NAME}-lock-{cluster_id}-{re.sub(r'[^A-Za-z0-9.-]', '-', host)}-{port}"
 
 
 def lock_alive_check_id(service_id: str) -> str:

@@ -415,3 +415,17 @@ async def test_a_refused_liveness_registration_still_gives_a_lock_bound_to_serf_
     assert consul.calls[0] == f"create {sid}"  # no checks given: Consul's default serfHealth
     assert not any(c.startswith("deregister") for c in consul.calls)  # nothing of ours to remove
     assert len([r for r in caplog.records if "cannot register the liveness check" in r.getMessage()]) == 1
+
+
+def test_instances_on_two_hosts_sharing_one_lock_agent_have_their_own_liveness_registration() -> None:
+    """`--lock-agent` may name one agent for every instance (a server agent), and instances started
+    from one configuration listen on the same port. Were their liveness registrations one service
+    id, the second's register would replace the first's check (the writer's session then bound to
+    a check of the standby's /health), and the standby's clean stop would deregister the check the
+    writer's session is bound to, invalidating it."""
+    a, b = (alive_check(cluster_id="c", listen_host="0.0.0.0", listen_port=8000, https=False, interval_seconds=1,
+                        host=host) for host in ("slave-1", "slave-2"))
+    assert a.service_id != b.service_id and a.check_id != b.check_id
+    again = alive_check(cluster_id="c", listen_host="0.0.0.0", listen_port=8000, https=False, interval_seconds=1,
+                        host="slave-1")
+    assert again.service_id == a.service_id  # a restarted instance replaces its dead run's entry
