@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from devcluster.topology import (
+    ALL_SLAVES,
     APP_MARATHON_HOSTS,
+    CNI_RANGE,
+    CNI_SLAVE,
     CONSUL_DNS,
     CONSUL_HTTP_PORT,
     MARATHON_LISTEN,
@@ -101,13 +104,15 @@ def _any_part_alive() -> bool:
     """Whether a part of the world runs (its pid file names a live process): a simulator or a dockerd."""
     pid_files = [RUN_DIR / f"{name}.pid" for name in ("marathon-sim", "consul-sim", "weave-proxy")]
     pid_files += [STATE_DIR / f"s{i}" / "pid" for i in range(1, len(SLAVES) + 1)]
+    pid_files.append(Path(CNI_SLAVE.docker_socket).parent / "pid")
     return any(_alive(p) for p in pid_files)
 
 
 def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
-    # the write log: who wrote what when (bench.failover's and tests/e2e's overlap check of two writers)
+    # the write log: who wrote what when (bench.failover's and tests/e2e's overlap check of two writers;
+    # tests tell "kept" from "written again" by it)
     argv = ["devcluster.consul_sim", "--registration-log"]
-    for s in SLAVES:
+    for s in ALL_SLAVES:
         argv += ["--agent", f"{s.host}:{CONSUL_HTTP_PORT}={s.name}"]
     if tls_dir is not None:  # HTTPS agents that require the registrar's client certificate
         argv += ["--tls-cert", str(tls_dir / "consul.pem"), "--tls-key", str(tls_dir / "consul.key"),
@@ -116,11 +121,13 @@ def consul_sim_argv(tls_dir: Path | None = None) -> list[str]:
 
 
 def marathon_slave_args() -> list[str]:
-    """The Marathon simulator's `--slave` options for the world's slaves (the proxy slave's `/w`)."""
+    """The Marathon simulator's `--slave` options for the world's slaves (the proxy slave's `/w`; the
+    CNI slave runs the Mesos containerizer's tasks through its private runtime)."""
     argv = []
-    for s in SLAVES:
-        proxy = f"+weave-proxy={WEAVE_PROXY_DIR}" if s.layout == "proxy" else ""
-        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}{proxy}"]
+    for s in ALL_SLAVES:
+        extra = f"+weave-proxy={WEAVE_PROXY_DIR}" if s.layout == "proxy" else ""
+        extra += "+mesos" if s.containerizer == "mesos" else ""
+        argv += ["--slave", f"{s.host}=unix://{s.docker_socket}:{s.overlay_network}{extra}"]
     return argv
 
 
@@ -200,7 +207,7 @@ def up(marathon_version: str, tls: bool = False) -> None:
         tls_dir = TLS_DIR
         if not _any_part_alive():  # a new CA for each world: nothing stale, and no certificate outlives 30 days
             shutil.rmtree(tls_dir, ignore_errors=True)
-            make_world_pki(tls_dir, slaves=[s.host for s in SLAVES], agents=[s.host for s in SLAVES],
+            make_world_pki(tls_dir, slaves=[s.host for s in SLAVES], agents=[s.host for s in ALL_SLAVES],
                            marathon_host=MARATHON_LISTEN[0], marathon_extra_hosts=APP_MARATHON_HOSTS.values())
         env["DEVCLUSTER_TLS_DIR"] = str(tls_dir)
         TLS_MARK.write_text(f"{tls_dir}\n")
@@ -218,6 +225,9 @@ def up(marathon_version: str, tls: bool = False) -> None:
         docker = s.docker_url + (" (TLS)" if tls_dir else "")
         print(f"  {s.name}: host {s.host}, Weave layout '{s.layout}', docker {docker}, consul agent {s.consul_url}"
               + (f", Weave proxy (--rewrite-inspect) {s.weave_proxy_url}" if s.weave_proxy_url else ""))
+    c = CNI_SLAVE
+    print(f"  {c.name}: host {c.host}, Weave layout 'cni' (Mesos containerizer: container.type MESOS apps and "
+          f"pods, no Docker API), overlay range {CNI_RANGE}, consul agent {c.consul_url}")
     print(f"  marathon simulator {marathon_version}: {marathon_url()}")
     print(f"  consul DNS: dig @{CONSUL_DNS[0]} -p {CONSUL_DNS[1]} web.service.consul")
     print(f"  logs and pid files: {RUN_DIR}")

@@ -3,22 +3,24 @@
 # (Slave 3's `ethwe` veths go with their containers' network namespaces; a leftover host end is removed.)
 set -u
 B=/var/lib/devcluster
-for s in s1 s2 s3; do
-  [ -S $B/$s.sock ] && docker -H unix://$B/$s.sock rm -f $(docker -H unix://$B/$s.sock ps -aq) >/dev/null 2>&1
+# slave 4 (the Mesos containerizer's stand-in runtime) lives in $B/s4-ucr, its socket there
+sock() { case $1 in s4-ucr) echo $B/s4-ucr/runtime.sock;; *) echo $B/$1.sock;; esac; }
+for s in s1 s2 s3 s4-ucr; do
+  [ -S $(sock $s) ] && docker -H unix://$(sock $s) rm -f $(docker -H unix://$(sock $s) ps -aq) >/dev/null 2>&1
 done
-[ -S $B/s2.sock ] && docker -H unix://$B/s2.sock network rm weave >/dev/null 2>&1
-for s in s1 s2 s3; do
+for s in s2 s4-ucr; do [ -S $(sock $s) ] && docker -H unix://$(sock $s) network rm weave >/dev/null 2>&1; done
+for s in s1 s2 s3 s4-ucr; do
   if [ -f $B/$s/pid ]; then P=$(cat $B/$s/pid); kill -TERM $P 2>/dev/null; while kill -0 $P 2>/dev/null; do sleep 0.1; done; fi
 done
 for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^vethwepl'); do ip link del "$l" 2>/dev/null; done
-ip link del s2br0 2>/dev/null; ip link del s3docker0 2>/dev/null; ip link del weave 2>/dev/null
+ip link del s2br0 2>/dev/null; ip link del s3docker0 2>/dev/null; ip link del s4ucr0 2>/dev/null; ip link del weave 2>/dev/null
 # slave 1 ran with iptables on: remove the chains it created (they outlive the daemon)
 for t in filter nat; do
   iptables -t $t -S 2>/dev/null | grep -E '^-A .*(DOCKER|weave)' | sed 's/^-A/-D/' | while read -r r; do iptables -t $t $r 2>/dev/null; done
   for c in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do iptables -t $t -F $c 2>/dev/null; iptables -t $t -X $c 2>/dev/null; done
 done
 # dockerd bind-mounts its data root and a netns file under its exec root: unmount, deepest first
-for s in s1 s2 s3; do
+for s in s1 s2 s3 s4-ucr; do
   awk -v p="$B/$s/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
   rm -rf $B/$s $B/$s.sock
 done

@@ -35,15 +35,22 @@ class Slave:
     host: str
     docker_socket: str
     overlay_network: str
-    # "bridge" (the article's), "plugin" (a Docker network `weave`) or "proxy" (Weave's Docker API
-    # proxy: containers on a docker0-like bridge, the Weave IP on `ethwe`, unknown to Docker)
+    # "bridge" (the article's), "plugin" (a Docker network `weave`), "proxy" (Weave's Docker API
+    # proxy: containers on a docker0-like bridge, the Weave IP on `ethwe`, unknown to Docker) or
+    # "cni" (the Mesos containerizer on Weave's CNI plugin: no Docker API at all on the slave's address)
     layout: str = "bridge"
 
     @property
     def docker_url(self) -> str:
         """The slave's Docker API over TCP: plain on 2375, or TLS-only on 2376 (client certificate
-        from `world_tls_dir()/docker/{host}`) in the TLS world."""
+        from `world_tls_dir()/docker/{host}`) in the TLS world. The CNI slave has none: nothing
+        listens there, as on a Mesos agent that runs no Docker engine."""
         return f"tcp://{self.host}:{2376 if world_tls_dir() else 2375}"
+
+    @property
+    def containerizer(self) -> str:
+        """Mesos' containerizer of the slave's tasks: "mesos" (UCR) on the CNI slave, else "docker"."""
+        return "mesos" if self.layout == "cni" else "docker"
 
     @property
     def docker_local_url(self) -> str:
@@ -70,6 +77,16 @@ SLAVES = (
     Slave("slave3", "127.0.0.4", str(STATE_DIR / "s3.sock"), "bridge", "proxy"),
 )
 PROXY_SLAVE = SLAVES[2]
+# slave 4: Weave's CNI plugin under the Mesos (unified) containerizer (reference marathon-ucr-pods.md
+#   §1.3-§1.4): `container.type: MESOS` apps and pods run here. Its containers come from a private
+#   runtime (a dockerd on a unix socket only, no TCP port: the stand-in for UCR, which no Docker API
+#   knows), on the `weave` bridge with addresses from this slave's range, as the CNI plugin's IPAM
+#   gives them; the host's address on the bridge (10.32.0.1) is the one the plugin gives the host
+#   (`weave:expose`), so the local Consul agent reaches the overlay. Not in SLAVES: those are the
+#   Docker-containerizer slaves (each with a Docker API the registrar may ask).
+CNI_SLAVE = Slave("slave4", "127.0.0.5", str(STATE_DIR / "s4-ucr" / "runtime.sock"), "weave", "cni")
+CNI_RANGE = "10.32.4.0/24"  # slave 4's share of the overlay (10.32.0.0/12)
+ALL_SLAVES = (*SLAVES, CNI_SLAVE)  # every Mesos agent: each has a Consul agent
 WEAVE_PROXY_PORT = 12375  # Weave's default TCP port for the proxy (reference weave.md §3)
 WEAVE_PROXY_RANGE = "10.32.3.0/24"  # the allocator's range on slave 3 (inside the overlay 10.32.0.0/12)
 WEAVE_PROXY_DIR = STATE_DIR / "weave-w"  # the proxy's /w volume: the weavewait stand-in and a static busybox

@@ -14,11 +14,11 @@ import docker
 import pytest
 
 from devcluster.__main__ import marathon_sim_argv, world_registrar_options
-from devcluster.topology import SLAVES, marathon_url, world_tls_dir
+from devcluster.topology import ALL_SLAVES, SLAVES, marathon_url, world_tls_dir
 from tests.helpers import ROOT, Process, free_port, http, wait_for
 
 CONSUL = SLAVES[0].consul_url  # the world's mode is read once, at collection: switch it before pytest starts
-NODE_OF_HOST = {s.host: s.name for s in SLAVES}
+NODE_OF_HOST = {s.host: s.name for s in ALL_SLAVES}
 WEB_CMD = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
@@ -86,10 +86,18 @@ class Marathon:
         assert status == 200, (status, body)
         return [a["id"] for a in body["apps"]]
 
+    def pods(self) -> list[str]:
+        status, body, _ = http("GET", f"{self.url}/v2/pods")
+        assert status == 200, (status, body)
+        return [p["id"] for p in body]
+
     def delete_all(self) -> None:
         for app_id in self.apps():
             self.delete(app_id)
-        wait_for(lambda: not self.apps(), 30, what="all apps deleted")
+        for pod_id in self.pods():
+            status, body, _ = http("DELETE", f"{self.url}/v2/pods{pod_id}")
+            assert status in (202, 404), (status, body)
+        wait_for(lambda: not self.apps() and not self.pods(), 30, what="all apps and pods deleted")
 
 
 @dataclass
@@ -146,7 +154,7 @@ def consul_instances(service: str, tag: str | None = None) -> list[dict]:
 def managed_instances() -> list[dict]:
     """Every service instance on every agent that carries the registrar's ownership Meta."""
     out = []
-    for slave in SLAVES:
+    for slave in ALL_SLAVES:
         status, body, _ = http("GET", f"{slave.consul_url}/v1/agent/services")
         assert status == 200, (status, body)
         out += [dict(s, Agent=slave.host) for s in body.values()

@@ -137,15 +137,16 @@ async def serve(cfg: SimConfig) -> None:
             callbacks.subscribe(url)
         bus.attach(callbacks)
         log.warning("HttpCallbackEventSubscriber support is deprecated with Marathon 1.4")
+    api = Api(cfg, registry, scheduler, streams, callbacks)
     watchers = []
     for host, d in dockers.items():
         def on_die(cid: str, attrs: dict[str, str], host: str = host) -> None:
             loop.call_soon_threadsafe(scheduler.on_container_died, host, cid, attrs)
+            loop.call_soon_threadsafe(api.pods.on_container_died, host, cid, attrs)
         t = threading.Thread(target=d.watch_deaths, args=(on_die,), daemon=True, name=f"docker-events-{host}")
         t.start()
         watchers.append(t)
 
-    api = Api(cfg, registry, scheduler, streams, callbacks)
     app = api.build()
     if cfg.http_credentials:
         app.middlewares.insert(0, basic_auth(cfg.http_credentials))
@@ -168,6 +169,7 @@ async def serve(cfg: SimConfig) -> None:
     await stop.wait()
     log.info("stopping: removing the containers this process launched")
     streams.drop_all()
+    await api.pods.shutdown()
     await scheduler.shutdown()
     for d in dockers.values():
         d.stop_watching()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from devcluster.marathon_sim.config import SimConfig
+from devcluster.marathon_sim.pod_json import parse_unreachable
 
 SEGMENT_RE = re.compile(
     r"^(([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])|(\.|\.\.)$"
@@ -116,6 +117,7 @@ class AppSpec:
     force_pull_image: bool = False
     privileged: bool = False
     parameters: list[dict[str, str]] = field(default_factory=list)
+    container_type: str = "DOCKER"  # DOCKER (Docker containerizer) or MESOS (UCR: the CNI slave only)
     network: str = "host"  # host | bridge | container:<name>
     port_mappings: list[PortMapping] = field(default_factory=list)
     port_definitions: list[PortDefinition] = field(default_factory=list)
@@ -132,6 +134,9 @@ class AppSpec:
     # readiness checks (HTTP only, as Marathon's ReadinessCheckExecutor): kept as given, echoed back
     readiness_checks: list[dict[str, Any]] = field(default_factory=list)
     task_kill_grace_period_seconds: float | None = None  # None: Mesos' default kill (no grace here)
+    # unreachableStrategy: {inactiveAfterSeconds, expungeAfterSeconds}, None for "disabled"
+    unreachable_strategy: dict[str, int] | None = field(
+        default_factory=lambda: {"inactiveAfterSeconds": 300, "expungeAfterSeconds": 600})
     version: str = ""
     last_scaling_at: str = ""
     last_config_change_at: str = ""
@@ -298,6 +303,8 @@ def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = No
             errors.add("/taskKillGracePeriodSeconds", "must be a positive number")  # AppValidation: > 0
         else:
             spec.task_kill_grace_period_seconds = float(grace) if grace is not None else None
+    if "unreachableStrategy" in body:
+        spec.unreachable_strategy = parse_unreachable(body["unreachableStrategy"], "/unreachableStrategy", errors)
     us = body.get("upgradeStrategy")
     if isinstance(us, dict):
         spec.minimum_health_capacity = _num_field(us.get("minimumHealthCapacity"), errors,
@@ -310,7 +317,10 @@ def parse_app(body: Any, *, app_id: str | None = None, base: AppSpec | None = No
     if base is None and spec.network == "host" and "portDefinitions" not in body and "ports" not in body:
         spec.port_definitions = [PortDefinition(port=0)]  # Marathon gives a host-networked app one port
     if not spec.image:
-        errors.add("/container", "the simulator runs DOCKER containers only: container.docker.image is required")
+        errors.add("/container", "the simulator runs containers with an image only: container.docker.image "
+                                 "is required")
+    if spec.container_type == "MESOS" and spec.network == "bridge":
+        errors.add("/networks", "the simulator's Mesos containerizer has no mesos-bridge network")
     if "healthChecks" in body:
         spec.health_checks = _parse_health_checks(body["healthChecks"], spec, errors)
     if errors.details:
@@ -328,6 +338,8 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, defa
         ctype = container.get("type", "DOCKER")
         if ctype not in {"DOCKER", "MESOS"}:
             errors.add("/container/type", "error.unknown.enum.literal")
+        else:
+            spec.container_type = ctype
         docker = container.get("docker") or {}
         if not isinstance(docker, dict):
             errors.add("/container/docker", "error.expected.jsobject")
@@ -391,6 +403,15 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, defa
             errors.add("/container/docker/network", "NONE networking is not supported by the simulator")
         else:
             errors.add("/container/docker/network", "error.unknown.enum.literal")
+    elif spec.container_type == "MESOS" and isinstance(body.get("ipAddress"), dict):
+        # 1.4 IP-per-task for the Mesos containerizer: `ipAddress.networkName` and its discovery ports,
+        # which 1.5 migrates to container.portMappings without hostPort (marathon-ucr-pods.md §5)
+        ip = body["ipAddress"]
+        name = ip.get("networkName") or default_net
+        if not isinstance(name, str) or not name:
+            errors.add("/ipAddress/networkName", "is required for IP-per-task networking")
+            name = "?"
+        spec.network = f"container:{name}"
     elif container is not None and "networks" not in body:
         spec.network = "host"
 
@@ -399,6 +420,13 @@ def _parse_networking(body: dict[str, Any], spec: AppSpec, errors: _Errors, defa
         raw_mappings = container.get("portMappings")
         if raw_mappings is None:
             raw_mappings = docker.get("portMappings")
+    if raw_mappings is None and spec.container_type == "MESOS" and isinstance(body.get("ipAddress"), dict):
+        discovery = body["ipAddress"].get("discovery") or {}
+        ports = discovery.get("ports") if isinstance(discovery, dict) else None
+        if ports is not None and not isinstance(ports, list):
+            errors.add("/ipAddress/discovery/ports", "error.expected.jsarray")
+        raw_mappings = [{"containerPort": p.get("number"), "name": p.get("name"), "protocol": p.get("protocol", "tcp")}
+                        if isinstance(p, dict) else p for p in (ports if isinstance(ports, list) else [])]
     if spec.network == "host":
         spec.port_mappings = []
         defs = body.get("portDefinitions")
@@ -611,6 +639,7 @@ def _tail(spec: AppSpec) -> dict[str, Any]:
         "maxLaunchDelaySeconds": _num(spec.max_launch_delay_seconds),
         "upgradeStrategy": {"minimumHealthCapacity": _num(spec.minimum_health_capacity),
                             "maximumOverCapacity": _num(spec.maximum_over_capacity)},
+        "unreachableStrategy": dict(spec.unreachable_strategy) if spec.unreachable_strategy else "disabled",
         "version": spec.version,
         "versionInfo": {"lastScalingAt": spec.last_scaling_at, "lastConfigChangeAt": spec.last_config_change_at},
         **({"readinessChecks": [dict(rc) for rc in spec.readiness_checks]} if spec.readiness_checks else {}),
@@ -621,11 +650,10 @@ def _tail(spec: AppSpec) -> dict[str, Any]:
 
 def _render_new(spec: AppSpec, cfg: SimConfig) -> dict[str, Any]:
     out = _head(spec)
-    container: dict[str, Any] = {
-        "type": "DOCKER",
-        "docker": {"image": spec.image, "forcePullImage": spec.force_pull_image,
-                   "privileged": spec.privileged, "parameters": [dict(p) for p in spec.parameters]},
-    }
+    docker: dict[str, Any] = {"image": spec.image, "forcePullImage": spec.force_pull_image}
+    if spec.container_type == "DOCKER":  # privileged and parameters are the Docker containerizer's
+        docker.update({"privileged": spec.privileged, "parameters": [dict(p) for p in spec.parameters]})
+    container: dict[str, Any] = {"type": spec.container_type, "docker": docker}
     if spec.network != "host":
         container["portMappings"] = [_mapping_json(m, False) for m in spec.port_mappings]
     container["volumes"] = [dict(v) for v in spec.volumes]
@@ -648,12 +676,15 @@ def _render_new(spec: AppSpec, cfg: SimConfig) -> dict[str, Any]:
 def _render_14(spec: AppSpec) -> dict[str, Any]:
     out = _head(spec)
     docker_net = {"host": "HOST", "bridge": "BRIDGE"}.get(spec.network, "USER")
-    docker: dict[str, Any] = {"image": spec.image, "network": docker_net}
-    if spec.network != "host":
-        docker["portMappings"] = [_mapping_json(m, True) for m in spec.port_mappings]
-    docker.update({"privileged": spec.privileged, "parameters": [dict(p) for p in spec.parameters],
-                   "forcePullImage": spec.force_pull_image})
-    out["container"] = {"type": "DOCKER", "volumes": [dict(v) for v in spec.volumes], "docker": docker}
+    if spec.container_type == "MESOS":  # no Docker network nor port mappings: IP-per-task is ipAddress
+        docker: dict[str, Any] = {"image": spec.image, "forcePullImage": spec.force_pull_image}
+    else:
+        docker = {"image": spec.image, "network": docker_net}
+        if spec.network != "host":
+            docker["portMappings"] = [_mapping_json(m, True) for m in spec.port_mappings]
+        docker.update({"privileged": spec.privileged, "parameters": [dict(p) for p in spec.parameters],
+                       "forcePullImage": spec.force_pull_image})
+    out["container"] = {"type": spec.container_type, "volumes": [dict(v) for v in spec.volumes], "docker": docker}
     if spec.container_networking:
         out["ipAddress"] = {"groups": [], "labels": {}, "discovery": {"ports": [
             {"number": m.container_port, "name": m.name or f"port{i}", "protocol": m.protocol}

@@ -19,17 +19,25 @@ class SlaveConfig:
     # Weave's proxy layout: the host directory of the proxy's `/w` volume. Containers of non-host apps
     # are created as the proxy's create interceptor makes them (reference weave.md §1.4, §1.5).
     weave_proxy_dir: str | None = None
+    # "mesos": the Mesos (unified) containerizer on Weave's CNI plugin, which runs `container.type:
+    # MESOS` apps and pods (and no Docker-containerizer task); DOCKER_URL is then the private runtime
+    # that stands in for it (reference marathon-ucr-pods.md §1.3), never a Docker API of the slave
+    containerizer: str = "docker"
 
     @classmethod
     def parse(cls, text: str) -> SlaveConfig:
-        """`HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR]`; the network is split off at the
-        *last* colon because the Docker URL has colons of its own."""
+        """`HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR|+mesos]`; the network is split off at
+        the *last* colon because the Docker URL has colons of its own."""
+        mesos = text.endswith("+mesos")
+        text = text.removesuffix("+mesos")
         text, _, proxy = text.partition("+weave-proxy=")
         host, sep, rest = text.partition("=")
         url, sep2, network = rest.rpartition(":")
         if not sep or not sep2 or not host or not url or not network or "/" in network:
-            raise ValueError(f"--slave must be HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR], got {text!r}")
-        return cls(host=host, docker_url=url, overlay_network=network, weave_proxy_dir=proxy or None)
+            raise ValueError(f"--slave must be HOST=DOCKER_URL:OVERLAY_NETWORK[+weave-proxy=W_DIR|+mesos], "
+                             f"got {text!r}")
+        return cls(host=host, docker_url=url, overlay_network=network, weave_proxy_dir=proxy or None,
+                   containerizer="mesos" if mesos else "docker")
 
 
 @dataclass(frozen=True)

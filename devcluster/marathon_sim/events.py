@@ -14,7 +14,7 @@ from typing import Any
 from devcluster.marathon_sim.app_json import HealthCheck
 from devcluster.marathon_sim.clock import timestamp
 from devcluster.marathon_sim.config import SimConfig
-from devcluster.marathon_sim.state import CONDITION, Deployment, Task
+from devcluster.marathon_sim.state import Deployment, Task, condition_of
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ def status_update(task: Task) -> Event:
     return Event("status_update_event", data)
 
 
-def instance_changed(task: Task) -> Event:
-    data = {"instanceId": task.instance_id, "condition": CONDITION.get(task.state, "Unknown"),
+def instance_changed(task: Task, condition: str | None = None) -> Event:
+    """`condition` defaults to the task's; the expunge announces `Killed` with no task update."""
+    data = {"instanceId": task.instance_id, "condition": condition or condition_of(task),
             "runSpecId": task.app_id, "agentId": task.slave_id, "host": task.host,
             "runSpecVersion": task.version, "timestamp": timestamp(), "eventType": "instance_changed_event"}
     return Event("instance_changed_event", data)
@@ -75,6 +76,12 @@ def unhealthy_instance_kill(task: Task, reason: str, at: str) -> Event:
 def app_terminated(app_id: str) -> Event:
     return Event("app_terminated_event",
                  {"appId": app_id, "eventType": "app_terminated_event", "timestamp": timestamp()})
+
+
+def pod_event(event_type: str, client_ip: str, uri: str) -> Event:
+    """`pod_created_event` / `pod_updated_event` / `pod_deleted_event`: only `clientIp, uri, eventType,
+    timestamp` (marathon-ucr-pods.md §2.4): the pod id is in `uri`."""
+    return Event(event_type, {"clientIp": client_ip, "uri": uri, "eventType": event_type, "timestamp": timestamp()})
 
 
 def api_post(client_ip: str, uri: str, app_definition: dict[str, Any]) -> Event:

@@ -12,6 +12,9 @@ Test-only endpoints (outside `/v2`, so nobody mistakes them for Marathon's API):
   until `POST /_sim/event-streams/resume` (events queue up, subject to the per-client buffer).
 - `GET /_sim/subscribers`: per-callback-URL back-off state.
 - `/_sim/faults`: error injection (`devcluster/faults.py`).
+- `POST /_sim/agents/{host}/partition|reconnect`: an agent partition (`partition.py`).
+
+Pods (`/v2/pods...`) are served by `pods_api.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from devcluster.marathon_sim import events as ev
 from devcluster.marathon_sim.app_json import ValidationError, normalize_id, parse_app, render_app
 from devcluster.marathon_sim.callbacks import CallbackDispatcher
 from devcluster.marathon_sim.config import SimConfig
+from devcluster.marathon_sim.partition import Partitions
+from devcluster.marathon_sim.pods import Pods
+from devcluster.marathon_sim.pods_api import PodsApi
 from devcluster.marathon_sim.scheduler import AppLocked, Scheduler
 from devcluster.marathon_sim.sse import EventStreams
 from devcluster.marathon_sim.state import AppRecord, Registry
@@ -69,8 +75,10 @@ async def _not_found(_: web.Request) -> web.Response:
 
 class Api:
     def __init__(self, cfg: SimConfig, registry: Registry, scheduler: Scheduler, streams: EventStreams,
-                 callbacks: CallbackDispatcher | None) -> None:
+                 callbacks: CallbackDispatcher | None, pods: Pods | None = None) -> None:
         self.cfg = cfg
+        self.pods = pods or Pods(cfg, registry, scheduler.bus, scheduler.dockers)
+        self.partitions = Partitions(scheduler, self.pods)
         self.reg = registry
         self.sched = scheduler
         self.streams = streams
@@ -103,6 +111,8 @@ class Api:
         r.add_post("/_sim/event-streams/silence", self.sim_silence)
         r.add_post("/_sim/event-streams/resume", self.sim_resume)
         r.add_get("/_sim/subscribers", self.sim_subscribers)
+        PodsApi(self.cfg, self.pods).add_routes(r)
+        self.partitions.add_routes(r)
         r.add_route("*", "/v2/{tail:.*}", _not_found)
         app.on_cleanup.append(self._close)
         return app

@@ -39,7 +39,7 @@ class LaunchSpec:
     command: list[str] | None
     env: dict[str, str]
     labels: dict[str, str]
-    network_mode: str  # "host" or a Docker network name
+    network_mode: str  # "host", "container:<id>" (share that one's network namespace) or a Docker network
     ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "80/tcp" -> (slave ip, host port)
     privileged: bool = False
     force_pull: bool = False
@@ -98,8 +98,10 @@ class SlaveDocker:
             kwargs["entrypoint"] = spec.entrypoint
         if spec.command is not None:
             kwargs["command"] = spec.command
-        if spec.network_mode == "host":
-            kwargs["network_mode"] = "host"
+        if spec.network_mode == "host" or spec.network_mode.startswith("container:"):
+            # a pod's containers join the network namespace of its instance's first one (Mesos: the
+            # executor's container); they publish nothing of their own
+            kwargs["network_mode"] = spec.network_mode
         else:
             kwargs["network"] = spec.network_mode
             kwargs["ports"] = dict(spec.ports)

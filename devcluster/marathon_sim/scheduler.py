@@ -344,13 +344,16 @@ class Scheduler:
         """Constraints `["hostname", "CLUSTER", value]` and `["hostname", "LIKE", regex]` (Marathon's
         field `hostname` is the slave's host); and no app on a named container network goes to a
         Weave-proxy slave: that slave has no such Docker network, and a cluster mixing layouts
-        keeps those apps off it with a constraint (reference weave.md §1.3)."""
+        keeps those apps off it with a constraint (reference weave.md §1.3). `container.type: MESOS`
+        apps run only on a Mesos-containerizer (CNI) slave, and only they run there."""
         for c in spec.constraints:
             if isinstance(c, list) and len(c) == 3 and c[0] == "hostname":
                 if c[1] == "CLUSTER" and slave.host != c[2]:
                     return False
                 if c[1] == "LIKE" and not re.fullmatch(str(c[2]), slave.host):
                     return False
+        if (slave.containerizer == "mesos") != (spec.container_type == "MESOS"):
+            return False
         return not (slave.weave_proxy_dir and spec.container_networking)
 
     def launch(self, rec: AppRecord, n: int) -> list[Task]:

@@ -17,10 +17,19 @@ from devcluster.marathon_sim.clock import timestamp
 from devcluster.marathon_sim.config import SimConfig, SlaveConfig
 
 TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_LOST", "TASK_DROPPED",
-            "TASK_GONE", "TASK_GONE_BY_OPERATOR"}
+            "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNKNOWN"}
 CONDITION = {"TASK_STAGING": "Staging", "TASK_STARTING": "Starting", "TASK_RUNNING": "Running",
              "TASK_KILLING": "Killing", "TASK_KILLED": "Killed", "TASK_FAILED": "Failed",
-             "TASK_FINISHED": "Finished", "TASK_ERROR": "Error"}
+             "TASK_FINISHED": "Finished", "TASK_ERROR": "Error", "TASK_UNREACHABLE": "Unreachable",
+             "TASK_GONE": "Gone", "TASK_GONE_BY_OPERATOR": "Gone", "TASK_DROPPED": "Dropped",
+             "TASK_UNKNOWN": "Unknown"}
+
+
+def condition_of(task: Task) -> str:
+    """Marathon's instance condition name for the task (`instance_changed_event`'s `condition`)."""
+    if task.unreachable_inactive:
+        return "UnreachableInactive"
+    return CONDITION.get(task.state, "Unknown")
 
 
 @dataclass
@@ -63,6 +72,9 @@ class Task:
     container_id: str | None = None
     kill_requested: bool = False
     ready: bool = False  # every readiness check of the app answered one of its ready codes
+    # its agent is partitioned (TASK_UNREACHABLE) for longer than unreachableStrategy.inactiveAfterSeconds:
+    # no longer active to Marathon (marathon-ucr-pods.md §3.2), still listed until the expunge
+    unreachable_inactive: bool = False
     health: list[HealthResult] = field(default_factory=list)
     health_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -96,14 +108,17 @@ class Task:
         out["id"] = self.task_id
         if self.ip_addresses or not omit:
             out["ipAddresses"] = list(self.ip_addresses)
-        if self.active or not omit:
-            out["ports"] = list(self.ports) if self.active else []
+        # UnreachableInactive is not active to Marathon: TaskWrites leaves out ports, stagedAt,
+        # startedAt and version (marathon-ucr-pods.md §3.2); ipAddresses stay
+        marathon_active = self.active and not self.unreachable_inactive
+        if marathon_active or not omit:
+            out["ports"] = list(self.ports) if marathon_active else []
         sports = spec.service_ports()
         if sports or not omit:
             out["servicePorts"] = sports
         out["slaveId"] = self.slave_id
         out["state"] = self.state
-        if self.active:
+        if marathon_active:
             out["stagedAt"] = self.staged_at
             if self.started_at:
                 out["startedAt"] = self.started_at

@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from devcluster.__main__ import marathon_slave_args
-from devcluster.topology import SLAVES
+from devcluster.topology import ALL_SLAVES
 from tests.helpers import Process, http, wait_for
 
 SIM10 = ("127.0.0.1", 18080)
@@ -39,7 +39,7 @@ def slave_args() -> list[str]:
 
 
 def require_slaves() -> None:
-    for s in SLAVES:
+    for s in ALL_SLAVES:
         try:
             client = docker.DockerClient(base_url=s.docker_local_url, timeout=5)
             client.ping()
@@ -52,7 +52,7 @@ def require_slaves() -> None:
 def containers_of(pid: int) -> list[tuple[str, dict[str, Any]]]:
     """(slave host, container summary) for every container the simulator with this pid launched."""
     out = []
-    for s in SLAVES:
+    for s in ALL_SLAVES:
         client = docker.DockerClient(base_url=s.docker_local_url)
         try:
             out += [(s.host, c) for c in client.api.containers(all=True, filters={"label": f"marathon-sim.pid={pid}"})]
@@ -89,7 +89,11 @@ class Sim:
         status, body, _ = http("GET", f"{self.url}/v2/apps")
         for app in body["apps"] if status == 200 else []:
             http("DELETE", f"{self.url}/v2/apps{app['id']}?force=true")
+        status, pods, _ = http("GET", f"{self.url}/v2/pods")
+        for pod in pods if status == 200 else []:
+            http("DELETE", f"{self.url}/v2/pods{pod['id']}")
         wait_for(lambda: not http("GET", f"{self.url}/v2/apps")[1]["apps"], 20, what="all apps deleted")
+        wait_for(lambda: not http("GET", f"{self.url}/v2/pods/::status")[1], 20, what="all pods deleted")
         wait_for(lambda: not containers_of(self.pid), 20, what="no containers left")
 
 
@@ -120,7 +124,7 @@ def running_sim(version: str, listen: tuple[str, int], *extra: str) -> Iterator[
         sim.process.stop()
         left = containers_of(sim.pid)
         for host, c in left:  # never leave anything behind, even when the assertion below fails
-            client = docker.DockerClient(base_url=next(s.docker_local_url for s in SLAVES if s.host == host))
+            client = docker.DockerClient(base_url=next(s.docker_local_url for s in ALL_SLAVES if s.host == host))
             client.api.remove_container(c["Id"], force=True)
             client.close()
         assert not left, f"simulator left containers behind: {[c['Names'] for _, c in left]}"
