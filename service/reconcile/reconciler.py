@@ -118,9 +118,9 @@ class Reconciler:
         host = event.host if not known or event.host in known else ""
         if event.pod_instance:
             # a pod's registrations are per instance, and no Docker engine knows its containers
-            self.reader.pods.add(event.app_id)
-            self._enqueue(event.app_id, AppWork(task_ids={event.pod_instance}, hosts={host} if host else set(),
-                                                received={event.pod_instance: now}))
+            if self._enqueue(event.app_id, AppWork(task_ids={event.pod_instance}, hosts={host} if host else set(),
+                                                   received={event.pod_instance: now})):
+                self.reader.pods.add(event.app_id)
             return
         running_on = {event.task_id: host} if host and event.state == TaskState.RUNNING else {}
         self._enqueue(event.app_id, AppWork(task_ids={event.task_id}, hosts={host} if host else set(),
@@ -140,8 +140,8 @@ class Reconciler:
         elif not self._ledger_fresh:  # nothing known of it, and the ledger may not know: read it all
             self.hint_app(event.app_id)
 
-    def hint_app(self, app_id: str) -> None:
-        self._enqueue(app_id, AppWork.whole_app())
+    def hint_app(self, app_id: str) -> bool:
+        return self._enqueue(app_id, AppWork.whole_app())
 
     def hint(self, event: TaskEvent | AppEvent | HealthEvent | InstanceEvent,
              received_at: float | None = None) -> None:
@@ -151,21 +151,22 @@ class Reconciler:
             if event.event_type in DEPLOYMENT_PROGRESS:
                 return
             for app_id in event.app_ids:
-                if event.event_type in POD_EVENTS:
-                    self.reader.pods.add(app_id)
-                self.hint_app(app_id)
+                if self.hint_app(app_id) and event.event_type in POD_EVENTS:
+                    self.reader.pods.add(app_id)  # only what was admitted: a forger's ids are not kept
         elif isinstance(event, InstanceEvent):
             self.hint_instance(event, received_at)
         elif isinstance(event, HealthEvent):
             self.hint_app(event.app_id)
 
-    def _enqueue(self, app_id: str, work: AppWork) -> None:
+    def _enqueue(self, app_id: str, work: AppWork) -> bool:
+        """Queue `work` for `app_id`; False when it was not (paused, or over the unlisted-reads budget)."""
         if self.paused:
-            return
+            return False
         if app_id not in self.reader.known_apps and not self._unlisted.admit(app_id):
-            return  # over the budget for apps Marathon is not known to have (forged events?)
+            return False  # over the budget for apps Marathon is not known to have (forged events?)
         self._touched_at[app_id] = time.monotonic()
         self.queue.add(app_id, work)
+        return True
 
     def _schedule_repair(self, app_id: str, repair: Repair) -> None:
         if self.queue.is_shut_down or self.paused:

@@ -120,3 +120,23 @@ async def test_touched_apps_are_forgotten_at_each_resync() -> None:
         await r.resync()
         await drain(r)
         assert len(r._touched_at) <= 1  # at most the app a repair ran for
+
+
+async def test_forged_pod_hints_over_the_budget_leave_no_trace() -> None:
+    """Pod events and pod containers' status updates name pods the registrar then remembers as pods
+    (until the next resync): over the budget they are skipped, and must not be remembered either,
+    or every invented pod id a poster sends stays in memory."""
+    from service.marathon.events import TaskEvent
+    from service.model import TaskState
+
+    w = World()
+    async with w.running(unlisted_reads_limit=LIMIT, unlisted_reads_interval=60.0) as r:
+        await r.resync()
+        await drain(r)
+        for i in range(300):
+            r.hint(AppEvent(app_ids=(f"/forged/pod-{i}",), event_type="pod_created_event"))
+            r.hint(TaskEvent(task_id=f"forged_task-{i}.instance-{i:08x}.c", app_id=f"/forged/task-pod-{i}",
+                             state=TaskState.RUNNING, host="", ports=(), ip_addresses=(), app_version="",
+                             pod_instance=f"forged_task-{i}.instance-{i:08x}"))
+        assert len(r.reader.pods) <= LIMIT
+        await drain(r)
