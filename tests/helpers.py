@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devcluster.topology import RUN_DIR, SLAVES
+from devcluster.topology import CNI_SLAVE, RUN_DIR, SLAVES
 from devcluster.world_http import open_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +111,8 @@ def world_is_up() -> bool:
             return False
 
     return (all(listening(s.host, int(s.docker_url.rpartition(":")[2])) and listening(s.host, 8500) for s in SLAVES)
+            # the CNI slave: its Consul agent and its private runtime's socket (it has no Docker port)
+            and listening(CNI_SLAVE.host, 8500) and os.path.exists(CNI_SLAVE.docker_socket)
             and listening("127.0.0.1", 8080))
 
 
