@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from service import redact
 from service.config import ConfigError, add_serve_options, config_from_args, secret_values
 from service.model import DEFAULT_NAME_OVERRIDE, App, NameOverride, Naming
 from service.naming import dns_names, service_identity
+from service.option_checks import choice
 
 DESCRIPTION = """\
 Registers each Marathon task's Weave overlay IP and container port in the Consul agent on the
@@ -34,12 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     names = sub.add_parser("names", help="print the Consul name, tags and DNS names an app gets",
                            description="Print the Consul service name, tags and DNS names of a Marathon app id.")
     names.add_argument("app_id", metavar="APP_ID", help="Marathon app id, e.g. /web/customer1/site1")
-    names.add_argument("--naming", choices=["dns", "flat"], default="dns")
+    # the defaults are serve's, read from the same MCR_* env: run where the registrar runs, `names`
+    # prints what it registers (checked in _names: argparse does not check a default's choice)
+    names.add_argument("--naming", choices=[m.value for m in Naming], default=os.environ.get("MCR_NAMING", "dns"))
     names.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an app label")
     names.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an app env entry")
     names.add_argument("--datacenter", default="dc1")
     names.add_argument("--allow-name-override", choices=[m.value for m in NameOverride],
-                       default=DEFAULT_NAME_OVERRIDE.value,
+                       default=os.environ.get("MCR_ALLOW_NAME_OVERRIDE", DEFAULT_NAME_OVERRIDE.value),
                        help="as serve's option: which consul.name / SERVICE_NAME overrides are honoured")
     sync = sub.add_parser("sync", help="one resync: print the drift (--dry-run) or repair it, then exit",
                           description="Compare Marathon with Consul once. With --dry-run print the drift "
@@ -64,7 +68,10 @@ def _names(args: argparse.Namespace) -> int:
     if not app_id.strip("/ "):  # Marathon has no such app; "app" (the fallback name) would mislead
         raise ConfigError(f"APP_ID: {args.app_id!r} is not a Marathon app id (e.g. /web/customer1/site1)")
     app = App(id=app_id, labels=_pairs("label", args.label), env=_pairs("env", args.env))
-    identity = service_identity(app, 0, Naming(args.naming), NameOverride(args.allow_name_override))
+    naming = Naming(choice("naming", args.naming, tuple(m.value for m in Naming)))
+    override = NameOverride(choice("allow-name-override", args.allow_name_override,
+                                   tuple(m.value for m in NameOverride)))
+    identity = service_identity(app, 0, naming, override)
     if identity is None:
         print(f"{app_id}: not registered (opted out by label or env)")
         return 0

@@ -36,3 +36,15 @@ def test_names_refuses_an_app_id_without_a_name() -> None:
         result = run_cli("names", app_id)
         assert result.returncode == 2, (app_id, result.stdout)
         assert result.stdout == "" and f"APP_ID: {app_id!r} is not a Marathon app id" in result.stderr
+
+
+def test_names_reads_the_naming_options_from_the_env_as_serve_does() -> None:
+    # run where the registrar runs (its MCR_* env), `names` must print what serve registers
+    flat = run_cli("names", "/web/customer1/site1", env={"MCR_NAMING": "flat"})
+    assert flat.returncode == 0 and flat.stdout.splitlines()[0] == "name: site1-customer1-web"
+    shop = run_cli("names", "/web/x", "--label", "consul.name=shop", env={"MCR_ALLOW_NAME_OVERRIDE": "any"})
+    assert shop.returncode == 0 and shop.stdout.splitlines()[0] == "name: shop"
+    flag = run_cli("names", "/web/customer1/site1", "--naming", "dns", env={"MCR_NAMING": "flat"})
+    assert flag.stdout.splitlines()[0] == "name: web"  # the flag wins, as for serve
+    bad = run_cli("names", "/web/x", env={"MCR_NAMING": "fancy"})
+    assert bad.returncode == 2 and "--naming: 'fancy' is not one of dns, flat" in bad.stderr
