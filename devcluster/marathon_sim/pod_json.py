@@ -72,7 +72,7 @@ class PodSpec:
 
     @property
     def host_networking(self) -> bool:
-        return self.networks[0]["mode"] == "host"
+        return bool(self.networks[0]["mode"] == "host")
 
     def endpoints(self) -> list[tuple[PodContainer, Endpoint]]:
         return [(c, e) for c in self.containers for e in c.endpoints]
@@ -279,7 +279,8 @@ def render_pod(spec: PodSpec, cfg: SimConfig) -> dict[str, Any]:
         out.setdefault("environment", {})
         out.setdefault("labels", {})
         containers.append(out)
-    raw_sched = spec.raw.get("scheduling") if isinstance(spec.raw.get("scheduling"), dict) else {}
+    scheduling = spec.raw.get("scheduling")
+    raw_sched: dict[str, Any] = scheduling if isinstance(scheduling, dict) else {}
     pod: dict[str, Any] = {
         "id": spec.id, "version": spec.version, "containers": containers,
         "environment": dict(spec.environment), "labels": dict(spec.labels),
