@@ -55,8 +55,9 @@ from service.errors import (
     record,
     target_unwell,
 )
+from service.marathon.apps_json import NotJSON, apps_from_bytes
 from service.marathon.endpoint import Endpoint, MarathonError, Transient, app_path
-from service.marathon.parse import app_with_tasks_from_json, apps_from_json
+from service.marathon.parse import app_with_tasks_from_json
 from service.marathon.pods import pod_status_from_json, pod_statuses_from_json
 from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
@@ -188,8 +189,10 @@ class MarathonClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
         ok_statuses: tuple[int, ...] = (),
+        undecoded: bool = False,
     ) -> Any:
-        """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses).
+        """One request to endpoint `index`; returns decoded JSON (None for 404 in ok_statuses), or
+        with `undecoded` the body's bytes, for a caller that decodes it itself (`apps_json`).
         Redirects are followed here, by the rule of `redirect.py`."""
         ep = self.endpoints[index]
         url = ep.url(path)
@@ -232,20 +235,19 @@ class MarathonClient:
                                   classified=classified)
             self._record(call, ep, classified, str(error))
             raise error
-        text = raw.decode("utf-8", errors="replace")
         if 200 <= status < 300 or status in ok_statuses:
             if status >= 300:  # a 404 the call expects: the app (or the leader) is gone
                 self._record(call, ep, GONE, f"Marathon {method} {url} -> HTTP {status}")
                 return None
             if not raw.strip():
                 return None
+            if undecoded:
+                return raw
             try:
                 return json.loads(raw)
             except ValueError as e:
-                error = MarathonError(method, str(url), status, text, reason=f"response is not JSON: {e}",
-                                      classified=GARBAGE)
-                self._record(call, ep, GARBAGE, str(error))
-                raise error from e
+                raise self._not_json(call, ep, method, str(url), status, raw, e) from e
+        text = raw.decode("utf-8", errors="replace")
         classified = classify_status(status, text)
         if status in _TRANSIENT_STATUSES or status == 429:
             self._record(call, ep, classified, f"Marathon {method} {url} -> HTTP {status}")
@@ -253,6 +255,13 @@ class MarathonClient:
         error = MarathonError(method, str(url), status, text, classified=classified)
         self._record(call, ep, classified, str(error))
         raise error
+
+    def _not_json(self, call: str, ep: Endpoint, method: str, url: str, status: int, raw: bytes,
+                  e: Exception) -> MarathonError:
+        error = MarathonError(method, url, status, raw.decode("utf-8", errors="replace"),
+                              reason=f"response is not JSON: {e}", classified=GARBAGE)
+        self._record(call, ep, GARBAGE, str(error))
+        return error
 
     def _record(self, call: str, ep: Endpoint, classified: Classified, message: str) -> None:
         # /v2/info is read before anything else (frameworkId, event transport): `serve` waits for it
@@ -274,6 +283,7 @@ class MarathonClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
         ok_statuses: tuple[int, ...] = (),
+        undecoded: bool = False,
     ) -> Any:
         """A request with leader preference, failover and bounded retries."""
         async def attempt() -> Any:
@@ -286,7 +296,8 @@ class MarathonClient:
                 if cooldown.cooling:
                     probe = await cooldown.ready(self._stop)
                 result = await self._attempt(call, method, path, index=index, params=params,
-                                             headers=headers, data=data, ok_statuses=ok_statuses)
+                                             headers=headers, data=data, ok_statuses=ok_statuses,
+                                             undecoded=undecoded)
             except Transient as t:
                 failed = self._cooldowns[t.endpoint_index]
                 if target_unwell(t.classified):
@@ -368,9 +379,16 @@ class MarathonClient:
 
     async def apps_with_tasks(self) -> list[tuple[App, list[Task]]]:
         """Every app with its tasks in one call: the resync's view of Marathon."""
-        obj = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")])
+        raw = await self._call("apps", "GET", "/v2/apps", params=[("embed", "apps.tasks")], undecoded=True)
         with self._shape("apps", "GET", "/v2/apps"):
-            return apps_from_json(obj)
+            if raw is None:  # an empty body: not the shape of an answer
+                raise ValueError("apps response: expected an object, got an empty body")
+            try:
+                return await apps_from_bytes(raw)  # not holding the loop for a large cluster's answer
+            except NotJSON as e:  # as for every other call: garbage, "not JSON"
+                not_json = e
+        raise self._not_json("apps", self.current, "GET", str(self.current.url("/v2/apps")), 200, raw,
+                             not_json) from not_json
 
     async def app_with_tasks(self, app_id: str) -> tuple[App, list[Task]] | None:
         """The app definition and its tasks in one read (`GET /v2/apps/{id}` always embeds tasks),

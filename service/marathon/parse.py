@@ -76,6 +76,11 @@ def _obj(value: Any, ctx: str, path: str) -> Mapping[str, Any]:
     return value
 
 
+def obj_at(value: Any, path: str) -> Mapping[str, Any]:
+    """`value` as an object, else the parser's ValueError naming `path` (for `apps_json`)."""
+    return _obj(value, "", path)
+
+
 def _list(obj: Mapping[str, Any], key: str, ctx: str, path: str) -> Sequence[Any]:
     value: list[Any] = _get(obj, key, list, ctx, path, [])
     return value
