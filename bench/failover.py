@@ -43,6 +43,7 @@ from devcluster.__main__ import marathon_sim_argv
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 MARATHON = "http://127.0.0.1:8080"  # replaced by the bench's own Marathon simulator (`main`)
+CLUSTER: str | None = None  # its framework id
 AGENTS = ("http://127.0.0.2:8500", "http://127.0.0.3:8500")  # one per instance's lock session
 THIRD_AGENT = "http://127.0.0.4:8500"
 APP = "/bench/failover/site"
@@ -82,12 +83,25 @@ def role(url: str) -> str:
     return str(body["leadership"]["role"]) if status == 200 else "down"
 
 
-def registered() -> int:
-    n = 0
+def ours(cluster: str | None) -> list[tuple[str, str]]:
+    """(agent, service id) of the bench app's registrations (of one cluster, or of any)."""
+    out = []
     for agent in (*AGENTS, THIRD_AGENT):  # tasks land on any of the world's three slaves
         _, body = call("GET", f"{agent}/v1/agent/services")
-        n += sum(1 for s in (body or {}).values() if (s.get("Meta") or {}).get("marathon-app-id") == APP)
-    return n
+        out += [(agent, sid) for sid, s in (body or {}).items() if (s.get("Meta") or {}).get("marathon-app-id") == APP
+                and (cluster is None or (s.get("Meta") or {}).get("marathon-cluster-id") == cluster)]
+    return out
+
+
+def registered() -> int:
+    """The bench app's registrations by this run's Marathon cluster (earlier runs' Marathons had
+    other framework ids: what they left is another cluster's, which no registrar of ours removes)."""
+    return len(ours(CLUSTER))
+
+
+def forget_earlier_runs() -> None:
+    for agent, sid in ours(None):
+        call("PUT", f"{agent}/v1/agent/service/deregister/{sid}")
 
 
 def writes_counted(url: str) -> float:
@@ -185,6 +199,11 @@ def case(code: Path, lock: list[str], how: str) -> dict[str, Any]:
     finally:
         if a.alive():
             os.kill(a.pid, signal.SIGCONT)
+        call("DELETE", f"{MARATHON}/v2/apps{APP}")  # while a writer runs, so it deregisters the tasks
+        try:
+            wait("the app's registrations gone", lambda: registered() == 0, 20)
+        except SystemExit as exc:
+            print(exc, flush=True)
         a.stop()
         if b is not None:
             b.stop()
@@ -202,12 +221,14 @@ def main() -> None:
     code = args.code.resolve()
     load = os.getloadavg()
     print(f"code {code}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    global MARATHON
+    global MARATHON, CLUSTER
     port = free_port()
     marathon = Proc(f"failover-marathon-{port}", marathon_sim_argv("1.10", ("127.0.0.1", port)))
     MARATHON = f"http://127.0.0.1:{port}"
     try:
         wait("the bench's Marathon simulator", lambda: call("GET", f"{MARATHON}/v2/info")[0] == 200, 30)
+        CLUSTER = str(call("GET", f"{MARATHON}/v2/info")[1]["frameworkId"])
+        forget_earlier_runs()
         out = run(code, args)
     finally:
         marathon.stop()
