@@ -3,8 +3,9 @@
 Starts the registrar (pid in RUN_DIR/registrar.pid, stopped by `python -m devcluster down`) or, with
 `--as-app`, deploys it as the Marathon app of deploy/marathon.json from its image (2 instances, on two
 of the three slaves; the simulator removes them at `down`), then deploys /web/customer1/site1 with 3 instances
-and an HTTP health check, waits for Consul to hold 3 passing instances, then prints Consul's view,
-the DNS answer and one overlay IP's HTTP answer.
+and an HTTP health check, and beside it the pod /web-pod (one instance on the CNI slave, slave 4, under
+the Mesos containerizer: no Docker API knows it), waits for Consul to hold 3 passing instances of the
+app and the pod's, then prints Consul's view, the DNS answers and one overlay IP's HTTP answer.
 
 Every run takes over whatever an earlier one left, in any order of the modes: the registrar of the
 other mode is removed (the host process stopped, or the Marathon app deleted), an app is deleted
@@ -42,6 +43,17 @@ APP_JSON = {
     "networks": [{"mode": "container/bridge"}],
     "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/", "portIndex": 0, "intervalSeconds": 2,
                       "timeoutSeconds": 1, "gracePeriodSeconds": 10}],
+}
+POD = "/web-pod"
+POD_JSON = {
+    "id": POD, "networks": [{"mode": "container", "name": "weave"}],
+    "containers": [{"name": "httpd", "resources": {"cpus": 0.1, "mem": 32},
+                    "image": {"kind": "DOCKER", "id": "local/busybox:1"},
+                    "exec": {"command": {"shell": "mkdir -p /www && echo \"hello from pod $MESOS_TASK_ID\" > "
+                                                  "/www/index.html && exec httpd -f -p 80 -h /www"}},
+                    "endpoints": [{"name": "http", "containerPort": 80}],
+                    "healthCheck": {"http": {"endpoint": "http", "path": "/"}, "delaySeconds": 0,
+                                    "intervalSeconds": 2}}],
 }
 
 
@@ -210,6 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     if status != 201:
         raise SystemExit(f"demo: Marathon refused the app: {status} {body}")
     print(f"deployed {APP} with 3 instances")
+    if call("GET", f"{marathon}/v2/pods{POD}")[0] == 200:
+        call("DELETE", f"{marathon}/v2/pods{POD}")
+        wait("the old demo pod to go", lambda: call("GET", f"{marathon}/v2/pods{POD}")[0] == 404, 30)
+    status, body = call("POST", f"{marathon}/v2/pods", POD_JSON)
+    if status != 201:
+        raise SystemExit(f"demo: Marathon refused the pod: {status} {body}")
+    print(f"deployed the pod {POD} (Mesos containerizer on Weave's CNI plugin)")
     consul = SLAVES[0].consul_url
 
     def three_passing() -> list[dict[str, Any]] | None:
@@ -226,6 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     name = "site1.customer1.web.service.dc1.consul"
     print(f"\n$ dig @127.0.0.1 -p 8600 {name} +short")
     out = subprocess.run(["dig", "@127.0.0.1", "-p", "8600", name, "+short"], capture_output=True, text=True)
+    print(out.stdout.rstrip())
+
+    def pod_passing() -> list[dict[str, Any]] | None:
+        status, body = call("GET", f"{consul}/v1/health/service/web-pod?passing=1")
+        return body if status == 200 and isinstance(body, list) and len(body) == 1 else None
+
+    [pod] = wait("the pod's instance of web-pod passing in Consul", pod_passing, 60)
+    svc = pod["Service"]
+    print(f"\nConsul holds (service web-pod): {svc['ID']}\n    node {pod['Node']['Node']}  "
+          f"address {svc['Address']}:{svc['Port']}  checks: "
+          + ", ".join(f"{c['Status']} {_check_target(c)}" for c in pod["Checks"]))
+    print("\n$ dig @127.0.0.1 -p 8600 web-pod.service.consul +short")
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", "8600", "web-pod.service.consul", "+short"],
+                         capture_output=True, text=True)
     print(out.stdout.rstrip())
     ip = instances[0]["Service"]["Address"]
     print(f"\n$ curl http://{ip}:80/")
