@@ -46,3 +46,16 @@ def test_register_and_deregister_are_logged_with_monotonic_time(logged: SimProc)
 def test_log_is_off_by_default(unlogged: SimProc) -> None:
     assert unlogged.put("/v1/agent/service/register", {"Name": "web", "ID": "web-1", "Port": 80}).status_code == 200
     assert unlogged.get("/_sim/registrations").status_code == 404
+
+
+def test_client_names_the_writer_on_request(logged: SimProc) -> None:
+    """`?client=1` adds the request's User-Agent: which instance wrote what (bench.failover's overlap
+    check); without it the entries keep their five fields for older readers."""
+    requests.post(logged.url() + "/_sim/registrations/reset", timeout=5).raise_for_status()
+    ua = {"User-Agent": "marathon-consul-registrar/0.1.0 (pid 4242; vm)"}
+    r = requests.put(logged.url() + "/v1/agent/service/register", json={"Name": "web", "ID": "web-9", "Port": 80},
+                     headers=ua, timeout=5)
+    assert r.status_code == 200
+    [entry] = logged.get("/_sim/registrations?client=1").json()["entries"]
+    assert (entry[0], entry[1], entry[5]) == ("register", "web-9", ua["User-Agent"])
+    assert len(logged.get("/_sim/registrations").json()["entries"][0]) == 5
