@@ -347,24 +347,37 @@ class Leadership:
 
     async def _renew_loop(self) -> None:
         """Renew every `renew_seconds`; each acknowledged renew extends the lease to L from its
-        send. Failed renewals are tried again at the same pace while the lease lasts; once it has
-        run out the lock is lost (the gate shut by itself at that moment, see `Lease`)."""
+        send. Failed renewals are tried again at the same pace. When the lease has run out (Consul
+        unreachable, or this process held up: a large resync's parsing, a SIGSTOP) the gate is
+        shut by itself (see `Lease`) and renewals go on until a TTL after the send of the last
+        acknowledged one: a renew Consul acknowledges meanwhile proves the session, so the lock,
+        still ours after its send, and reopens the gate for L as any renew does (two writers still
+        never overlap: docs/architecture.md §3.1). Past that TTL the lock is lost."""
         assert self._session is not None
         every = self.settings.renew_seconds
         last_sent = self._lease.until - self._lease.seconds  # the acquire's send
+        lapsed_since: float | None = None
         while self._held:
             await self._stop.sleep(max(0.0, last_sent + every - self._clock()))
             sent = last_sent = self._clock()
+            acked = self._lease.until - self._lease.seconds  # the send of the last acknowledged renew
             if not self._lease.open():
-                raise LockLost(f"session not renewed within its TTL's lease of {self._lease.seconds:g}s")
+                if sent - acked >= self.settings.ttl_seconds:
+                    raise LockLost(f"session not renewed within its TTL of {self.settings.ttl_seconds:g}s "
+                                   f"(the write lease of {self._lease.seconds:g}s ran out first)")
+                if lapsed_since is None:
+                    lapsed_since = sent
+                    log.warning("lock: the write lease of %gs ran out %.1fs ago without an acknowledged renew "
+                                "(Consul unreachable, or this process was held up); writes wait for the next "
+                                "acknowledged renew", self._lease.seconds, sent - self._lease.until)
             try:
                 alive = await asyncio.wait_for(self._client.renew_session(self._session),
-                                               max(0.1, self._lease.until - sent))
+                                               max(0.1, acked + self.settings.ttl_seconds - sent))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self._lease.open():
-                    raise LockLost(f"session not renewed within its TTL's lease of {self._lease.seconds:g}s: "
+                if self._clock() - acked >= self.settings.ttl_seconds:
+                    raise LockLost(f"session not renewed within its TTL of {self.settings.ttl_seconds:g}s: "
                                    f"{str(exc) or type(exc).__name__}") from exc
                 log.warning("lock: renewing the session failed (%s); retrying", exc)
                 continue
@@ -372,6 +385,10 @@ class Leadership:
                 raise LockLost("session expired (renew answered 404)")
             if self._held:  # a step-down meanwhile keeps the gate shut
                 self._lease.acknowledged(sent)
+                if lapsed_since is not None:
+                    log.warning("lock: renewed %.1fs after the write lease ran out; writes resume",
+                                self._clock() - lapsed_since)
+                    lapsed_since = None
 
     async def _watch_loop(self) -> None:
         index: int | None = None

@@ -429,3 +429,53 @@ def test_instances_on_two_hosts_sharing_one_lock_agent_have_their_own_liveness_r
     again = alive_check(cluster_id="c", listen_host="0.0.0.0", listen_port=8000, https=False, interval_seconds=1,
                         host="slave-1")
     assert again.service_id == a.service_id  # a restarted instance replaces its dead run's entry
+
+
+def lapse_settings() -> LockSettings:
+    """A write lease (0.6 s) well below the TTL (3 s): the lease can run out while Consul still
+    knows the session."""
+    return LockSettings(key=lock_key("cluster-a"), ttl_seconds=3.0, lock_delay_seconds=0.9,
+                        watch_wait_seconds=0.2, retry_seconds=0.05)
+
+
+async def test_a_process_held_up_past_its_lease_keeps_the_lock_once_consul_acknowledges_a_renew() -> None:
+    """A large resync's parsing or a SIGSTOP holds the loop past the lease: writes stop at once,
+    and the next acknowledged renew reopens the gate on the same session, instead of a step-down,
+    a lock-delay and a whole new writer's resync every time the loop is held up."""
+    consul = FakeConsul()
+    lost: list[str] = []
+
+    async def on_lost(reason: str) -> None:
+        lost.append(reason)
+
+    lead = Leadership(consul, lapse_settings(), value=holder_value(host="h", port=1, version="t"), on_lost=on_lost)
+    task = asyncio.create_task(lead.run())
+    await until(lead.may_write)
+    session = consul.entry["Session"]  # type: ignore[index]
+    time.sleep(1.0)  # the loop held for longer than the 0.6 s lease
+    assert not lead.may_write(), "no write after the lease ran out, before Consul acknowledged a renew"
+    await until(lead.may_write, within=1.0)
+    assert consul.entry["Session"] == session  # type: ignore[index]
+    assert sum(c.startswith("create") for c in consul.calls) == 1 and not lost
+    await lead.stop()
+    task.cancel()
+
+
+async def test_no_renew_acknowledged_within_the_ttl_loses_the_lock() -> None:
+    consul = FakeConsul()
+    lost: list[str] = []
+
+    async def on_lost(reason: str) -> None:
+        lost.append(reason)
+
+    lead = Leadership(consul, lapse_settings(), value=holder_value(host="h", port=1, version="t"), on_lost=on_lost)
+    task = asyncio.create_task(lead.run())
+    await until(lead.may_write)
+    consul.renew_fails = True
+    started = time.monotonic()
+    await until(lambda: not lead.may_write(), within=1.0)
+    assert time.monotonic() - started <= 0.6 + 0.1  # the gate: the lease, not the TTL
+    await until(lambda: bool(lost), within=4.0)
+    assert "TTL" in lost[0]
+    await lead.stop()
+    task.cancel()
