@@ -452,7 +452,7 @@ async def test_a_process_held_up_past_its_lease_keeps_the_lock_once_consul_ackno
     task = asyncio.create_task(lead.run())
     await until(lead.may_write)
     session = consul.entry["Session"]  # type: ignore[index]
-    time.sleep(1.0)  # the loop held for longer than the 0.6 s lease
+    time.sleep(1.0)  # noqa: ASYNC251 -- the point: the loop held for longer than the 0.6 s lease
     assert not lead.may_write(), "no write after the lease ran out, before Consul acknowledged a renew"
     await until(lead.may_write, within=1.0)
     assert consul.entry["Session"] == session  # type: ignore[index]
