@@ -19,6 +19,11 @@ engine answers 400 to anything over 1.41). Every call has a timeout; every failu
 `DockerLookupError` naming the slave, so the caller's retry/back-off applies. Every call is timed
 in `metrics.docker_latency` by call name (`ping`, `version`, `list`, `list-task`, `list-named`,
 `inspect`, and for Weave: `archive`, `exec-create`, `exec-start`, `exec-inspect`).
+
+The back-off is the engine's, not the work's (`service.retry.Cooldown`, docs/architecture.md §7):
+the lookup makes no retries of its own (the step's work is retried), so while an engine answers
+429/5xx, refuses connections or times out, every call to it, whatever work asks, waits out one
+shared back-off (`ENGINE_BACKOFF`) and one call at a time probes it.
 """
 
 from __future__ import annotations
@@ -34,12 +39,26 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from service.backoff import Backoff
 from service.connect import TLSConfigError, TLSOptions, docker_files, ssl_context, tls_reason
-from service.errors import CONFIG, GARBAGE, GONE, CallError, Classified, classify_status, classify_transport, record
+from service.errors import (
+    CONFIG,
+    GARBAGE,
+    GONE,
+    CallError,
+    Classified,
+    classify_status,
+    classify_transport,
+    record,
+    target_unwell,
+)
 from service.errors import consume_exception as consume_exception
 from service.metrics import Metrics
+from service.retry import Cooldown, Stop
 
 INSPECT_CONCURRENCY = 16  # per engine; the reference saw 50 concurrent inspects served in ~6 ms
+# One engine's shared back-off while it cannot answer (as an agent's: service.consul.call.CALL_BACKOFF)
+ENGINE_BACKOFF = Backoff(initial=0.1, cap=2.0)
 
 
 class DockerLookupError(CallError):
@@ -58,6 +77,7 @@ class Engine:
     prefix: str | None = None  # "/v1.41" once negotiated
     version_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inspect_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INSPECT_CONCURRENCY))
+    cooldown: Cooldown = field(default_factory=lambda: Cooldown(ENGINE_BACKOFF))
 
 
 class DockerEngines:
@@ -65,8 +85,9 @@ class DockerEngines:
     conventions (service.config), whose paths may hold {host}. Which engine serves which host, and
     what is known of it beyond the connection, is the caller's (ContainerLookup's)."""
 
-    def __init__(self, *, metrics: Metrics, timeout: float, tls: TLSOptions | None) -> None:
+    def __init__(self, *, metrics: Metrics, timeout: float, tls: TLSOptions | None, stop: Stop | None = None) -> None:
         self._tls = tls
+        self._stop = stop
         self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
@@ -105,6 +126,27 @@ class DockerEngines:
         """`method` base+path (with `payload` as a JSON body): the body (parsed as JSON unless
         `json_body` is false; None for an allowed 404 or a status in `allow`) and the headers. Every
         other answer than `expect` is one DockerLookupError naming the slave and the call."""
+        cooldown = e.cooldown
+        probe = await cooldown.ready(self._stop) if cooldown.cooling else False
+        try:
+            result = await self._request(e, call, path, allow_404=allow_404, json_body=json_body, method=method,
+                                         payload=payload, expect=expect, allow=allow, send_headers=send_headers)
+        except DockerLookupError as exc:
+            if target_unwell(Classified(exc.verdict, exc.cause)):
+                cooldown.failed()
+            else:
+                cooldown.succeeded()  # an answer, if not the one wanted
+            raise
+        except BaseException:
+            if probe:
+                cooldown.abandoned()  # cancelled, or a bug of ours: no answer either way
+            raise
+        cooldown.succeeded()
+        return result
+
+    async def _request(self, e: Engine, call: str, path: str, *, allow_404: bool, json_body: bool, method: str,
+                       payload: Any, expect: int, allow: tuple[int, ...], send_headers: Mapping[str, str] | None,
+                       ) -> tuple[Any, Mapping[str, str]]:
         t0 = time.perf_counter()
         allowed = (*allow, 404) if allow_404 else allow
         try:

@@ -20,8 +20,12 @@ import pytest
 from aiohttp import web
 
 import service.consul.call as consul_call
+import service.docker.engine as docker_engine
 from devcluster import faults as faults_module
+from devcluster.docker_sim import start as start_docker
+from devcluster.docker_sim import stop as stop_docker
 from devcluster.faults import Faults
+from service.docker.lookup import ContainerLookup
 from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
 from service.metrics import Metrics
@@ -30,6 +34,8 @@ from service.retry import Cooldown
 from tests.integration.test_error_contract import (
     AGENT_A,
     APP_ID,
+    ENGINE,
+    LIST,
     MARATHON,
     consul_agents,
     fault,
@@ -108,3 +114,46 @@ async def test_calls_to_a_failing_marathon_master_share_its_back_off(monkeypatch
     assert len(during) <= 20 + 3, " ".join(f"{c - began:.3f}" for c in calls)
     assert all(g >= 0.2 * 0.9 for g in gaps[19:]), gaps
     assert any(r is None for r in results), "no read got through once the master answered again"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_lookups_on_a_failing_engine_are_spaced_by_its_back_off_whatever_work_asks(
+        monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    """The Docker lookup retries nothing itself (the step's work is retried), so before the engine's
+    Cooldown every app's retry, and every new hint, called a failing engine at once."""
+    policy = replace(docker_engine.ENGINE_BACKOFF, uniform=top)
+    monkeypatch.setattr(docker_engine, "ENGINE_BACKOFF", policy)
+    calls: list[float] = []
+    pick = Faults.pick
+
+    def recording_pick(self: Faults, request: web.Request) -> faults_module.Rule | None:
+        if request.path.endswith("/containers/json"):
+            calls.append(time.monotonic())
+        return pick(self, request)
+
+    monkeypatch.setattr(Faults, "pick", recording_pick)
+    running = await start_docker([(ENGINE, 0)])
+    base = f"http://{ENGINE}:{running[0].port}"
+    lookup = ContainerLookup(f"tcp://{{host}}:{running[0].port}", ("weave",), metrics=Metrics(), timeout=0.3,
+                             list_ttl=0.0)
+    try:
+        await lookup.containers(ENGINE)  # the API version is known: only listings go to the engine
+        await fault(base, {"path": LIST, "method": "GET", "status": status, "duration": WINDOW})
+        began = time.monotonic()
+        answered = None
+        while time.monotonic() - began < WINDOW + 6:
+            # 20 pieces of work a second ask for the engine's containers, as a burst's retries do
+            results = await asyncio.gather(*(lookup.containers(ENGINE) for _ in range(4)), return_exceptions=True)
+            if not any(isinstance(r, BaseException) for r in results):
+                answered = time.monotonic()
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await lookup.close()
+        await stop_docker(running)
+    during = [t for t in calls if began <= t < began + WINDOW]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert len(during) <= 7, gaps  # ceilings 0.1, 0.2, 0.4, 0.8, 1.6, 2 s: at most 6 windows in 3 s
+    assert min(gaps) >= policy.initial * 0.9, gaps
+    assert answered is not None, "the engine's answer never came back"
+    assert answered - (began + WINDOW) <= policy.cap + 1.0
