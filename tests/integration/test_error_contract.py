@@ -612,9 +612,12 @@ async def test_marathon_pods(row: Row, caplog: pytest.LogCaptureFixture) -> None
 
 
 async def test_marathon_without_pods_answers_404_which_is_no_pods() -> None:
+    """A Marathon before pods (1.3 and older) has no /v2/pods resource: Jetty answers 404. The
+    simulator serves pods in every version it runs (they exist from 1.4), so the 404 is injected."""
     async with marathon_sim() as url, aiohttp.ClientSession() as session:
         metrics = Metrics()
         client = MarathonClient([url], session=session, metrics=metrics, attempts=ATTEMPTS)
+        await fault(url, {"path": "^/v2/pods/", "method": "GET", "status": 404, "body": "Not Found"})
         read = await client.pods_with_instances()
         assert (read.pods, dict(read.malformed), read.supported) == ((), {}, False)
         assert await client.pod_with_instances("/web-pod") is None
