@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from service.marathon.events import KNOWN_EVENT_TYPES, EventError, IgnoredEvent, parse_event
+from service.hints import IgnoredEvent
+from service.marathon.events import KNOWN_EVENT_TYPES, EventError, parse_event
 from service.metrics import Metrics
 from service.reconcile import Reconciler
 

@@ -10,13 +10,8 @@ and tolerant of everything it does not need (unknown fields, unknown event types
 `EventError.reason` is one of a bounded set of labels (`REASONS`), safe as a metric label; the
 message names the event type and the field.
 
-Decoding (`decode_event_body`, `decode_event_text`) is here too, because the body is hostile until
-proven otherwise (the callback endpoint is unauthenticated by nature) and both transports need the
-same guarantees: CPython's C JSON decoder recurses once per nesting level, so `[[[…]]]` a thousand
-levels deep raises `RecursionError` (a 500 and a Marathon back-off, issue 9). Nesting is therefore
-measured *before* decoding, without recursion, and bounded by `MAX_JSON_DEPTH`; everything else
-that can go wrong (invalid UTF-8, `NaN`/`Infinity`, integers beyond Python's 4300-digit limit,
-syntax) becomes an `EventError` with its own reason, so no body can end as an internal exception.
+Decoding with bounds (`decode_event_body`, `decode_event_text`) is `event_json`'s; the hints
+themselves are plain values in `service.hints`.
 
 Ids are checked against Marathon's own rules (marathon.md §6.1): an event naming an app id Marathon
 could never have produced (`..`, `_`, upper case, empty segments) is forged or broken, and turning it
@@ -27,14 +22,21 @@ forged event can cause (docs/architecture.md §2), so it is refused at the door.
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import json
-import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from service.hints import POD_EVENTS as POD_EVENTS
+from service.hints import AppEvent as AppEvent
+from service.hints import HealthEvent as HealthEvent
+from service.hints import IgnoredEvent as IgnoredEvent
+from service.hints import InstanceEvent as InstanceEvent
+from service.hints import TaskEvent as TaskEvent
+from service.marathon.event_error import EventError as EventError
+from service.marathon.event_json import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from service.marathon.event_json import MAX_JSON_VALUES as MAX_JSON_VALUES
+from service.marathon.event_json import decode_event_body as decode_event_body
+from service.marathon.event_json import decode_event_text as decode_event_text
 from service.marathon.parse import ip_addresses_from_json, ports_from_json
 from service.marathon.task_ids import app_id_from_instance_id, parse_task_id
 
@@ -43,27 +45,11 @@ from service.marathon.task_ids import app_id_from_instance_id, parse_task_id
 REASONS = ("too-large", "bad-encoding", "not-utf8", "not-json", "too-deep", "too-many-values", "bad-number",
            "not-an-object", "no-event-type", "bad-field", "bad-app-id")
 
-# Deep enough for any event Marathon writes (a heavy deployment plan nests two levels per app-id
-# segment plus about ten for the app itself, so 256 fits app ids over 100 segments deep), shallow
-# enough that the decoder and everything after it (repr in error messages, logging) stays far from
-# the interpreter's recursion limit of 1000, whatever the caller's stack depth.
-MAX_JSON_DEPTH = 256
-
-# What decoding costs is the number of values, not bytes: 4 MB of `[],[],…` (1.4 million lists) or
-# of one object's 400,000 members takes the decoder 0.6 s on the CI machine, 4 MB of Marathon's own
-# app JSON 0.12 s. Counted as the `[`, `:` and `,` outside strings (each value but the first follows
-# one of them), Marathon's app JSON has one per 9.5 bytes (the 1.4 simulator's rendering of the
-# demo app: 110 in 1,040 bytes), so a real event of the callback's 4 MB limit counts 440,000; the cap
-# is one per 8 bytes of that limit, and a capped hostile body decodes in at most ~0.35 s.
-MAX_JSON_VALUES = 4 * 1024 * 1024 // 8
-
 DEPLOYMENT_EVENTS = frozenset(
     {"deployment_info", "deployment_success", "deployment_failed", "deployment_step_success",
      "deployment_step_failure"}
 )
 HEALTH_EVENTS = frozenset({"health_status_changed_event", "instance_health_changed_event"})
-# Pod definition changes: they carry only `uri` (reference/marathon-ucr-pods.md §2.4)
-POD_EVENTS = frozenset({"pod_created_event", "pod_updated_event", "pod_deleted_event"})
 # Event types Marathon defines (1.3-1.10) that carry nothing the registrar acts on: instance and
 # health-check bookkeeping that a status_update_event or a re-read already covers, groups (their apps
 # get their own events), the scheduler and the bus itself.
@@ -83,173 +69,7 @@ KNOWN_EVENT_TYPES = (
 )
 
 
-class EventError(ValueError):
-    """A body that is not a Marathon event; `reason` is a bounded label from `REASONS`."""
-
-    def __init__(self, reason: str, message: str, *, event_type: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.event_type = event_type
-
-
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """`status_update_event`: task `task_id` of app `app_id` is now in `state`."""
-
-    task_id: str
-    app_id: str
-    state: str
-    host: str
-    ports: tuple[int, ...]
-    ip_addresses: tuple[str, ...]
-    app_version: str
-    event_type: str = "status_update_event"
-    # a pod container's task (`<pod>.instance-<uuid>.<container>`): its instance id, which is what a
-    # pod's registrations are keyed by; "" for an app's task
-    pod_instance: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AppEvent:
-    """These apps may have changed (definition, deployment, deletion): re-read them and their tasks."""
-
-    app_ids: tuple[str, ...]
-    event_type: str
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceEvent:
-    """`instance_changed_event`: instance `instance_id` of app or pod `app_id` has a new `condition`
-    (`Running`, `Unreachable`, `Killed`, ...). The expunge of an unreachable instance is announced by
-    this event alone (condition `Killed`, reference/marathon-ucr-pods.md §3.3)."""
-
-    instance_id: str
-    app_id: str
-    condition: str
-    host: str
-    event_type: str = "instance_changed_event"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthEvent:
-    """Marathon's health view of one task/instance changed (drives mirrored TTL checks).
-
-    `alive` is None when Marathon says it has no result yet (`healthy: null`, 1.4+).
-    """
-
-    app_id: str
-    task_id: str | None
-    instance_id: str | None
-    alive: bool | None
-    event_type: str
-
-
-@dataclass(frozen=True, slots=True)
-class IgnoredEvent:
-    """A well-formed event the registrar does not act on; `known` is False for types Marathon does
-    not define (so callers can keep unknown type names out of metric labels)."""
-
-    event_type: str
-    known: bool = True
-
-
 Event = TaskEvent | AppEvent | HealthEvent | InstanceEvent | IgnoredEvent
-
-
-# One JSON string token; possessive, and ending at a closing quote *or the end of the text*, so it
-# matches from every quote and the scan stays linear even for unterminated strings.
-_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.?)*+(?:"|\Z)', re.DOTALL)
-_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")  # only the depth matters, not which bracket
-_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
-_PAREN_STEP = bytes.maketrans(b"()", b"\x02\x00")  # opener 2, closer 0: depth = running sum - count
-_SHRINK_ABOVE = 64 * 1024  # brackets; below this the exact scan is cheap enough
-_SHRINK_PASSES = 8
-
-
-def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether `text`, read as JSON, nests arrays/objects deeper than `limit`, found without recursion.
-
-    Brackets inside strings do not count. The common case (at most `limit` brackets at all) costs
-    two `str.count`s; otherwise strings are cut out and the running depth is computed by C-level
-    iterators (no Python bytecode per bracket), stopping at the first level past the limit. For
-    invalid JSON the answer is only meaningful up to the first syntax error, which is as far as the
-    decoder goes too.
-
-    Megabytes of brackets would still cost about a second that way, so a long bracket string is
-    first shrunk by up to `_SHRINK_PASSES` rounds of deleting adjacent `()` pairs (bytes.replace, C
-    speed). Deleting a balanced pair leaves every other position's depth as it was, and a round
-    lowers the maximum by at most one, so the shrunk string under-counts by at most the rounds
-    run: such a body is accepted up to `limit` and rejected beyond `limit + _SHRINK_PASSES` (264,
-    still far from the interpreter's recursion limit).
-    """
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    outside_strings = _JSON_STRING.sub("", text).encode("utf-8", errors="surrogatepass")
-    parens = outside_strings.translate(_AS_PARENS, _NOT_BRACKETS)
-    if len(parens) > _SHRINK_ABOVE:
-        for _ in range(_SHRINK_PASSES):
-            shorter = parens.replace(b"()", b"")
-            if len(shorter) == len(parens):
-                break
-            parens = shorter
-        if parens.count(b"(") <= limit:
-            return False
-    depths = map(operator.sub, itertools.accumulate(parens.translate(_PAREN_STEP)), itertools.count(1))
-    return any(map(limit.__lt__, depths))
-
-
-def json_values_exceed(text: str, limit: int = MAX_JSON_VALUES) -> bool:
-    """Whether `text` holds more than `limit` JSON values, counted before decoding as the `[`, `:`
-    and `,` outside strings plus one (an upper bound: an object's member counts its key's comma and
-    its value's colon). Three `str.count`s (about 20 ms for 4 MB) unless that count is over the
-    limit; only then are strings cut out, so punctuation inside strings never rejects a body."""
-    if text.count("[") + text.count(":") + text.count(",") < limit:
-        return False
-    outside_strings = _JSON_STRING.sub("", text)
-    return outside_strings.count("[") + outside_strings.count(":") + outside_strings.count(",") >= limit
-
-
-def _reject_constant(name: str) -> object:
-    raise EventError("bad-number", f"body is not JSON: {name} is not a JSON number (RFC 8259 §6)")
-
-
-def decode_event_body(raw: bytes | bytearray) -> object:
-    """A callback body -> its decoded JSON value; `EventError` with a bounded reason otherwise.
-
-    The body is read as UTF-8 whatever Content-Type and charset the poster declared: Marathon always
-    sends UTF-8 (marathon.md §1.3), JSON exchanged between systems must be UTF-8 (RFC 8259 §8.1), and a
-    declared charset is one more thing a forged request could lie about.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventError("not-utf8", f"body is not UTF-8: invalid byte at offset {exc.start}") from None
-    return decode_event_text(text)
-
-
-def decode_event_text(text: str) -> object:
-    """Decoded text of one event -> its JSON value, with nesting bounded by `MAX_JSON_DEPTH` and the
-    number of values by `MAX_JSON_VALUES`.
-
-    Duplicate keys keep their last value, as Marathon's own parser does: events are hints, so a
-    duplicate can at most aim a re-read at another app, which the poster could do directly anyway.
-    """
-    text = text.removeprefix("\ufeff")  # RFC 8259 §8.1: a parser may ignore a byte order mark
-    if not text.strip():
-        raise EventError("not-json", "body is empty, expected a JSON object")
-    if json_depth_exceeds(text):
-        raise EventError("too-deep", f"body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
-    if json_values_exceed(text):
-        raise EventError("too-many-values", f"body holds more than {MAX_JSON_VALUES} JSON values "
-                                            f"(the cap on one event)")
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise EventError("not-json", f"body is not JSON: {exc}") from None
-    except EventError:
-        raise
-    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
-        raise EventError("bad-number", f"body is not usable JSON: {exc}") from None
 
 
 def parse_event(obj: object) -> Event:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from service.clients import ConsulAgentDirectory, ContainerSource, MarathonApps
 from service.heap import release_free_memory
-from service.marathon.events import POD_EVENTS, AppEvent, HealthEvent, InstanceEvent, TaskEvent
+from service.hints import POD_EVENTS, AppEvent, HealthEvent, InstanceEvent, TaskEvent
 from service.metrics import Metrics
 from service.model import TaskState
 from service.reconcile.budget import UnlistedReads
