@@ -12,8 +12,9 @@ left to the next resync (docs/architecture.md §8).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+from service.lease import AliveCheck
 from service.model import App, Container, OwnedService, PodsRead, Registration, Task
 
 
@@ -84,3 +85,28 @@ class ConsulAgentDirectory(Protocol):
     def url_for(self, host: str) -> str: ...
 
     async def close(self) -> None: ...
+
+
+class SessionKV(Protocol):
+    """The Consul calls the lock needs (implemented by `service.consul.lock.ConsulLockClient`)."""
+
+    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float,
+                             checks: list[str] | None = None) -> str: ...
+
+    async def register_alive(self, alive: AliveCheck) -> None: ...
+
+    async def deregister_alive(self, service_id: str) -> None: ...
+
+    async def renew_session(self, session_id: str) -> bool:
+        """False when Consul no longer knows the session (404)."""
+        ...
+
+    async def destroy_session(self, session_id: str) -> None: ...
+
+    async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
+        """(X-Consul-Index, the KV entry or None)."""
+        ...
+
+    async def acquire(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...
+
+    async def release(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...

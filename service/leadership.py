@@ -1,63 +1,40 @@
-"""Who writes: one holder of a Consul lock among several registrar instances (docs/architecture.md §3.1).
+"""Who writes: one holder of a Consul lock among several registrar instances.
 
-Several instances may run (the deploy JSON asks for two); exactly one writes to Consul. The lock is
-Consul's own recipe (docs/architecture.md §3.1 "Leadership"; hashicorp/consul `api/lock.go`):
-
-1. a liveness registration in the lock agent (`AliveCheck`: a service with an HTTP check of this
-   instance's own `/health`, every second), then a session: `PUT /v1/session/create` with `TTL`,
-   `LockDelay`, `Behavior: release` and the checks `serfHealth` (the node) and that HTTP check.
-   Consul invalidates the session as soon as either goes critical: a killed holder within about a
-   check interval, a dead node when gossip says so, a paused or hung one within interval + timeout.
-   The TTL is the backstop for a holder whose renewals stop while its /health still answers.
-   `release` keeps the key (and its value naming the last holder) for the next holder to acquire;
-2. `PUT /v1/kv/<key>?acquire=<session>&flags=<Consul's lock flag>`, the value naming the holder;
-   `false` with no holder means the lock-delay of an invalidated session is running: retry shortly;
-3. while held: renew every `renew_seconds` and watch the key with blocking queries; the lock is lost
-   when the key is gone, names another session, renewal answers 404, or the lease runs out;
-4. on SIGTERM: release the key, destroy the session (no lock-delay for the next holder), then
-   deregister the liveness registration.
-
-**The write gate** (`Lease`). `may_write()` is true only while we hold the lock as far as we last saw
-*and* our lease has not run out. The lease ends L = `lease_seconds` after the moment the last
-*acknowledged* renew (or the acquire) was *sent*: that answer proves the session was alive at some
-moment after the send, so Consul invalidated it (by a check, serfHealth, TTL or a destroy) no
-earlier than the send; a new holder acquires no earlier than the invalidation plus the lock-delay
-D. With L < D (`lease_seconds`: D minus a margin of min(1 s, D/3)), the gate is shut before any
-next holder's first write, whatever invalidated the session and whenever: after lost renewals,
-and after a pause (SIGSTOP) past the lease, since the monotonic clock runs while a process is
-stopped, so the gate is already shut when it resumes, before any task of it runs a write. With
-D = 0 there is no such bound: L is the TTL, safe only against TTL expiry (2 x TTL).
+The recipe (Consul's own, hashicorp/consul `api/lock.go`), the liveness registration its session is
+bound to, the write gate and why two writers never overlap are docs/architecture.md §3.1; the
+gate's arithmetic is `service.lease`, the Consul calls `service.consul.lock`, behind the
+`SessionKV` interface of `service.clients`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
+from service.clients import SessionKV as SessionKV
 from service.lease import LEASE_MARGIN as LEASE_MARGIN
+from service.lease import LOCK_DELAY_BOUNDS as LOCK_DELAY_BOUNDS
+from service.lease import LOCK_FLAG as LOCK_FLAG
+from service.lease import LOCK_TTL_BOUNDS as LOCK_TTL_BOUNDS
 from service.lease import SERF_HEALTH as SERF_HEALTH
 from service.lease import AliveCheck as AliveCheck
 from service.lease import Lease as Lease
 from service.lease import LockSettings as LockSettings
 from service.lease import alive_check as alive_check
+from service.lease import decode_entry, holder_fields
+from service.lease import holder_value as holder_value
 from service.lease import lease_seconds as lease_seconds
+from service.lease import lock_key as lock_key
 from service.retry import Stop, Stopped
 
 log = logging.getLogger(__name__)
 
-# Consul's lock flag (hashicorp/consul api/lock.go `LockFlagValue`): Go lockers treat a key without
-# it as "in use for something else", so we set it too and interoperate with `consul lock`.
-LOCK_FLAG = 0x2DDCCBC058A50C18
-LOCK_TTL_BOUNDS = (10, 86400)  # Consul's session TTL bounds, seconds (10s..24h)
-LOCK_DELAY_BOUNDS = (0, 60)  # Consul applies at most 60s (MaxLockDelay)
+
 class LockLost(Exception):
     """The session or the key is no longer ours."""
 
@@ -67,46 +44,10 @@ class SessionsUnavailable(Exception):
     front of Consul that refuses the endpoint)."""
 
 
-class SessionKV(Protocol):
-    """The Consul calls the lock needs (implemented by `service.consul.lock.ConsulLockClient`)."""
-
-    async def create_session(self, *, name: str, ttl_seconds: float, lock_delay_seconds: float,
-                             checks: list[str] | None = None) -> str: ...
-
-    async def register_alive(self, alive: AliveCheck) -> None: ...
-
-    async def deregister_alive(self, service_id: str) -> None: ...
-
-    async def renew_session(self, session_id: str) -> bool:
-        """False when Consul no longer knows the session (404)."""
-        ...
-
-    async def destroy_session(self, session_id: str) -> None: ...
-
-    async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
-        """(X-Consul-Index, the KV entry or None)."""
-        ...
-
-    async def acquire(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...
-
-    async def release(self, key: str, value: bytes, session_id: str, flags: int) -> bool: ...
-
-
 class Role(StrEnum):
     CONTENDING = "contending"  # not known yet who writes (readiness only: the gate is shut meanwhile)
     STANDBY = "standby"
     WRITER = "writer"
-
-
-def holder_value(*, host: str, port: int, version: str) -> bytes:
-    """What the key says about its holder: enough for an operator to find the process."""
-    return json.dumps({"host": host, "port": port, "pid": os.getpid(), "version": version,
-                       "hostname": socket.gethostname()}, sort_keys=True).encode()
-
-
-def lock_key(cluster_id: str) -> str:
-    """One lock per Marathon cluster: two clusters' registrars never wait for each other."""
-    return f"marathon-consul-registrar/{cluster_id}/leader"
 
 
 class Leadership:
@@ -242,7 +183,7 @@ class Leadership:
             index, entry = await self._client.get_key(
                 self.settings.key, index=index,
                 wait_seconds=min(self.settings.watch_wait_seconds, self.settings.ttl_seconds / 2))
-            self.holder = _decode(entry)
+            self.holder = decode_entry(entry)
             holder_session = (entry or {}).get("Session")
             if holder_session and holder_session != self._session and self._is_predecessor(entry):
                 await self._take_over_from_predecessor(str(holder_session))
@@ -272,8 +213,8 @@ class Leadership:
         process (even a stopped one) keeps its listening socket, so that run is dead: its session
         only lingers until its TTL runs out. A restarted single instance then need not wait up to
         2 x TTL + lock-delay for its own dead session."""
-        mine = _holder_fields(self._value)
-        theirs = (_decode(entry) or {}).get("holder")
+        mine = holder_fields(self._value)
+        theirs = (decode_entry(entry) or {}).get("holder")
         if not mine or not isinstance(theirs, dict):
             return False
         same = all(theirs.get(k) == mine.get(k) for k in ("hostname", "host", "port"))
@@ -406,7 +347,7 @@ class Leadership:
             if entry is None:
                 raise LockLost(f"key {self.settings.key} deleted")
             if entry.get("Session") != self._session:
-                self.holder = _decode(entry)
+                self.holder = decode_entry(entry)
                 raise LockLost(f"key {self.settings.key} now held by {entry.get('Session') or 'nobody'}")
 
     def _shut_gate(self) -> bool:
@@ -459,21 +400,3 @@ def _log_destroy_failed(session: str, exc: BaseException, ttl: float) -> None:
     no one takes the lock. Said once per failure, at warning: the hand-over is slower, not wrong."""
     log.warning("could not destroy Consul session %s (%s): it ends by its TTL within %gs, and the next "
                 "holder waits that long plus the lock-delay", session, str(exc) or type(exc).__name__, 2 * ttl)
-
-
-def _holder_fields(value: object) -> dict[str, Any] | None:
-    """The lock key's value (the JSON object naming its holder, `holder_value`), or None when it
-    is absent or not such an object (a key written by someone else)."""
-    if not isinstance(value, (str, bytes, bytearray)) or not value:
-        return None
-    try:
-        fields = json.loads(value)
-    except ValueError:  # UnicodeDecodeError included
-        return None
-    return fields if isinstance(fields, dict) else None
-
-
-def _decode(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    if entry is None:
-        return None
-    return {"session": entry.get("Session"), "holder": _holder_fields(entry.get("Value"))}

@@ -3,13 +3,17 @@
 Pure values and one small clock-driven class, apart from the lock's loops in `service.leadership`,
 so the arithmetic that keeps two writers apart is read (and unit-tested with an injected clock) on
 its own: the lease L below the lock-delay, what counts as an acknowledged renew, how often to renew,
-and what the liveness check the session is bound to looks like.
+what the liveness check the session is bound to looks like, and the lock key and its value.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from service.ownership import LOCK_SERVICE_NAME, lock_alive_check_id, lock_alive_meta, lock_alive_service_id
 
@@ -108,3 +112,39 @@ def alive_check(*, cluster_id: str, listen_host: str, listen_port: int, https: b
                       url=f"{'https' if https else 'http'}://{target}:{listen_port}/health",
                       interval_seconds=interval_seconds, timeout_seconds=max(2.0, 2 * interval_seconds),
                       meta=tuple(sorted(lock_alive_meta(cluster_id).items())))
+
+
+# Consul's lock flag (hashicorp/consul api/lock.go `LockFlagValue`): Go lockers treat a key without
+# it as "in use for something else", so we set it too and interoperate with `consul lock`.
+LOCK_FLAG = 0x2DDCCBC058A50C18
+LOCK_TTL_BOUNDS = (10, 86400)  # Consul's session TTL bounds, seconds (10s..24h)
+LOCK_DELAY_BOUNDS = (0, 60)  # Consul applies at most 60s (MaxLockDelay)
+
+
+def holder_value(*, host: str, port: int, version: str) -> bytes:
+    """What the key says about its holder: enough for an operator to find the process."""
+    return json.dumps({"host": host, "port": port, "pid": os.getpid(), "version": version,
+                       "hostname": socket.gethostname()}, sort_keys=True).encode()
+
+
+def lock_key(cluster_id: str) -> str:
+    """One lock per Marathon cluster: two clusters' registrars never wait for each other."""
+    return f"marathon-consul-registrar/{cluster_id}/leader"
+
+
+def holder_fields(value: object) -> dict[str, Any] | None:
+    """The lock key's value (the JSON object naming its holder, `holder_value`), or None when it
+    is absent or not such an object (a key written by someone else)."""
+    if not isinstance(value, (str, bytes, bytearray)) or not value:
+        return None
+    try:
+        fields = json.loads(value)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def decode_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {"session": entry.get("Session"), "holder": holder_fields(entry.get("Value"))}
