@@ -93,6 +93,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append((name, "10% drift: made / needed writes", f"{_fmt(d['found'])} / {_fmt(d['needed_writes'])}",
                     "-", "-"))
         m = reg["memory_idle"]
+        if floor.get("complete") is False:
+            out.append((name, "floor: stopped at its limit (s) / registered", "-",
+                        f"{_fmt(floor.get('stopped_at_s'))} / {_fmt(floor.get('writes'))}", "projected"))
         mem = "memory" if name != "scale" else name
         out.append((mem, f"RSS idle, {n} managed MB", _fmt(m["rss_mb"]), _fmt(floor.get("rss_mb")),
                     _fmt(ratios.get("rss_mb"))))
