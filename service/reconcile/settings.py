@@ -38,7 +38,7 @@ class ReconcileSettings:
     backoff_initial: float = 0.2
     backoff_max: float = 15.0
     # event-triggered reads of apps the last resync did not list: distinct apps per interval (budget.py)
-    unlisted_reads_limit: int = 100
+    unlisted_reads_limit: int = 1000
     unlisted_reads_interval: float = 10.0
     # this Marathon cluster's identity (Meta `marathon-cluster-id`); None: every marked entry is ours
     cluster_id: str | None = None
