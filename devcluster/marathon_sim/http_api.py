@@ -34,7 +34,7 @@ from devcluster.marathon_sim.callbacks import CallbackDispatcher
 from devcluster.marathon_sim.config import SimConfig
 from devcluster.marathon_sim.partition import Partitions
 from devcluster.marathon_sim.pods import Pods
-from devcluster.marathon_sim.pods_api import PodsApi
+from devcluster.marathon_sim.pods_api import PodsApi, json_body
 from devcluster.marathon_sim.scheduler import AppLocked, Scheduler
 from devcluster.marathon_sim.sse import EventStreams
 from devcluster.marathon_sim.state import AppRecord, Registry
@@ -204,15 +204,8 @@ class Api:
                 if not rec.deleted and id_filter in rec.spec.id.lower()]
         return _json({"apps": apps})
 
-    async def _body(self, request: web.Request) -> Any:
-        try:
-            return json.loads(await request.text() or "null")
-        except json.JSONDecodeError as exc:
-            raise web.HTTPBadRequest(text=json.dumps({"message": "Invalid JSON", "details": [
-                {"path": "/", "errors": [str(exc)]}]}), content_type="application/json") from exc
-
     async def create_app(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         try:
             spec = parse_app(body, default_network_name=self.cfg.default_network_name)
         except ValidationError as exc:
@@ -289,7 +282,7 @@ class Api:
                       "deployments": [{"id": i} for i in ids]}, 409)
 
     async def _put_app(self, request: web.Request, app_id: str, rec: AppRecord | None, force: bool) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         if rec is None or rec.deleted:
             if rec is not None:
                 return self._locked(AppLocked([d["id"] for d in self.sched.deployment_ids_for(app_id)]))

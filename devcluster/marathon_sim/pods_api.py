@@ -27,6 +27,16 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
                         content_type="application/json", headers=headers)
 
 
+async def json_body(request: web.Request) -> Any:
+    """A request's JSON body (an empty body is null); Marathon's 400 "Invalid JSON" otherwise. One
+    rule for the apps and the pods resources."""
+    try:
+        return json.loads(await request.text() or "null")
+    except json.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"message": "Invalid JSON", "details": [
+            {"path": "/", "errors": [str(exc)]}]}), content_type="application/json") from exc
+
+
 class PodsApi:
     def __init__(self, cfg: SimConfig, pods: Pods) -> None:
         self.cfg = cfg
@@ -58,16 +68,9 @@ class PodsApi:
     async def list_pods(self, _: web.Request) -> web.Response:
         return _json([render_pod(rec.spec, self.cfg) for rec in self.pods.pods.values() if not rec.deleting])
 
-    async def _body(self, request: web.Request) -> Any:
-        try:
-            return json.loads(await request.text() or "null")
-        except json.JSONDecodeError as exc:
-            raise web.HTTPBadRequest(text=json.dumps({"message": "Invalid JSON", "details": [
-                {"path": "/", "errors": [str(exc)]}]}), content_type="application/json") from exc
-
     async def create(self, request: web.Request) -> web.Response:
         try:
-            spec = parse_pod(await self._body(request), self.cfg)
+            spec = parse_pod(await json_body(request), self.cfg)
         except PodInvalid as exc:
             return _json(exc.body(), 422)
         if spec.id in self.pods.pods:
@@ -113,7 +116,7 @@ class PodsApi:
         return web.Response(status=405, text="HTTP method not allowed")
 
     async def _put(self, request: web.Request, pod_id: str) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         if isinstance(body, dict) and "id" not in body:
             body = {**body, "id": pod_id}
         try:
