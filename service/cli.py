@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="as serve's option: which consul.name / SERVICE_NAME overrides are honoured")
     sync = sub.add_parser("sync", help="one resync: print the drift (--dry-run) or repair it, then exit",
                           description="Compare Marathon with Consul once. With --dry-run print the drift "
-                                      "(missing / orphan / drifted, per agent); without, repair it.")
+                                      "(missing / orphan / drifted, per agent); without, take the cluster's "
+                                      "lock as serve does and repair it.")
     add_serve_options(sync)
     sync.add_argument("--dry-run", action="store_true", help="only print what a resync would repair")
     return parser
@@ -103,11 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(config))
         return 0
     from service.errors import CallError
-    from service.runtime import sync_once
+    from service.runtime import LockUnavailable, sync_once
 
     try:
         drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
-    except CallError as exc:  # Marathon refused or could not answer (e.g. no frameworkId): one line, no traceback
+    # Marathon refused or could not answer (e.g. no frameworkId), or the lock is another's: one line, no traceback
+    except (CallError, LockUnavailable) as exc:
         print(f"marathon-consul-registrar: sync: {redact.redact(str(exc))}", file=sys.stderr)
         return 1
     print(redact.redact(json.dumps(drift.as_dict(), indent=2, sort_keys=True)))

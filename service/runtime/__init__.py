@@ -3,9 +3,11 @@ a clean stop at any stage (docs/architecture.md §3.2).
 
 `run` orders the stages; `face` is the HTTP server; `sources` the event source (callbacks or SSE,
 one interface) and the start-up reads of Marathon; `core` the lock, the reconcile core behind its
-gate and the resync loop; `parts` builds the clients.
+gate and the resync loop; `lock` the cluster's lock as serve and sync take it;
+`parts` builds the clients; `sync` the one-shot resync.
 """
 
-from service.runtime.run import serve, sync_once
+from service.runtime.run import serve
+from service.runtime.sync import LockUnavailable, sync_once
 
-__all__ = ["serve", "sync_once"]
+__all__ = ["LockUnavailable", "serve", "sync_once"]

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from typing import Any
 
-from service import version
 from service.backoff import Backoff
-from service.config import Config, LockMode
+from service.config import Config
 from service.consul.lock import ConsulLockClient
 from service.intake import EventIntake
-from service.leadership import Leadership, LockSettings, Role, alive_check, holder_value, lock_key
+from service.leadership import Leadership, Role
 from service.retry import Stop, Stopped
+from service.runtime.lock import lock_for
 from service.runtime.parts import Outside, build_reconciler
 from service.runtime.sources import EventSource
 from service.web import Readiness
@@ -47,22 +45,10 @@ class Core:
         self.readiness = readiness
         self.leadership: Leadership | None = None
         self._lock_client: ConsulLockClient | None = None
-        if config.lock is not LockMode.OFF:
-            alive = None
-            if config.lock_check_interval > 0:  # the session is also bound to a check of our /health
-                alive = alive_check(cluster_id=cluster_id, listen_host=config.listen_host,
-                                    listen_port=config.listen_port, https=bool(config.listen_tls_cert),
-                                    interval_seconds=config.lock_check_interval, host=os.environ.get("HOST"))
-            settings = LockSettings(key=lock_key(cluster_id), ttl_seconds=config.lock_ttl,
-                                    lock_delay_seconds=config.lock_delay, alive=alive)
-            self._lock_client = ConsulLockClient(config.lock_agent, token=outside.consul_token,
-                                                 wait_seconds=settings.watch_wait_seconds, tls=config.consul_tls,
-                                                 metrics=outside.metrics)
-            value = holder_value(host=os.environ.get("HOST") or socket.gethostname(), port=config.listen_port,
-                                 version=version())
-            self.leadership = Leadership(self._lock_client, settings, value=value, on_acquired=self._became_writer,
-                                         on_lost=self._stopped_writing, optional=config.lock is LockMode.AUTO,
-                                         on_standby=self._standing_by)
+        lock = lock_for(config, outside, cluster_id=cluster_id, serving=True, on_acquired=self._became_writer,
+                        on_lost=self._stopped_writing, on_standby=self._standing_by)
+        if lock is not None:
+            self.leadership, self._lock_client = lock
         self.parts = build_reconciler(config, outside, cluster_id=cluster_id,
                                       may_write=self.leadership.may_write if self.leadership else None)
         self.reconciler = self.parts.reconciler

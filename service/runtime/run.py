@@ -17,12 +17,11 @@ import logging
 import signal
 
 from service.config import Config, Transport
-from service.reconcile import Drift
 from service.redact import register
 from service.retry import Stop, Stopped
 from service.runtime.core import Core
 from service.runtime.face import HttpFace
-from service.runtime.parts import Outside, build_reconciler, connect
+from service.runtime.parts import Outside, connect
 from service.runtime.sources import Callbacks, EventSource, Stream, pick_transport, until_answered
 from service.tokens import read_token
 from service.web import Readiness
@@ -116,22 +115,3 @@ class Registrar:
 async def serve(config: Config) -> None:
     await Registrar(config).run()
 
-
-async def sync_once(config: Config, *, dry_run: bool) -> Drift:
-    """`marathon-consul-registrar sync`: one resync (repairing unless dry_run), then exit."""
-    outside = connect(config)
-    try:
-        # never take another cluster's registrations for ours, in a one-off sync least of all
-        cluster_id = config.cluster_id or await outside.marathon.framework_id()
-        parts = build_reconciler(config, outside, cluster_id=cluster_id, may_write=None)
-        parts.reconciler.start()
-        try:
-            drift = await parts.reconciler.resync(dry_run=dry_run)
-            if not dry_run:
-                async with asyncio.timeout(120):
-                    await parts.reconciler.wait_idle()
-            return drift
-        finally:
-            await parts.close()
-    finally:
-        await outside.close()
