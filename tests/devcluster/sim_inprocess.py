@@ -29,6 +29,12 @@ HOST1 = "127.0.0.28"
 HOST2 = "127.0.0.29"
 
 
+# How long a simulator's teardown lets requests still in its handlers finish before cancelling them:
+# a test's "slow" fault (30 s) or a blocking query (up to its `wait`) would otherwise hold the
+# teardown for as long (aiohttp's default is 60 s). The client side has ended by then.
+TEARDOWN_GRACE = 1.0
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -55,7 +61,7 @@ async def consul(hosts: tuple[str, str] = (HOST1, HOST2)) -> AsyncIterator[Serve
     runners = []
     try:
         for agent in state.agents.values():
-            runner = web.AppRunner(make_app(sim, agent), access_log=None)
+            runner = web.AppRunner(make_app(sim, agent), access_log=None, shutdown_timeout=TEARDOWN_GRACE)
             await runner.setup()
             await web.TCPSite(runner, agent.host, agent.port).start()
             runners.append(runner)
@@ -73,7 +79,7 @@ async def marathon(version: tuple[int, int] = (1, 10), host: str = HOST1) -> Asy
     bus = EventBus()
     registry = Registry(cfg)
     api = Api(cfg, registry, Scheduler(cfg, registry, bus, {}), EventStreams(cfg, bus), None)
-    runner = web.AppRunner(api.build(), access_log=None)
+    runner = web.AppRunner(api.build(), access_log=None, shutdown_timeout=TEARDOWN_GRACE)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
