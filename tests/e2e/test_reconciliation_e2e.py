@@ -289,11 +289,12 @@ def test_random_interleavings_with_duplicates_and_drops_converge(version: str, w
 
 def test_sync_dry_run_reports_drift_per_agent_and_repairs_without(marathon14: Marathon) -> None:
     from devcluster.__main__ import world_registrar_options
-    from tests.registrar_fixtures import run_cli
+    from tests.registrar_fixtures import CONSUL, run_cli
 
     marathon14.deploy(APPS[0], 2, health=False)
     wait_for(lambda: settled(marathon14), 30, what="deployed")
-    args = ["--marathon", marathon14.url, *world_registrar_options(), "--log-level", "ERROR"]
+    # sync writes holding the cluster's lock, as serve does: through slave 1's agent (none on 127.0.0.1)
+    args = ["--marathon", marathon14.url, *world_registrar_options(), "--lock-agent", CONSUL, "--log-level", "ERROR"]
     dry = run_cli("sync", "--dry-run", *args)
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
