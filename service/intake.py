@@ -32,7 +32,7 @@ class EventIntake:
             raise
         # a poster inventing types must not grow the metric's label set without bound
         kind = event.event_type if event.event_type in KNOWN_EVENT_TYPES else "other"
-        self.metrics.events_received.labels(kind).inc()
+        self.metrics.labelled(self.metrics.events_received, kind).inc()
         if isinstance(event, IgnoredEvent):
             self.metrics.events_ignored.inc()
             return "ignored"

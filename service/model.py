@@ -28,12 +28,37 @@ WEAVE_LOOKUP_FAILED = "weave-lookup-failed"
 
 
 def in_overlay(ip: str, cidrs: tuple[Cidr, ...]) -> bool:
-    """Is `ip` inside one of `cidrs`? (False for anything that is not an IP address.)"""
+    """Is `ip` inside one of `cidrs`? (False for anything that is not an IP address.)
+
+    Asked twice per registration (the lookup's judgement, the address choice) for addresses that
+    do not change: parsing the address each time was ~3 us of a burst's ~500 per registration, so
+    verdicts are kept per address for the `cidrs` last asked about (bounded: forgotten wholesale
+    past `_VERDICTS_MAX`, and whenever another `cidrs` is asked about)."""
+    global _verdicts_for, _verdicts
+    if not isinstance(ip, str):  # what an engine or Marathon sent in its place: no verdict kept
+        return _in_overlay(ip, cidrs)
+    if cidrs is not _verdicts_for:
+        _verdicts_for, _verdicts = cidrs, {}
+    verdict = _verdicts.get(ip)
+    if verdict is None:
+        verdict = _in_overlay(ip, cidrs)
+        if len(_verdicts) >= _VERDICTS_MAX:
+            _verdicts = {}
+        _verdicts[ip] = verdict
+    return verdict
+
+
+def _in_overlay(ip: str, cidrs: tuple[Cidr, ...]) -> bool:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
     return any(addr in net for net in cidrs)
+
+
+_VERDICTS_MAX = 16384  # ~1 MB at most; a resync of more addresses only recomputes
+_verdicts_for: tuple[Cidr, ...] | None = None
+_verdicts: dict[str, bool] = {}
 
 
 class AddressMode(StrEnum):

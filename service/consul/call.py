@@ -129,7 +129,7 @@ class ConsulCall:
         try:
             return await fn()
         finally:
-            self._metrics.consul_latency.labels(call).observe(time.perf_counter() - started)
+            self._metrics.labelled(self._metrics.consul_latency, call).observe(time.perf_counter() - started)
 
     def count(self, call: str, classified: Classified) -> None:
         """Count an answer without logging it (its caller logs what it means)."""

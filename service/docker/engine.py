@@ -176,7 +176,7 @@ class DockerEngines:
                 raise  # not the engine's answer: a bug of ours, which must stay loud
             raise failure from exc
         finally:
-            self._metrics.docker_latency.labels(call).observe(time.perf_counter() - t0)
+            self._metrics.labelled(self._metrics.docker_latency, call).observe(time.perf_counter() - t0)
 
     async def listing(self, e: Engine, call: str, path: str) -> list[dict[str, Any]]:
         """GET a container listing (`/containers/json?...`): its entries that have an `Id`. JSON that

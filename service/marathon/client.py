@@ -216,7 +216,7 @@ class MarathonClient:
                 self._record(call, ep, classified, f"Marathon {method} {url}: {reason}")
                 raise Transient(index, None, "", reason, classified) from e
             finally:
-                self.metrics.marathon_latency.labels(call).observe(time.monotonic() - started)
+                self.metrics.labelled(self.metrics.marathon_latency, call).observe(time.monotonic() - started)
             if not is_redirect(status, location):
                 break
             assert location is not None

@@ -69,7 +69,7 @@ class ConsulWriter:
             except CallError:
                 self._metrics.registrations.labels("error").inc()
                 raise
-        self._metrics.registrations.labels("updated" if replacing else "created").inc()
+        self._metrics.labelled(self._metrics.registrations, "updated" if replacing else "created").inc()
         if received is not None:
             self._metrics.event_to_registration.observe(time.monotonic() - received)
         self._ledger.remember(reg)
@@ -85,7 +85,7 @@ class ConsulWriter:
             except CallError:
                 self._metrics.deregistrations.labels("error").inc()
                 raise
-        self._metrics.deregistrations.labels("ok").inc()
+        self._metrics.labelled(self._metrics.deregistrations, "ok").inc()
         self._ledger.forget(reg)
 
     async def set_ttl(self, reg: Registration, check_id: str, status: str) -> None:

@@ -20,7 +20,7 @@ from service.intake import EventIntake
 from service.metrics import Metrics
 from service.redact import redact
 from service.runtime.core import Core
-from service.web import Readiness, make_app
+from service.web import SAFE_BODIES, Readiness, make_app
 
 log = logging.getLogger("service")
 
@@ -87,7 +87,7 @@ async def _redacting(request: web.Request, handler: Handler) -> web.StreamRespon
     """Every answer of the HTTP server passes `service.redact`: /ready reasons and /v1/registrations
     carry error texts from Marathon, Docker and Consul, which may quote what we sent them."""
     resp = await handler(request)
-    if isinstance(resp, web.Response) and isinstance(resp.body, bytes) and resp.body:
+    if isinstance(resp, web.Response) and isinstance(resp.body, bytes) and resp.body and resp.body not in SAFE_BODIES:
         text = resp.body.decode("utf-8", errors="replace")
         clean = redact(text)
         if clean != text:
