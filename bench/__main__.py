@@ -65,9 +65,11 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out: list[tuple[str, str, str, str, str]] = []
     if name in ("burst", "smoke", "real"):
         for key in ("wall_s", "reg_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_s", "cpu_s_per_1000",
-                    "peak_rss_mb", "registered", "delivery_errors", "outside_calls"):
-            out.append((name, key, _fmt(reg.get(key)), _fmt(floor.get(key)),
-                        _fmt(ratios.get(key, scenarios._ratio(reg.get(key), floor.get(key))))))
+                    "peak_rss_mb", "registered", "delivery_errors", "world_cpu_s", "rate_bound", "outside_calls"):
+            r, f = reg.get(key), floor.get(key)
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (r, f))
+            out.append((name, key, _fmt(r), _fmt(f),
+                        _fmt(ratios.get(key, scenarios._ratio(r, f) if numbers else None))))
     elif name == "steady":
         for key in ("events_per_s", "p50_ms", "p99_ms", "max_ms", "running", "killed", "cpu_s", "cpu_share",
                     "peak_rss_mb", "unmatched", "unmatched_killed_while_staging",

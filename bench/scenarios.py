@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,12 +73,14 @@ async def _run_burst(sims: Sims, target: Target, held: dict[str, bytes], limit_s
     want = {service_id(t): t for t in held}
     profiler = Profiler(target.proc.pid, target.proc.name)
     calls0 = await _outside_calls(target)
+    world0 = _world_cpu(sims)
     cpu0 = target.proc.cpu()
     blast = asyncio.create_task(relay.blast(held.items()))
     seen = await sims.wait_registered(set(want), limit_s=limit_s, since=cursor)
     await blast
     profiler.stop()
     cpu = target.proc.cpu() - cpu0
+    world = {k: round(v - world0[k], 2) for k, v in _world_cpu(sims).items()}
     calls = {k: round(v - calls0.get(k, 0.0), 4) for k, v in (await _outside_calls(target)).items()}
     mem = target.proc.memory()
     first_sent = min(relay.sent.values())
@@ -90,7 +94,27 @@ async def _run_burst(sims: Sims, target: Target, held: dict[str, bytes], limit_s
             **_lat_stats([max(0.0, x) for x in lat]),
             "cpu_s": round(cpu, 2), "cpu_s_per_1000": round(cpu / max(1, len(seen)) * 1000, 3),
             "rss_mb": mem.get("VmRSS"), "peak_rss_mb": mem.get("VmHWM"),
+            "world_cpu_s": world, "rate_bound": _rate_bound(len(seen), cpu, world),
             **({"outside_calls": calls} if calls else {})}
+
+
+def _world_cpu(sims: Sims) -> dict[str, float]:
+    """CPU seconds so far of everything else the burst runs on these cores: each simulator process
+    and the bench process itself (the relay, polling Consul's log)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {p.name.removeprefix(f"{sims.tag}-"): p.cpu() for p in sims.procs if p.alive()}
+    out["bench (relay)"] = usage.ru_utime + usage.ru_stime
+    return out
+
+
+def _rate_bound(registered: int, cpu: float, world: dict[str, float]) -> float | None:
+    """The highest rate this burst's CPU seconds allow on this machine's cores: the system under
+    test and its world share them, so the wall time is at least their sum over the cores (and at
+    least the busiest single process, which runs on one). What a registrar at this CPU cost could
+    reach with an idle machine and a perfect scheduler; the measured rate is below it."""
+    cores = os.cpu_count() or 1
+    floor_s = max(cpu, *world.values(), (cpu + sum(world.values())) / cores)
+    return round(registered / floor_s, 1) if floor_s > 0 else None
 
 
 async def _outside_calls(target: Target) -> dict[str, float]:

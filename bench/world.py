@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.poster import Poster
 from bench.procs import Proc, free_port, wait_http
 
 SLAVES = tuple(f"127.0.1.{i}" for i in range(1, 21))
@@ -55,7 +56,7 @@ class Relay:
     counts: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     _session: aiohttp.ClientSession | None = None
-    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DELIVERY_CONCURRENCY))
+    _posters: dict[str, Poster] = field(default_factory=dict)  # target URL -> its kept-alive connections
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _runner: web.AppRunner | None = None
     url: str = ""
@@ -75,6 +76,8 @@ class Relay:
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        for poster in self._posters.values():
+            await poster.close()
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -113,17 +116,19 @@ class Relay:
                     self._on_event(line[6:].strip())
 
     async def _deliver(self, task_id: str, state: str, body: bytes) -> None:
-        assert self._session is not None and self.target is not None
-        async with self._slots:
+        assert self.target is not None
+        poster = self._posters.get(self.target)
+        if poster is None:
+            poster = self._posters[self.target] = Poster(self.target, limit=DELIVERY_CONCURRENCY)
+
+        def stamp() -> None:
             self.sent[(task_id, state)] = time.monotonic()
-            try:
-                async with self._session.post(self.target, data=body,
-                                              headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    if r.status >= 300:
-                        self.errors += 1
-            except (aiohttp.ClientError, TimeoutError, OSError):
+
+        try:
+            if await poster.post(body, on_send=stamp) >= 300:
                 self.errors += 1
+        except (OSError, TimeoutError, ValueError, EOFError, asyncio.LimitOverrunError):
+            self.errors += 1
 
     async def blast(self, bodies: Iterable[tuple[str, bytes]], state: str = "TASK_RUNNING") -> None:
         """Deliver held events as fast as the target takes them (DELIVERY_CONCURRENCY in flight)."""
