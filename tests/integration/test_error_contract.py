@@ -135,7 +135,7 @@ CONSUL_ROWS = [
         ATTEMPTS),
     Row("register", {"path": REGISTER, "status": 502, "body": "Bad Gateway"}, "retry", "unavailable", ATTEMPTS),
     Row("register", {"path": REGISTER, "status": 429}, "retry", "rate-limited", ATTEMPTS),
-    Row("register", {"path": REGISTER, "mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+    Row("register", {"path": REGISTER, "mode": "slow", "delay": 1.5}, "retry", "timeout", ATTEMPTS),
     Row("register", {"path": REGISTER, "status": 400, "body": "Invalid check: TTL must be > 0"}, "report",
         "bad-request", 1),
     Row("register", {"path": REGISTER, "status": 401, "body": "ACL support disabled"}, "report", "unauthorized", 1),
@@ -188,7 +188,7 @@ async def consul_call(agent: AgentClient, call: str) -> object:
 async def test_consul(row: Row, caplog: pytest.LogCaptureFixture) -> None:
     async with consul_agents() as (url_a, _):
         metrics = Metrics()
-        agent = AgentClient(AGENT_A, url_a, token=None, metrics=metrics, timeout=0.3, attempts=ATTEMPTS)
+        agent = AgentClient(AGENT_A, url_a, token=None, metrics=metrics, timeout=0.6, attempts=ATTEMPTS)
         try:
             if row.call in ("deregister", "agent_services") and row.reason != "gone":
                 await agent.register(REG)
@@ -470,7 +470,7 @@ DOCKER_ROWS = [
     Row("list", {"path": LIST, "status": 503, "body": "daemon is shutting down"}, "retry", "unavailable", 1),
     Row("list", {"path": LIST, "status": 429, "body": "slow down"}, "retry", "rate-limited", 1),
     Row("list", {"path": LIST, "mode": "reset"}, "retry", "connection", 1),
-    Row("list", {"path": LIST, "mode": "slow", "delay": 1.0}, "retry", "timeout", 1),
+    Row("list", {"path": LIST, "mode": "slow", "delay": 1.5}, "retry", "timeout", 1),
     Row("list", {"path": LIST, "status": 400, "body": "client version 1.99 is too new"}, "report",
         "bad-request", 1),
     Row("list", {"path": LIST, "status": 403, "body": "authorization denied by plugin"}, "report", "acl-denied", 1),
@@ -487,7 +487,7 @@ async def test_docker(row: Row, caplog: pytest.LogCaptureFixture) -> None:
     running = await start([(ENGINE, 0)])
     base = f"http://{ENGINE}:{running[0].port}"
     metrics = Metrics()
-    lookup = ContainerLookup(f"tcp://{{host}}:{running[0].port}", ("weave",), metrics=metrics, timeout=0.3)
+    lookup = ContainerLookup(f"tcp://{{host}}:{running[0].port}", ("weave",), metrics=metrics, timeout=0.6)
     try:
         rule = await fault(base, {**row.rule, "method": "GET"})
         with caplog.at_level(logging.INFO), pytest.raises(DockerLookupError) as raised:
@@ -536,7 +536,7 @@ MARATHON_ROWS = [
     Row("app", {"path": APP_PATH, "status": 500, "body": "boom"}, "retry", "server-error", ATTEMPTS),
     Row("app", {"path": APP_PATH, "status": 429, "body": "slow down"}, "retry", "rate-limited", ATTEMPTS),
     Row("app", {"path": APP_PATH, "mode": "reset"}, "retry", "connection", ATTEMPTS),
-    Row("app", {"path": APP_PATH, "mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+    Row("app", {"path": APP_PATH, "mode": "slow", "delay": 1.5}, "retry", "timeout", ATTEMPTS),
     Row("app", {"path": APP_PATH, "status": 400, "body": "bad"}, "report", "bad-request", 1),
     Row("app", {"path": APP_PATH, "status": 401, "body": "Invalid username or password."}, "report",
         "unauthorized", 1),
@@ -555,7 +555,7 @@ async def test_marathon(row: Row, caplog: pytest.LogCaptureFixture) -> None:
         async with session.post(f"{url}/v2/apps", json=APP_JSON) as resp:
             assert resp.status == 201, await resp.text()
         metrics = Metrics()
-        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.3, attempts=ATTEMPTS,
+        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.6, attempts=ATTEMPTS,
                                 backoff_initial=0.01, backoff_max=0.05)
         rule = await fault(url, {**row.rule, "method": "GET"})
         call = client.app_with_tasks(APP_ID) if row.call == "app" else client.apps_with_tasks()
@@ -583,7 +583,7 @@ POD_ROWS = [
           ({"status": 500, "body": "boom"}, "retry", "server-error", ATTEMPTS),
           ({"status": 429, "body": "slow down"}, "retry", "rate-limited", ATTEMPTS),
           ({"mode": "reset"}, "retry", "connection", ATTEMPTS),
-          ({"mode": "slow", "delay": 1.0}, "retry", "timeout", ATTEMPTS),
+          ({"mode": "slow", "delay": 1.5}, "retry", "timeout", ATTEMPTS),
           ({"status": 401, "body": "Invalid username or password."}, "report", "unauthorized", 1),
           ({"status": 403, "body": "Not Authorized to perform this action!"}, "report", "acl-denied", 1),
           ({"mode": "garbage"}, "report", "garbage", 1),
@@ -600,7 +600,7 @@ def pods_call(client: MarathonClient, call: str) -> Any:
 async def test_marathon_pods(row: Row, caplog: pytest.LogCaptureFixture) -> None:
     async with marathon_sim() as url, aiohttp.ClientSession() as session:
         metrics = Metrics()
-        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.3, attempts=ATTEMPTS,
+        client = MarathonClient([url], session=session, metrics=metrics, timeout=0.6, attempts=ATTEMPTS,
                                 backoff_initial=0.01, backoff_max=0.05)
         rule = await fault(url, {**row.rule, "method": "GET"})
         with caplog.at_level(logging.INFO), pytest.raises(MarathonError) as raised:
