@@ -99,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact.install(config.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.command == "serve":
+        from service.heap import tune_collector
         from service.runtime import serve
 
+        tune_collector()
         asyncio.run(serve(config))
         return 0
     from service.errors import CallError

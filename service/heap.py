@@ -11,6 +11,7 @@ returns the free pages (also in the middle of the heap, glibc >= 2.8). Where the
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 from collections.abc import Callable
 
@@ -33,3 +34,24 @@ _TRIM = _malloc_trim()
 def release_free_memory() -> bool:
     """Return free heap pages to the OS; True if any were."""
     return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+# The cyclic collector's youngest generation is collected after this many allocations beyond
+# deallocations (CPython's default is 700).
+GEN0_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Make the cyclic garbage collector cheaper for a process that allocates fast and keeps little.
+
+    Measured on a 5,000-event burst (python -m bench burst's world, gc.callbacks): the collector took
+    ~0.5 of the registrar's ~3 CPU-s, about 540 young collections, 50 middle and 5 full ones, each full one
+    walking every object the imports made (aiohttp, py-consul, prometheus: ~60,000). Almost everything the
+    event path allocates (requests, tasks, futures, parsed JSON) is freed by reference counting within
+    milliseconds, so a young collection every 700 net allocations mostly walks objects about to go anyway.
+    Called once the modules are loaded: `gc.freeze()` moves what exists then (modules, classes, the
+    configuration) out of every later collection, and the young generation is collected every
+    `GEN0_THRESHOLD` allocations. Cyclic garbage waits a little longer (at most that many objects)."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
