@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -81,34 +82,48 @@ class AgentClient:
             raise self._call.fail("agent_services", GARBAGE, f"unexpected answer: {type(services).__name__}, not a map")
         if not services:
             return {}
+        # Parsed to compact values before the checks are asked for, and the decoded answer dropped:
+        # a resync reads every agent at once, and their whole decoded answers held across the checks'
+        # round trip were most of the resync's heap peak, whose arenas the idle process kept (issue 20).
+        with self._call.shape("agent_services"):
+            regs = self._registrations(services)
+        del services
         checks = self._call.answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
-            filter_expr=checks_filter(services) if app_id is not None else None)))
+            filter_expr=checks_filter(regs) if app_id is not None else None)))
         if not isinstance(checks, dict):
             raise self._call.fail("agent_checks", GARBAGE, f"unexpected answer: {type(checks).__name__}, not a map")
         with self._call.shape("agent_services"):
-            return self._parse_owned(services, checks)
+            return self._with_checks(regs, checks)
 
-    def _parse_owned(self, services: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, OwnedService]:
-        """The agent's services and checks as our `OwnedService` values (shape errors raise; the
-        caller turns them into a REPORT)."""
-        by_service: dict[str, list[Mapping[str, Any]]] = {}
-        for chk in checks.values():
-            if chk.get("ServiceID") in services:
-                by_service.setdefault(chk["ServiceID"], []).append(chk)
-        owned: dict[str, OwnedService] = {}
+    def _registrations(self, services: Mapping[str, Any]) -> dict[str, Registration]:
+        """The agent's services as our `Registration` values, without checks yet (shape errors
+        raise; the caller turns them into a REPORT)."""
+        regs: dict[str, Registration] = {}
         for sid, svc in services.items():
-            chks = sorted(by_service.get(sid, []), key=lambda c: c.get("CheckID", ""))
             meta = svc.get("Meta") or {}
             # names, tags and most Meta pairs repeat across registrations: the ledger keeps one of each
+            regs[sid] = Registration(
+                agent_host=self.host, service_id=sid, name=shared(svc.get("Service", "")),
+                tags=shared(tuple(svc.get("Tags") or ())), address=svc.get("Address", ""),
+                port=int(svc.get("Port", 0)), meta=shared_meta(meta.items()))
+        return regs
+
+    def _with_checks(self, regs: Mapping[str, Registration], checks: Mapping[str, Any]) -> dict[str, OwnedService]:
+        """`regs` with their checks as the agent holds them, as `OwnedService` values."""
+        by_service: dict[str, list[Mapping[str, Any]]] = {}
+        for chk in checks.values():
+            if chk.get("ServiceID") in regs:
+                by_service.setdefault(chk["ServiceID"], []).append(chk)
+        owned: dict[str, OwnedService] = {}
+        for sid, reg in regs.items():
+            chks = sorted(by_service.get(sid, []), key=lambda c: c.get("CheckID", ""))
+            if not chks:
+                owned[sid] = OwnedService(registration=reg, check_types=_NO_CHECKS, check_status=_NO_CHECKS)
+                continue
             owned[sid] = OwnedService(
-                registration=Registration(
-                    agent_host=self.host, service_id=sid, name=shared(svc.get("Service", "")),
-                    tags=shared(tuple(svc.get("Tags") or ())), address=svc.get("Address", ""),
-                    port=int(svc.get("Port", 0)), meta=shared_meta(meta.items()),
-                    checks=tuple(_check_from_consul(c) for c in chks),
-                ),
-                check_types={c.get("CheckID", ""): c.get("Type", "") for c in chks} if chks else _NO_CHECKS,
-                check_status={c.get("CheckID", ""): c.get("Status", "") for c in chks} if chks else _NO_CHECKS,
+                registration=replace(reg, checks=tuple(_check_from_consul(c) for c in chks)),
+                check_types={c.get("CheckID", ""): c.get("Type", "") for c in chks},
+                check_status={c.get("CheckID", ""): c.get("Status", "") for c in chks},
             )
         return owned
 
