@@ -181,9 +181,11 @@ class Cooldown:
         """Seconds until the back-off ends (0 when it has)."""
         return max(0.0, self._until - self._clock())
 
-    async def ready(self, stop: Stop | None = None) -> bool:
+    async def ready(self, stop: Stop | None = None, *, probe: bool = True) -> bool:
         """Wait until the target may be called again (at once when it answers). True when this
-        caller is the probe: the one call let through after a back-off (it alone may `abandoned()`)."""
+        caller is the probe: the one call let through after a back-off (it alone may `abandoned()`).
+        `probe=False`: a call whose answer may take long (a blocking query) waits out the back-off
+        and any probe out, then goes, but never as the probe the others would wait for."""
         while self.failures:
             wait = self._until - self._clock()
             if wait > 0:
@@ -191,6 +193,8 @@ class Cooldown:
                 continue
             now = self._clock()
             if self._probe_since is None or now - self._probe_since >= self._lease:
+                if not probe:
+                    return False
                 self._probe_since = now  # this caller probes; the others wait for its answer
                 return True
             changed = self._changed

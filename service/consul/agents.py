@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from service.connect import TLSOptions, consul_client
-from service.consul.call import ConsulCall
+from service.consul.call import AgentCooldowns, ConsulCall
 from service.consul.call import ConsulError as ConsulError
 from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, Classified, record
 from service.metrics import Metrics
@@ -56,11 +56,14 @@ class AgentClient:
     """One Consul agent (the one on `host`)."""
 
     def __init__(self, host: str, url: str, *, token: str | TokenSource | None, metrics: Metrics, timeout: float,
-                 attempts: int, tls: TLSOptions | None = None, stop: Stop | None = None) -> None:
+                 attempts: int, tls: TLSOptions | None = None, stop: Stop | None = None,
+                 cooldowns: AgentCooldowns | None = None) -> None:
         self.host = host
         self.url = url
         self._metrics = metrics
-        self._call = ConsulCall(url, metrics=metrics, attempts=attempts, stop=stop)  # owns the agent's Cooldown
+        # the agent's one back-off (shared with the lock's client when it calls this agent too)
+        self._call = ConsulCall(url, metrics=metrics, attempts=attempts, stop=stop,
+                                cooldown=cooldowns.of(url) if cooldowns is not None else None)
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=timeout, limit=64)
         self._node_name: str | None = None
@@ -170,7 +173,7 @@ class ConsulAgents:
 
     def __init__(self, url_template: str, *, token: str | TokenSource | None, metrics: Metrics,
                  timeout: float = 5.0, attempts: int = 3, tls: TLSOptions | None = None,
-                 stop: Stop | None = None) -> None:
+                 stop: Stop | None = None, cooldowns: AgentCooldowns | None = None) -> None:
         if "://" not in url_template:
             raise ValueError(f"--consul: {url_template!r} is not a URL (expected e.g. http://{{host}}:8500)")
         self.url_template = url_template
@@ -181,6 +184,7 @@ class ConsulAgents:
         self._timeout = timeout
         self._attempts = attempts
         self._stop = stop
+        self._cooldowns = cooldowns if cooldowns is not None else AgentCooldowns()
         self._agents: dict[str, AgentClient] = {}
 
     def url_for(self, host: str) -> str:
@@ -193,7 +197,8 @@ class ConsulAgents:
         if client is None:
             client = AgentClient(host if self.per_host else urllib.parse.urlsplit(self.url_template).hostname or "",
                                  self.url_for(host), token=self._token, metrics=self._metrics,
-                                 timeout=self._timeout, attempts=self._attempts, tls=self._tls, stop=self._stop)
+                                 timeout=self._timeout, attempts=self._attempts, tls=self._tls, stop=self._stop,
+                                 cooldowns=self._cooldowns)
             self._agents[key] = client
         return client
 

@@ -12,13 +12,18 @@ back-off. So work that arrives for an app meanwhile (hints, a resync) cannot cal
 again at once, each with a back-off of its own (issue 18: 28 register calls in 3.5 s).
 
 One wrapper, so that the lock's calls cannot drift from the agents' (they once had a copy of this
-loop that had lost the latency timing).
+loop that had lost the latency timing). One back-off per agent address, whichever client calls it
+(`AgentCooldowns`): the lock agent is usually also the agent of the tasks on its host, and the lock's
+calls and the registrations' must not each back off on their own. A blocking read (the lock's
+watch of its key) waits out the back-off but is never the probe the other callers wait for: a
+recovered agent answers it only when the key changes or its wait ends, seconds later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import TypeVar
@@ -52,6 +57,22 @@ def _no_wait(_lo: float, _hi: float) -> float:
 _ATTEMPTS = replace(CALL_BACKOFF, uniform=_no_wait)
 
 
+class AgentCooldowns:
+    """One `Cooldown` per Consul agent address (host and port), shared by every client that calls
+    that agent: the registrations' `AgentClient` and the lock's `ConsulLockClient`."""
+
+    def __init__(self) -> None:
+        self._by_agent: dict[tuple[str, int], Cooldown] = {}
+
+    def of(self, url: str) -> Cooldown:
+        parts = urllib.parse.urlsplit(url)
+        key = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80))
+        cooldown = self._by_agent.get(key)
+        if cooldown is None:
+            cooldown = self._by_agent[key] = Cooldown(CALL_BACKOFF)
+        return cooldown
+
+
 class ConsulError(CallError):
     """A Consul agent call failed (a REPORT answer, or RETRY answers until the attempts ran out);
     the message names the agent and the call, `verdict`/`cause` say what the answer meant."""
@@ -74,24 +95,27 @@ class ConsulCall:
         self.cooldown = cooldown if cooldown is not None else Cooldown(CALL_BACKOFF)
 
     async def __call__(self, call: str, fn: Callable[[], Awaitable[T]], *,
-                       counted_only: frozenset[str] = frozenset()) -> T:
+                       counted_only: frozenset[str] = frozenset(), blocking: bool = False) -> T:
         """One call, retrying RETRY answers up to `attempts` in all, each attempt after the agent's
         back-off (`Stopped` when the stop signal comes meanwhile).
 
         A failed answer whose reason is in `counted_only` is counted, neither logged nor retried,
-        and raised at once: the caller gives it a meaning of its own and says so itself."""
+        and raised at once: the caller gives it a meaning of its own and says so itself. A
+        `blocking` call (a blocking query) is never the agent's probe (module docstring)."""
         def retryable(exc: BaseException) -> bool:
             return isinstance(exc, ConsulError) and exc.verdict is RETRY and exc.cause not in counted_only
 
-        return await retry(lambda: self._attempt(call, fn, counted_only), policy=self._attempts, stop=self._stop,
+        return await retry(lambda: self._attempt(call, fn, counted_only, blocking), policy=self._attempts,
+                           stop=self._stop,
                            retry_on=retryable, on_retry=self._retrying)
 
     def _retrying(self, _attempt: int, _exc: BaseException, _delay: float) -> None:
         self._metrics.retries.labels("consul").inc()
 
-    async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str]) -> T:
+    async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str],
+                       blocking: bool) -> T:
         cooldown = self.cooldown
-        probe = await cooldown.ready(self._stop) if cooldown.cooling else False
+        probe = await cooldown.ready(self._stop, probe=not blocking) if cooldown.cooling else False
         gate = ATTEMPT_GATE.get()
         if gate is not None:
             try:

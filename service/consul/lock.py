@@ -10,7 +10,8 @@ The error contract (docs/architecture.md §8) holds here as for the agents: ever
 classified by `service.errors` and counted in `mcr_call_errors_total{system="consul", call=...}`
 (calls `session_create`, `session_renew`, `session_destroy`, `kv_get`, `kv_acquire`, `kv_release`,
 and `alive_register`/`alive_deregister` for the holder's liveness check the session is bound to);
-a RETRY answer is retried after the agent's back-off (`ConsulCall`) up to `attempts` in all, then
+a RETRY answer is retried after the agent's back-off (`ConsulCall`; one per agent address, shared
+with the registrations' client of that agent through `AgentCooldowns`) up to `attempts` in all, then
 `ConsulError` goes to the lock's own loop (`service.leadership`), which tries again for as long as the lock matters. Two
 answers the lock gives a meaning of its own: 404 or 405 on session create is `SessionsUnavailable`
 (counted as a report, but logged by the leadership, which knows whether `--lock auto` accepts it),
@@ -24,7 +25,7 @@ from typing import Any
 import consul.exceptions
 
 from service.connect import TLSOptions, consul_client
-from service.consul.call import ConsulCall, ConsulError
+from service.consul.call import AgentCooldowns, ConsulCall, ConsulError
 from service.errors import GONE, NOT_FOUND, RETRY, Classified
 from service.leadership import AliveCheck, SessionsUnavailable
 from service.metrics import Metrics
@@ -40,12 +41,14 @@ class ConsulLockClient:
 
     def __init__(self, url: str, *, token: str | TokenSource | None, timeout: float = 5.0, wait_seconds: float = 10.0,
                  tls: TLSOptions | None = None, metrics: Metrics | None = None, attempts: int = 3,
-                 stop: Stop | None = None) -> None:
+                 stop: Stop | None = None, cooldowns: AgentCooldowns | None = None) -> None:
         self.url = url
         self._timeout = timeout
         self._metrics = metrics if metrics is not None else Metrics()
+        # the agent's one back-off, shared with the registrations' client of the same agent
         self._call = ConsulCall(url, metrics=self._metrics, attempts=attempts,
-                                then="tried again at the lock's next round (acquire or renew)", stop=stop)
+                                then="tried again at the lock's next round (acquire or renew)", stop=stop,
+                                cooldown=cooldowns.of(url) if cooldowns is not None else None)
         # a blocking GET waits up to wait_seconds (+1/16 jitter) before Consul answers
         self._client = consul_client(url, token=token if callable(token) else static(token), tls=tls,
                                      timeout=wait_seconds * 17 / 16 + timeout, limit=8)
@@ -88,7 +91,8 @@ class ConsulLockClient:
 
     async def get_key(self, key: str, *, index: int | None, wait_seconds: float) -> tuple[int, dict[str, Any] | None]:
         got_index, entry = await self._call("kv_get", lambda: self._client.kv.get(
-            key, index=index or None, wait=f"{max(1, int(wait_seconds))}s", consistency="consistent"))
+            key, index=index or None, wait=f"{max(1, int(wait_seconds))}s", consistency="consistent"),
+            blocking=bool(index))
         return int(got_index or 0), entry
 
     async def acquire(self, key: str, value: bytes, session_id: str, flags: int) -> bool:

@@ -16,6 +16,7 @@ import aiohttp
 from service.config import Config
 from service.connect import ssl_context
 from service.consul.agents import ConsulAgents
+from service.consul.call import AgentCooldowns
 from service.docker.lookup import ContainerLookup
 from service.marathon.client import MarathonClient
 from service.metrics import Metrics
@@ -40,6 +41,7 @@ class Outside:
     session: aiohttp.ClientSession
     marathon: MarathonClient
     consul_token: TokenSource  # one source: the lock and the agents rotate together
+    consul_cooldowns: AgentCooldowns  # one back-off per agent, for the lock's calls and the registrations'
 
     async def close(self) -> None:
         await self.session.close()
@@ -53,7 +55,7 @@ def connect(config: Config) -> Outside:
     if config.marathon_token_file:
         marathon_token = TokenFile(config.marathon_token_file, what="marathon token")
     marathon = MarathonClient(list(config.marathon), session=session, metrics=metrics, token=marathon_token)
-    return Outside(metrics, session, marathon, consul_token(config))
+    return Outside(metrics, session, marathon, consul_token(config), AgentCooldowns())
 
 
 @dataclass
@@ -74,7 +76,8 @@ def build_reconciler(config: Config, outside: Outside, *, cluster_id: str | None
     lookup = ContainerLookup(config.docker, config.networks, metrics=outside.metrics,
                              overlay_cidrs=config.overlay_cidrs, weave_exec=config.weave_exec_lookup,
                              tls=config.docker_tls)
-    agents = ConsulAgents(config.consul, token=outside.consul_token, metrics=outside.metrics, tls=config.consul_tls)
+    agents = ConsulAgents(config.consul, token=outside.consul_token, metrics=outside.metrics, tls=config.consul_tls,
+                          cooldowns=outside.consul_cooldowns)
     settings = ReconcileSettings(naming=config.naming, name_override=config.allow_name_override,
                                  address_mode=config.address_mode, networks=config.networks,
                                  overlay_cidrs=config.overlay_cidrs,

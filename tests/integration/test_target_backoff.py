@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import aiohttp
@@ -25,14 +26,23 @@ from devcluster import faults as faults_module
 from devcluster.docker_sim import start as start_docker
 from devcluster.docker_sim import stop as stop_docker
 from devcluster.faults import Faults
+from service import cli
+from service.config import config_from_args
+from service.consul.agents import AgentClient, ConsulError
+from service.consul.call import AgentCooldowns
+from service.consul.lock import ConsulLockClient
 from service.docker.lookup import ContainerLookup
+from service.leadership import lock_key
 from service.marathon.client import MarathonClient, MarathonError
 from service.marathon.events import TaskEvent
 from service.metrics import Metrics
-from service.model import TaskState
+from service.model import Registration, TaskState
 from service.retry import Cooldown
+from service.runtime.lock import lock_for
+from service.runtime.parts import build_reconciler, connect
 from tests.integration.test_error_contract import (
     AGENT_A,
+    AGENT_B,
     APP_ID,
     ENGINE,
     LIST,
@@ -157,3 +167,85 @@ async def test_lookups_on_a_failing_engine_are_spaced_by_its_back_off_whatever_w
     assert min(gaps) >= policy.initial * 0.9, gaps
     assert answered is not None, "the engine's answer never came back"
     assert answered - (began + WINDOW) <= policy.cap + 1.0
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_the_lock_and_the_registrations_share_the_back_off_of_their_one_agent(
+        monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    """The lock agent is usually also the agent of the tasks on its host. While it answers 429/5xx,
+    the lock's calls (session create, key reads) and the registrations, each asking again at once
+    after every failure, reach it spaced by its one back-off, not by one back-off per client (each
+    had its own Cooldown: two calls per window, side by side); both land once it answers again."""
+    policy = replace(consul_call.CALL_BACKOFF, uniform=top)
+    monkeypatch.setattr(consul_call, "CALL_BACKOFF", policy)
+    calls: list[tuple[float, str]] = []  # (when, which client) a request reached agent A
+    pick = Faults.pick
+
+    def recording_pick(self: Faults, request: web.Request) -> faults_module.Rule | None:
+        if faults_module._local(request).startswith(AGENT_A + ":"):
+            calls.append((time.monotonic(), "lock" if request.path.startswith(("/v1/session", "/v1/kv")) else "agent"))
+        return pick(self, request)
+
+    monkeypatch.setattr(Faults, "pick", recording_pick)
+    reg = Registration(agent_host=AGENT_A, service_id="mcr-web.t1-0", name="web", tags=(), address="10.32.0.9",
+                       port=80, meta=(("managed-by", "marathon-consul-registrar"),), checks=())
+    cooldowns = AgentCooldowns()  # what `runtime.parts.connect` makes once per process
+    async with consul_agents() as (url_a, _):
+        agent = AgentClient(AGENT_A, url_a, token=None, metrics=Metrics(), timeout=1.0, attempts=1,
+                            cooldowns=cooldowns)
+        lock = ConsulLockClient(url_a, token=None, metrics=Metrics(), timeout=1.0, attempts=1, cooldowns=cooldowns)
+        landed: dict[str, float] = {}
+
+        async def until_answered(name: str, call: Callable[[], Awaitable[object]]) -> None:
+            while time.monotonic() - began < WINDOW + 6:
+                try:
+                    await call()
+                except ConsulError:
+                    continue  # at once: the agent's back-off is the only wait
+                landed[name] = time.monotonic()
+                return
+
+        async def lock_round() -> None:
+            session = await lock.create_session(name="t", ttl_seconds=10, lock_delay_seconds=0)
+            await lock.get_key(lock_key("shared"), index=None, wait_seconds=1)
+            await lock.destroy_session(session)
+
+        try:
+            await fault(url_a, {"path": "^/v1/", "listen": AGENT_A, "status": status, "duration": WINDOW})
+            began = time.monotonic()
+            await asyncio.gather(until_answered("agent", lambda: agent.register(reg)),
+                                 until_answered("lock", lock_round))
+        finally:
+            await agent.close()
+            await lock.close()
+    during = [(t, who) for t, who in calls if began <= t < began + WINDOW]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(during)]
+    # both clients' first calls went out together, before any answer; then one probe per window
+    # (ceilings 0.1, 0.2, 0.4, 0.8, 1.6, 2 s: at most 6 windows begin within 3 s)
+    assert len(during) <= 2 + 6, during
+    assert min(gaps[1:]) >= policy.initial * 0.9, during  # never two calls at once, whichever client
+    assert {who for _, who in during} == {"lock", "agent"}
+    assert set(landed) == {"agent", "lock"}, "a client never got through once the agent answered"
+    assert max(landed.values()) - (began + WINDOW) <= policy.cap + 1.0
+
+
+async def test_one_agent_address_is_one_back_off_for_every_client_the_registrar_builds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built as `serve` builds them: the lock agent (by default --consul with {host} = $HOST) and
+    the registrations' client of that host share one Cooldown; another host's agent has its own."""
+    monkeypatch.setenv("HOST", AGENT_A)
+    args = cli._parser().parse_args(["serve", "--consul", "http://{host}:8500", "--cluster-id", "c"])
+    config = config_from_args(args)
+    assert config.lock_agent == f"http://{AGENT_A}:8500"
+    outside = connect(config)
+    parts = build_reconciler(config, outside, cluster_id="c", may_write=None)
+    lock = lock_for(config, outside, cluster_id="c", serving=True)
+    assert lock is not None
+    try:
+        shared = lock[1]._call.cooldown
+        assert parts.agents.agent(AGENT_A)._call.cooldown is shared
+        assert parts.agents.agent(AGENT_B)._call.cooldown is not shared
+    finally:
+        await lock[1].close()
+        await parts.close()
+        await outside.close()

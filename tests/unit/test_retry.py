@@ -177,6 +177,24 @@ async def test_cooldown_lets_one_probe_through_and_the_others_wait_for_its_answe
     assert sorted(await asyncio.wait_for(asyncio.gather(*waiters), 0.5)) == [False, False, False, True, True]
 
 
+async def test_a_blocking_call_waits_out_the_back_off_but_is_never_the_probe() -> None:
+    """A blocking query (the lock's watch of its key) may be answered only seconds after the
+    target recovered: the others must not wait for it. It waits out the window and any probe
+    out, then goes; the next ordinary caller is still the probe."""
+    cooldown = Cooldown(Backoff(initial=0.05, cap=0.05, uniform=top))
+    cooldown.failed()
+    blocking = asyncio.create_task(cooldown.ready(probe=False))
+    await asyncio.sleep(0.01)
+    assert not blocking.done()  # the window is not over
+    assert await asyncio.wait_for(blocking, 0.5) is False  # then it goes, not as the probe
+    assert await asyncio.wait_for(cooldown.ready(), 0.5) is True  # the probe is still to be had
+    late = asyncio.create_task(cooldown.ready(probe=False))
+    await asyncio.sleep(0.01)
+    assert not late.done()  # a probe is out: its answer first
+    cooldown.succeeded()
+    assert await asyncio.wait_for(late, 0.5) is False
+
+
 async def test_an_abandoned_probe_hands_its_turn_on() -> None:
     cooldown = Cooldown(Backoff(initial=0.01, cap=0.01, uniform=top))
     cooldown.failed()
