@@ -4,7 +4,7 @@ Registrations go into the agent on the task's host (docs/architecture.md §6.3),
 agents keyed by host, built from the `--consul` URL template. Reading back is the other half of
 level-triggered reconciliation: `AgentClient.owned()` returns the registrations carrying our
 ownership Meta (`service.ownership`), parsed back into `OwnedService` values, whose `matches`
-(in `service.model`) decides "nothing to do". Anything without our `managed-by` Meta is never
+(in `service.registration`) decides "nothing to do". Anything without our `managed-by` Meta is never
 returned, so never touched. Every call goes through `service.consul.call.ConsulCall`.
 
 Every call has a timeout and bounded, backed-off retries of what `service.errors` classifies as
@@ -28,8 +28,8 @@ from service.consul.call import AgentCooldowns, ConsulCall
 from service.consul.call import ConsulError as ConsulError
 from service.errors import GARBAGE, GONE, NOT_FOUND, RETRY, Classified, record
 from service.metrics import Metrics
-from service.model import ConsulCheck, OwnedService, Registration
 from service.ownership import checks_filter, owned_filter, shared, shared_meta
+from service.registration import ConsulCheck, OwnedService, Registration
 from service.retry import Stop
 from service.tokens import TokenSource, static
 

@@ -21,14 +21,11 @@ Why one listing per slave, not one call per event
       the event rate. Concurrent probes for one task id share one request.
 
 Marathon < 1.4 sets no label, only `MESOS_TASK_ID` in the container env, which the listing does not
-return. So when the narrowed probe finds nothing, the slave is listed "full": every `mesos-` named
-container (`filters={"name":["mesos-"]}`; the Mesos containerizer names every container so, and the
-answer carries the labels of the labelled ones), inspecting only containers never seen before; the
-container id -> task id answer is cached for the container's life (a container's env never
-changes), so an unlabelled container is inspected once, not once per event. A slave where a full
-listing found unlabelled task containers is "legacy": its listings are full ones (a miss goes
-straight to a full re-list, coalesced like any listing) until none are left. `containers()` (for
-resyncs) always lists full.
+return. So when the narrowed probe finds nothing, the slave is listed "full" (every `mesos-` named
+container, an unlabelled one inspected once in its life: `listing.py`, which reads every listing).
+A slave where a full listing found unlabelled task containers is "legacy": its listings are full
+ones (a miss goes straight to a full re-list, coalesced like any listing) until none are left.
+`containers()` (for resyncs) always lists full.
 
 Listings use `all=1`: a task whose container has exited is then reported with `running=False`
 instead of looking "not started yet" and costing a re-list on every event for it. Containers are
@@ -42,19 +39,15 @@ outside it is logged and counted (`mcr_overlay_addresses_rejected_total`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sys
 import time
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-from urllib.parse import quote
 
 from service.connect import TLSOptions
 from service.docker.engine import DockerEngines, Engine
 from service.docker.engine import DockerLookupError as DockerLookupError
-from service.docker.weave_proxy import WeaveCache, WeaveProxy, weave_proxied_entry
+from service.docker.listing import Entry, every_task, keep, labelled, one_task
+from service.docker.weave_proxy import WeaveCache, WeaveProxy
 from service.errors import consume_exception as consume_exception
 from service.metrics import Metrics
 from service.model import (
@@ -68,25 +61,6 @@ from service.model import (
 
 log = logging.getLogger(__name__)
 
-TASK_ID_KEY = "MESOS_TASK_ID"
-NAME_PREFIX = "mesos-"
-
-_LABEL_QUERY = "all=1&filters=" + quote(json.dumps({"label": [TASK_ID_KEY]}, separators=(",", ":")))
-_NAME_QUERY = "all=1&filters=" + quote(json.dumps({"name": [NAME_PREFIX]}, separators=(",", ":")))
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """What `_build` needs of an engine's list entry, and nothing else: a listing stays cached per
-    slave, and whole engine entries (mounts, ports, labels, ...) for 10,000 containers cost tens
-    of MB of RSS; even the kept fields as nested dicts cost ~1 KB a container (issue 20)."""
-
-    id: str
-    state: str | None
-    networks: tuple[tuple[str, str | None], ...]  # (network name, IPAddress) as listed
-    weave: bool
-
-
 @dataclass(slots=True)
 class _Listing:
     """One snapshot of a slave's task containers; `started` is when its request was sent. `raw`
@@ -94,7 +68,7 @@ class _Listing:
 
     started: float
     full: bool
-    raw: dict[str, _Entry]
+    raw: dict[str, Entry]
     built: dict[str, Container] = field(default_factory=dict)
 
 
@@ -116,7 +90,7 @@ class _Slave:
     inflight: _Run | None = None
     pending: _Run | None = None
     legacy: bool = False  # unlabelled task containers were seen: every listing is full
-    probes: dict[str, asyncio.Task[_Entry | None]] = field(default_factory=dict)
+    probes: dict[str, asyncio.Task[Entry | None]] = field(default_factory=dict)
     env_cache: dict[str, str | None] = field(default_factory=dict)  # container id -> task id or None
     weave: WeaveCache = field(default_factory=WeaveCache)
     noted: set[str] = field(default_factory=set)  # container ids whose overlay address was judged
@@ -179,7 +153,7 @@ class ContainerLookup:
             entry = await self._probe(engine, task_id)
             if entry is not None:
                 if engine.current is not None:  # later events for this task hit the listing
-                    _keep(engine.current.raw, entry, task_id)
+                    keep(engine.current.raw, entry, task_id)
                     engine.current.built.pop(task_id, None)
                 return await self._finish(engine, self._build(entry, task_id))
         # Unlabelled (Marathon < 1.4) or gone: a full listing newer than the one that missed.
@@ -274,44 +248,11 @@ class ContainerLookup:
     async def _refresh(self, e: _Slave, *, full: bool, started: float) -> _Listing:
         prefix = await self._docker.prefix(e.engine)
         if not full:
-            labelled = await self._docker.listing(e.engine, "list", f"{prefix}/containers/json?{_LABEL_QUERY}")
-            raw: dict[str, _Entry] = {}
-            for entry in labelled:
-                task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
-                if task_id:
-                    _keep(raw, entry, task_id)
-            return _Listing(started=started, full=False, raw=raw)
-        named = await self._docker.listing(e.engine, "list-named", f"{prefix}/containers/json?{_NAME_QUERY}")
-        raw, e.legacy = await self._full(e, prefix, named)
+            return _Listing(started=started, full=False, raw=await labelled(self._docker, e.engine, prefix))
+        raw, e.legacy = await every_task(self._docker, e.engine, prefix, e.env_cache)
         return _Listing(started=started, full=True, raw=raw)
 
-    async def _full(
-        self, e: _Slave, prefix: str, entries: list[dict[str, Any]]
-    ) -> tuple[dict[str, _Entry], bool]:
-        """Task containers among `mesos-` named entries: by label, else by the task id in their env
-        (inspecting each container once in its life). Also: was any of them unlabelled?"""
-        alive = {x["Id"] for x in entries}
-        for cid in [c for c in e.env_cache if c not in alive]:  # forget removed containers
-            del e.env_cache[cid]
-        unseen = [x for x in entries
-                  if not (x.get("Labels") or {}).get(TASK_ID_KEY) and x["Id"] not in e.env_cache]
-        if unseen:
-            answers = await asyncio.gather(*(self._inspect_task_id(e, prefix, x["Id"]) for x in unseen))
-            for entry, (gone, task_id) in zip(unseen, answers, strict=True):
-                if not gone:
-                    e.env_cache[entry["Id"]] = task_id
-        raw: dict[str, _Entry] = {}
-        legacy = False
-        for entry in entries:
-            task_id = (entry.get("Labels") or {}).get(TASK_ID_KEY)
-            if not task_id:
-                task_id = e.env_cache.get(entry["Id"])
-                legacy = legacy or bool(task_id)
-            if task_id:
-                _keep(raw, entry, task_id)
-        return raw, legacy
-
-    async def _probe(self, e: _Slave, task_id: str) -> _Entry | None:
+    async def _probe(self, e: _Slave, task_id: str) -> Entry | None:
         """The list entry labelled with exactly `task_id`, asked now; one request per task at a time."""
         task = e.probes.get(task_id)
         if task is None:
@@ -320,23 +261,8 @@ class ContainerLookup:
             task.add_done_callback(consume_exception)
         return await asyncio.shield(task)
 
-    async def _probe_now(self, e: _Slave, task_id: str) -> _Entry | None:
-        prefix = await self._docker.prefix(e.engine)
-        query = "all=1&filters=" + quote(json.dumps({"label": [f"{TASK_ID_KEY}={task_id}"]}, separators=(",", ":")))
-        raw: dict[str, _Entry] = {}
-        for entry in await self._docker.listing(e.engine, "list-task", f"{prefix}/containers/json?{query}"):
-            if (entry.get("Labels") or {}).get(TASK_ID_KEY) == task_id:
-                _keep(raw, entry, task_id)
-        return raw.get(task_id)
-
-    async def _inspect_task_id(self, e: _Slave, prefix: str, cid: str) -> tuple[bool, str | None]:
-        """(gone, task id from Config.Env); gone = removed between listing and inspect."""
-        async with e.engine.inspect_limit:
-            info = await self._docker.get(e.engine, "inspect", f"{prefix}/containers/{cid}/json", allow_404=True)
-        if info is None:
-            return True, None
-        env = ((info.get("Config") or {}).get("Env") or []) if isinstance(info, dict) else []
-        return False, _env_task_id(env)
+    async def _probe_now(self, e: _Slave, task_id: str) -> Entry | None:
+        return await one_task(self._docker, e.engine, await self._docker.prefix(e.engine), task_id)
 
     def _get_container(self, listing: _Listing, task_id: str) -> Container | None:
         c = listing.built.get(task_id)
@@ -347,7 +273,7 @@ class ContainerLookup:
             c = listing.built[task_id] = self._build(entry, task_id)
         return c
 
-    def _build(self, entry: _Entry, task_id: str) -> Container:
+    def _build(self, entry: Entry, task_id: str) -> Container:
         ips = {name: ip for name, ip in entry.networks if ip}
         # operator's networks first, in their order, so a reader sees the preference
         ordered = {n: ips[n] for n in self.networks if n in ips}
@@ -379,21 +305,6 @@ class ContainerLookup:
         return c
 
 
-def _keep(raw: dict[str, _Entry], entry: Mapping[str, Any] | _Entry, task_id: str) -> None:
-    """Record a list entry (as an `_Entry`); of two containers claiming one task id, a running one wins."""
-    if not isinstance(entry, _Entry):
-        networks = ((entry.get("NetworkSettings") or {}).get("Networks")) or {}
-        state = entry.get("State")
-        entry = _Entry(id=entry["Id"], state=sys.intern(state) if isinstance(state, str) else state,
-                       networks=tuple((sys.intern(name), n.get("IPAddress")) for name, n in networks.items() if n),
-                       weave=weave_proxied_entry(entry))
-    old = raw.get(task_id)
-    if old is None or (entry.state == "running" and old.state != "running"):
-        raw[task_id] = entry
-
-
-
-
 def _forget_stopped(e: _Slave, listing: _Listing) -> None:
     """Drop the per-container Weave answers and overlay judgements of containers this listing shows
     stopped or gone: a restarted container gets Docker's hosts file back until the proxy re-attaches
@@ -404,11 +315,4 @@ def _forget_stopped(e: _Slave, listing: _Listing) -> None:
     e.weave.forget(running)
     e.noted &= running
 
-
-def _env_task_id(env: Iterable[str]) -> str | None:
-    prefix = TASK_ID_KEY + "="
-    for item in env:
-        if isinstance(item, str) and item.startswith(prefix):
-            return item[len(prefix):] or None
-    return None
 

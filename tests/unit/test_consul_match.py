@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.model import ConsulCheck, OwnedService, Registration, go_duration_seconds, same_check
+from service.registration import ConsulCheck, OwnedService, Registration, go_duration_seconds, same_check
 
 
 @pytest.mark.parametrize("value,seconds", [
