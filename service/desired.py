@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.model import (
+    DEFAULT_NAME_OVERRIDE,
     DEFAULT_OVERLAY_CIDRS,
     NO_OVERLAY_IP,
     OUTSIDE_OVERLAY,
@@ -98,33 +99,50 @@ class _Addressing:
         return "overlay" if self.overlay_ip else "host"
 
 
-def desired_registrations(
-    app: App,
-    task: Task,
-    container: Container | None,
-    *,
-    naming: Naming,
-    address_mode: AddressMode,
-    networks: tuple[str, ...],
-    ttl_floor_seconds: int = TTL_FLOOR_SECONDS,
-    health_checks: HealthCheckMode | str = HealthCheckMode.CONSUL,
-    cluster_id: str | None = None,
-    overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS,
-    name_override: NameOverride = NameOverride.ANY,
-) -> list[Registration] | Skip:
+@dataclass(frozen=True, slots=True)
+class RegistrationPolicy:
+    """What the operator's options decide about every registration: built once from the
+    configuration (`ReconcileSettings.policy`), handed to `desired_registrations` whole. A plain
+    string for `health_checks` is checked here, once."""
+
+    naming: Naming = Naming.DNS
+    address_mode: AddressMode = AddressMode.AUTO
+    networks: tuple[str, ...] = ("weave", "bridge")
+    overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS  # only addresses inside count as overlay IPs
+    name_override: NameOverride = DEFAULT_NAME_OVERRIDE  # --allow-name-override (service.naming)
+    health_checks: HealthCheckMode = HealthCheckMode.CONSUL  # which checks Consul runs itself
+    ttl_floor_seconds: int = TTL_FLOOR_SECONDS  # a mirrored (TTL) check's TTL, at least
+    cluster_id: str | None = None  # Meta `marathon-cluster-id`
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "health_checks", HealthCheckMode(self.health_checks))
+        except ValueError:
+            raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, "
+                             f"got {self.health_checks!r}") from None
+
+    @property
+    def consul_runs(self) -> bool:
+        """Consul runs the translated HTTP/TCP checks itself."""
+        return self.health_checks is not HealthCheckMode.MARATHON
+
+    @property
+    def mirror(self) -> bool:
+        """A TTL check mirrors Marathon's verdict."""
+        return self.health_checks is not HealthCheckMode.CONSUL
+
+
+def desired_registrations(app: App, task: Task, container: Container | None,
+                          policy: RegistrationPolicy) -> list[Registration] | Skip:
     """What `task` of `app` should have in Consul (see the module docstring for the contract)."""
-    try:
-        mode = HealthCheckMode(health_checks)
-    except ValueError:
-        raise ValueError(f"health_checks must be one of {', '.join(HEALTH_CHECK_MODES)}, "
-                         f"got {health_checks!r}") from None
     if task.state == TaskState.UNREACHABLE:
         return Skip(task.id, "task-unreachable", "TASK_UNREACHABLE: its registrations are kept", keep=True)
     if task.state != TaskState.RUNNING:
         return []
     if not app.port_mappings:
         return Skip(task.id, "no-ports", f"app {app.id} defines no ports")
-    identities = [service_identity(app, i, naming, name_override) for i in range(len(app.port_mappings))]
+    identities = [service_identity(app, i, policy.naming, policy.name_override)
+                  for i in range(len(app.port_mappings))]
     if all(identity is None for identity in identities):
         return Skip(task.id, "register-false",
                     "every port opted out (consul.register=false, SERVICE_IGNORE or SERVICE_<port>_IGNORE)")
@@ -133,12 +151,11 @@ def desired_registrations(
     host_ports = task_host_ports(app, task)
     if isinstance(host_ports, Skip):
         return host_ports
-    addressing = _addressing(app, task, container, address_mode, networks, overlay_cidrs)
+    addressing = _addressing(app, task, container, policy.address_mode, policy.networks, policy.overlay_cidrs)
     if isinstance(addressing, Skip):
         return addressing
-    policy = _CheckPolicy(mode, ttl_floor_seconds)
     registrations = [
-        _registration(app, task, i, identity, host_ports, addressing, policy, cluster_id)
+        _registration(app, task, i, identity, host_ports, addressing, policy)
         for i, identity in enumerate(identities)
         if identity is not None and (addressing.overlay_ip or host_ports[i] is not None)
     ]
@@ -147,7 +164,7 @@ def desired_registrations(
     # Host addressing, and every remaining port is a container-network port without a host port.
     if addressing.fallback:
         return Skip(task.id, addressing.reason,
-                    f"no IP on networks {','.join(networks)} and no port has a host port", retry=True)
+                    f"no IP on networks {','.join(policy.networks)} and no port has a host port", retry=True)
     return Skip(task.id, "no-host-port", "host addressing, and no port has a host port")
 
 
@@ -214,8 +231,7 @@ def _registration(
     identity: Identity,
     host_ports: list[int | None],
     addressing: _Addressing,
-    policy: _CheckPolicy,
-    cluster_id: str | None = None,
+    policy: RegistrationPolicy,
 ) -> Registration:
     mapping = app.port_mappings[port_index]
     host_port = host_ports[port_index]
@@ -235,7 +251,7 @@ def _registration(
         address=address,
         port=port,
         meta=ownership_meta(app_id=app.id, task_id=task.id, host=task.host, port_index=port_index,
-                            address_source=addressing.source, cluster_id=cluster_id,
+                            address_source=addressing.source, cluster_id=policy.cluster_id,
                             pod_endpoint=(mapping.container or "", mapping.name or "")
                             if app.kind is RunSpecKind.POD else None),
         checks=(
@@ -279,7 +295,7 @@ def _checks(
     host_port: int | None,
     check_host: str,
     check_port: int,
-    policy: _CheckPolicy,
+    policy: RegistrationPolicy,
 ) -> list[ConsulCheck]:
     checks = []
     for hc_index, hc in enumerate(app.health_checks):
@@ -299,20 +315,6 @@ def _checks(
                 checks.append(_ttl_check(hc, hc_index, mirror_check_id(sid, hc_index),
                                          f"{name} (Marathon's result)", policy.ttl_floor_seconds))
     return checks
-
-
-@dataclass(frozen=True, slots=True)
-class _CheckPolicy:
-    mode: HealthCheckMode
-    ttl_floor_seconds: int
-
-    @property
-    def consul_runs(self) -> bool:
-        return self.mode is not HealthCheckMode.MARATHON
-
-    @property
-    def mirror(self) -> bool:
-        return self.mode is not HealthCheckMode.CONSUL
 
 
 def _targets(hc: HealthCheck, port_index: int, mapping: PortMapping, host_port: int | None) -> bool:

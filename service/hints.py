@@ -42,12 +42,13 @@ class AppEvent:
 class InstanceEvent:
     """`instance_changed_event`: instance `instance_id` of app or pod `app_id` has a new `condition`
     (`Running`, `Unreachable`, `Killed`, ...). The expunge of an unreachable instance is announced by
-    this event alone (condition `Killed`, reference/marathon-ucr-pods.md §3.3)."""
+    this event alone (condition `Killed`, reference/marathon-ucr-pods.md §3.3). Its `host` is not
+    kept: the removal goes by the instance's registrations we hold, so a malformed host must not
+    cost a valid expunge."""
 
     instance_id: str
     app_id: str
     condition: str
-    host: str
     event_type: str = "instance_changed_event"
 
 

@@ -115,17 +115,6 @@ def service_id(task_id: str, port_index: int) -> str:
     return f"{SERVICE_ID_PREFIX}{task_id}-{port_index}"
 
 
-def parse_service_id(sid: str) -> tuple[str, int] | None:
-    """`mcr-<task id>-<port index>` -> (task id, port index); None for an id not of this form.
-    Task ids contain dashes, the port index does not, so the last dash separates them."""
-    if not sid.startswith(SERVICE_ID_PREFIX):
-        return None
-    task_id, sep, index = sid[len(SERVICE_ID_PREFIX):].rpartition("-")
-    if not sep or not task_id or not index.isdigit():
-        return None
-    return task_id, int(index)
-
-
 def check_id(sid: str, hc_index: int) -> str:
     """The Consul check translated from Marathon health check `hc_index` (0-based) of `sid`."""
     return f"service:{sid}:{hc_index + 1}"

@@ -229,7 +229,7 @@ def _instance_changed(f: _Fields) -> InstanceEvent:
     instance_id = f.text("instanceId")
     app_id = f.text("runSpecId", required=False) or _derive_app_id(f, None, instance_id)
     return InstanceEvent(instance_id=instance_id, app_id=f.app_id(app_id, "runSpecId"),
-                         condition=f.text("condition"), host=f.host("host"), event_type=f.event_type)
+                         condition=f.text("condition"), event_type=f.event_type)
 
 
 def _deployment(f: _Fields) -> AppEvent:

@@ -329,15 +329,6 @@ def _health(task: Mapping[str, Any], ctx: str) -> tuple[bool | None, ...]:
     return tuple(out)
 
 
-def tasks_from_json(obj: Mapping[str, Any], *, app_id: str | None = None) -> list[Task]:
-    """`{"tasks": [...]}` (`GET /v2/apps/{id}/tasks`, `GET /v2/tasks`) -> tasks."""
-    body = _obj(obj, "", "tasks response")
-    return [
-        task_from_json(_obj(t, "", f"tasks[{i}]"), app_id=app_id)
-        for i, t in enumerate(_list(body, "tasks", "", "tasks"))
-    ]
-
-
 def app_with_tasks_from_json(obj: Mapping[str, Any]) -> tuple[App, list[Task]]:
     """One app with its embedded `tasks` (`GET /v2/apps/{id}` -> `["app"]`, or a list item)."""
     app = app_from_json(obj)

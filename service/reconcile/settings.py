@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.backoff import Backoff
-from service.desired import TTL_FLOOR_SECONDS
+from service.desired import TTL_FLOOR_SECONDS, RegistrationPolicy
 from service.model import (
     DEFAULT_NAME_OVERRIDE,
     DEFAULT_OVERLAY_CIDRS,
@@ -42,12 +42,18 @@ class ReconcileSettings:
     unlisted_reads_interval: float = 10.0
     # this Marathon cluster's identity (Meta `marathon-cluster-id`); None: every marked entry is ours
     cluster_id: str | None = None
+    # the eight of these that decide every registration, as one value (made once, below)
+    policy: RegistrationPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # a plain string from a caller is checked here, once, not at every desired_registrations()
         object.__setattr__(self, "health_checks", HealthCheckMode(self.health_checks))
         if self.workers < 1 or self.write_concurrency < 1:
             raise ValueError("workers and write_concurrency must be at least 1")
+        object.__setattr__(self, "policy", RegistrationPolicy(
+            naming=self.naming, address_mode=self.address_mode, networks=self.networks,
+            overlay_cidrs=self.overlay_cidrs, name_override=self.name_override, health_checks=self.health_checks,
+            ttl_floor_seconds=self.ttl_floor_seconds, cluster_id=self.cluster_id))
 
     @property
     def retry_policy(self) -> Backoff:

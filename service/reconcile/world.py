@@ -260,15 +260,12 @@ class WorldReader:
             started = prefetched or {}
             containers = list(await asyncio.gather(
                 *(started.get((t.host, t.id)) or self.container(t.host, t.id) for t in running)))
-        s = self.settings
+        policy = self.settings.policy
         for task, container in [*zip(running, containers, strict=True), *((t, None) for t in kept)]:
             if isinstance(container, Skip):
                 skips.append(container)
                 continue
-            result = desired_registrations(
-                app, task, container, naming=s.naming, address_mode=s.address_mode, networks=s.networks,
-                health_checks=s.health_checks, ttl_floor_seconds=s.ttl_floor_seconds, cluster_id=s.cluster_id,
-                overlay_cidrs=s.overlay_cidrs, name_override=s.name_override)
+            result = desired_registrations(app, task, container, policy)
             if isinstance(result, Skip):
                 skips.append(result)
                 self.metrics.skips.labels(result.reason).inc()

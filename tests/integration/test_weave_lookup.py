@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from devcluster.docker_sim import Running, start, stop
-from service.desired import desired_registrations
+from service.desired import RegistrationPolicy, desired_registrations
 from service.docker.lookup import ContainerLookup
 from service.metrics import Metrics
 from service.model import AddressMode, App, Naming, PortMapping, Task
@@ -71,7 +71,8 @@ async def test_proxied_ip_from_etc_hosts_once_per_container(sim: Running) -> Non
     # and desired.py registers the Weave IP, not docker0's
     app = App(id="/web", port_mappings=(PortMapping(80, 0),))
     result = desired_registrations(app, Task(id="web.1", app_id="/web", host="s", ports=(31000,)), first,
-                                   naming=Naming.DNS, address_mode=AddressMode.AUTO, networks=NETWORKS)
+                                   RegistrationPolicy(naming=Naming.DNS, address_mode=AddressMode.AUTO,
+                                                      networks=NETWORKS))
     assert isinstance(result, list) and len(result) == 1, result
     reg = result[0]
     assert (reg.address, reg.port, reg.meta_get("address-source")) == ("10.32.0.3", 80, "overlay")

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from service.desired import desired_registrations, task_host_ports, ttl_check_statuses
+from service.desired import RegistrationPolicy, desired_registrations, task_host_ports, ttl_check_statuses
 from service.model import (
     AddressMode,
     App,
@@ -60,8 +60,8 @@ def http_check(sid: str = SID0, url: str = f"http://{HOST}:31000/health", n: int
 
 
 def run(the_app, the_task, the_container, mode=AddressMode.AUTO, networks=NETWORKS, naming=Naming.DNS, **kw):
-    return desired_registrations(the_app, the_task, the_container, naming=naming, address_mode=mode,
-                                 networks=networks, **kw)
+    return desired_registrations(the_app, the_task, the_container,
+                                 RegistrationPolicy(naming=naming, address_mode=mode, networks=networks, **kw))
 
 
 # --- address modes ------------------------------------------------------------------------------

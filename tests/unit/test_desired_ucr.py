@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.desired import desired_registrations
+from service.desired import RegistrationPolicy, desired_registrations
 from service.marathon.parse import app_from_json, task_from_json
 from service.model import AddressMode, App, ConsulCheck, Container, Naming, Registration, Skip, Task
 
@@ -40,8 +40,8 @@ def ucr_task(ips: list[str] | None = None, ports: list[int] | None = None, state
 
 def run(app: App, task: Task, container: Container | None = None, mode: AddressMode = AddressMode.AUTO,
         **kw: object) -> list[Registration] | Skip:
-    return desired_registrations(app, task, container, naming=Naming.DNS, address_mode=mode,
-                                 networks=("weave",), **kw)  # type: ignore[arg-type]
+    return desired_registrations(app, task, container, RegistrationPolicy(
+        naming=Naming.DNS, address_mode=mode, networks=("weave",), **kw))  # type: ignore[arg-type]
 
 
 def test_ucr_app_without_host_port_registers_the_weave_ip_and_checks_it_there():

@@ -6,6 +6,7 @@ import pytest
 
 from service import ownership
 from service.ownership import (
+    SERVICE_ID_PREFIX,
     check_id,
     checks_filter,
     health_check_index,
@@ -13,7 +14,6 @@ from service.ownership import (
     mirror_check_id,
     owned_filter,
     ownership_meta,
-    parse_service_id,
     service_id,
 )
 
@@ -42,6 +42,18 @@ def test_a_marker_key_added_in_one_place_is_written_and_required_everywhere(monk
     assert meta["marathon-cluster-id"] == "c1" and is_ours(meta)
     assert not is_ours({**meta, "marathon-cluster-id": "c2"})
     assert 'Meta["marathon-cluster-id"] == "c1"' in owned_filter()
+
+
+def parse_service_id(sid: str) -> tuple[str, int] | None:
+    """`mcr-<task id>-<port index>` -> (task id, port index); None for an id not of this form.
+    Task ids contain dashes, the port index does not, so the last dash separates them: the ids we
+    make must parse back so (an operator reads the task out of an id)."""
+    if not sid.startswith(SERVICE_ID_PREFIX):
+        return None
+    task_id, sep, index = sid[len(SERVICE_ID_PREFIX):].rpartition("-")
+    if not sep or not task_id or not index.isdigit():
+        return None
+    return task_id, int(index)
 
 
 @pytest.mark.parametrize("task_id,index", [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.marathon.parse import app_from_json, apps_from_json, task_from_json, tasks_from_json
+from service.marathon.parse import app_from_json, app_with_tasks_from_json, apps_from_json, task_from_json
 from service.model import App, HealthCheck, NetworkMode, PortMapping, ReadinessCheck, Task
 
 # --- verbatim from reference/marathon.md --------------------------------------------------------
@@ -304,6 +304,9 @@ def test_apps_from_json_malformed(body, message):
     assert message in str(info.value)
 
 
-def test_tasks_from_json():
-    assert tasks_from_json({"tasks": [TASK_REST_110]}) == [task_from_json(TASK_REST_110)]
-    assert tasks_from_json({"tasks": []}) == []
+def test_an_apps_tasks_list_parses_task_by_task():
+    """The embedded `tasks` of an app (`GET /v2/apps/{id}`, every app of the resync's read) are
+    the tasks one by one, none for an empty list."""
+    app_id = TASK_REST_110["appId"]
+    assert app_with_tasks_from_json({"id": app_id, "tasks": [TASK_REST_110]})[1] == [task_from_json(TASK_REST_110)]
+    assert app_with_tasks_from_json({"id": app_id, "tasks": []})[1] == []

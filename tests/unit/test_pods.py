@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.desired import desired_registrations
+from service.desired import RegistrationPolicy, desired_registrations
 from service.marathon.events import AppEvent, InstanceEvent, TaskEvent, parse_event
 from service.marathon.pods import pod_status_from_json, pod_statuses_from_json
 from service.model import AddressMode, Naming, NetworkMode, Registration, RunSpecKind, Skip, TaskState
@@ -57,8 +57,8 @@ def web_pod() -> dict[str, Any]:
 
 def registrations(pod: dict[str, Any], mode: AddressMode = AddressMode.AUTO) -> list[Registration] | Skip:
     app, [instance] = pod_status_from_json(pod)
-    return desired_registrations(app, instance, None, naming=Naming.DNS, address_mode=mode, networks=("weave",),
-                                 cluster_id="fw-1")
+    return desired_registrations(app, instance, None, RegistrationPolicy(naming=Naming.DNS, address_mode=mode,
+                                                                         networks=("weave",), cluster_id="fw-1"))
 
 
 def test_pod_parses_into_app_and_instance():
@@ -206,7 +206,7 @@ def test_app_task_status_update_has_no_pod_instance():
 def test_instance_changed_event():
     event = parse_event({"instanceId": INSTANCE, "condition": "Killed", "runSpecId": "/web-pod", "agentId": "S1",
                          "host": HOST, "runSpecVersion": "v", "timestamp": "t", "eventType": "instance_changed_event"})
-    assert event == InstanceEvent(INSTANCE, "/web-pod", "Killed", HOST)
+    assert event == InstanceEvent(INSTANCE, "/web-pod", "Killed")
 
 
 @pytest.mark.parametrize("kind", ["pod_created_event", "pod_updated_event", "pod_deleted_event"])

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from service.desired import TTL_FLOOR_SECONDS
+import dataclasses
+import ipaddress
+
+import pytest
+
+from service.desired import TTL_FLOOR_SECONDS, RegistrationPolicy
+from service.model import AddressMode, HealthCheckMode, NameOverride, Naming
 from service.reconcile.settings import ReconcileSettings, ttl_floor_for
 
 
@@ -19,6 +25,24 @@ def test_the_name_guard_has_one_operator_default() -> None:
     from service.model import DEFAULT_NAME_OVERRIDE
 
     assert ReconcileSettings().name_override is DEFAULT_NAME_OVERRIDE
+    assert RegistrationPolicy().name_override is DEFAULT_NAME_OVERRIDE  # desired_registrations' own
     assert Config.__dataclass_fields__["allow_name_override"].default is DEFAULT_NAME_OVERRIDE
     assert _defaults({})["allow-name-override"] == DEFAULT_NAME_OVERRIDE.value
     assert _parser().parse_args(["names", "/a/b"]).allow_name_override == DEFAULT_NAME_OVERRIDE.value
+
+
+def test_the_registration_policy_is_built_once_from_the_settings_and_frozen() -> None:
+    """The eight options that decide every registration reach `desired_registrations` as one
+    frozen value made when the settings are, not one by one at every call."""
+    cidrs = (ipaddress.ip_network("10.40.0.0/16"),)
+    settings = ReconcileSettings(naming=Naming.FLAT, address_mode=AddressMode.HOST, networks=("w",),
+                                 overlay_cidrs=cidrs, name_override=NameOverride.NONE,
+                                 health_checks="both", ttl_floor_seconds=600, cluster_id="c1")  # type: ignore[arg-type]
+    assert settings.policy == RegistrationPolicy(
+        naming=Naming.FLAT, address_mode=AddressMode.HOST, networks=("w",), overlay_cidrs=cidrs,
+        name_override=NameOverride.NONE, health_checks=HealthCheckMode.BOTH, ttl_floor_seconds=600, cluster_id="c1")
+    assert settings.policy is settings.policy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.policy.cluster_id = "c2"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="health_checks must be one of consul, marathon, both"):
+        RegistrationPolicy(health_checks="nagios")  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import pytest
+
 from service.marathon.events import parse_event
 from service.metrics import Metrics
 from service.model import App, Container, NetworkMode, PortMapping, RunSpecKind, Task
@@ -85,6 +87,26 @@ async def test_expunge_announced_only_by_instance_changed_removes_at_once():
         r.hint(parse_event({"eventType": "instance_changed_event", "instanceId": "web.instance-6f1e2d3c",
                             "condition": "Killed", "runSpecId": APP, "agentId": "S1", "host": HOST,
                             "runSpecVersion": "v1", "timestamp": "t"}))  # type: ignore[arg-type]
+        await r.wait_idle()
+        assert agents.managed() == {}
+
+
+@pytest.mark.parametrize("host", ["bad host/x", 5, None, "absent"])
+async def test_an_expunge_with_a_malformed_host_still_removes_at_once(host):
+    """Nothing reads the event's `host` (the removal goes by the instance's registrations we
+    hold): a malformed or missing one must not reject the only announcement of an expunge."""
+    marathon, lookup, agents = world()
+    async with started(marathon, lookup, agents) as r:
+        await r.resync()
+        set_state(marathon, "TASK_UNREACHABLE")
+        r.hint(status_event("TASK_UNREACHABLE"))  # type: ignore[arg-type]
+        await r.wait_idle()
+        del marathon.tasks[APP][TASK.id]
+        body = {"eventType": "instance_changed_event", "instanceId": "web.instance-6f1e2d3c",
+                "condition": "Killed", "runSpecId": APP, "agentId": "S1", "host": host}
+        if host == "absent":
+            del body["host"]
+        r.hint(parse_event(body))  # type: ignore[arg-type]
         await r.wait_idle()
         assert agents.managed() == {}
 

@@ -13,7 +13,7 @@ import pytest
 
 from devcluster.docker_sim import templates as t
 from service.config import ConfigError
-from service.desired import desired_registrations
+from service.desired import RegistrationPolicy, desired_registrations
 from service.docker.weave_proxy import (
     _newer,
     demux_stream,
@@ -231,7 +231,8 @@ TASK = Task(id=TID, app_id="/web", host=HOST, ports=(31000,))
 
 
 def run(c: Container, mode: AddressMode) -> list[Registration] | Skip:
-    return desired_registrations(APP, TASK, c, naming=Naming.DNS, address_mode=mode, networks=NETWORKS)
+    return desired_registrations(APP, TASK, c, RegistrationPolicy(naming=Naming.DNS, address_mode=mode,
+                                                                  networks=NETWORKS))
 
 
 def address(result: list[Registration] | Skip) -> tuple[str, int, str]:
@@ -278,7 +279,8 @@ def test_outside_overlay_waits_in_overlay_mode(c: Container, detail: str) -> Non
 def test_outside_overlay_without_host_port_is_a_retry_with_that_reason() -> None:
     app = App(id="/web", port_mappings=(PortMapping(80, None),))
     result = desired_registrations(app, Task(id=TID, app_id="/web", host=HOST), container(
-        network_ips={"bridge": "172.17.0.2"}), naming=Naming.DNS, address_mode=AddressMode.AUTO, networks=NETWORKS)
+        network_ips={"bridge": "172.17.0.2"}), RegistrationPolicy(naming=Naming.DNS, address_mode=AddressMode.AUTO,
+                                                                  networks=NETWORKS))
     assert isinstance(result, Skip) and result.reason == "address-outside-overlay" and result.retry
 
 
