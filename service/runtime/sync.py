@@ -62,8 +62,8 @@ async def _holding(config: Config, outside: Outside, cluster_id: str) -> AsyncIt
                 raise LockUnavailable(
                     f"the lock {key} is held by {_holder(leadership)}: another instance writes for this cluster; "
                     "stop it, or run sync with --lock off (two writers while both run); nothing was written")
-            raise LockUnavailable(f"could not take the lock {key} within {within:g}s ({leadership.detail}); "
-                                  "nothing was written")
+            raise LockUnavailable(f"could not take the lock {key} through --lock-agent {config.lock_agent} within "
+                                  f"{within:g}s ({leadership.detail}); nothing was written")
         yield leadership.may_write
         if not leadership.may_write():
             raise LockUnavailable(f"lost the lock {key} during the sync ({leadership.detail}); the writes after "

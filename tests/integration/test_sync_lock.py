@@ -164,3 +164,17 @@ async def test_sync_with_lock_off_writes_beside_a_holder() -> None:
         assert code == 0, err
         assert ORPHAN not in await services(agent)
         assert await sessions(agent) == {other}
+
+
+async def test_sync_through_an_unreachable_lock_agent_gives_up_in_bounded_time_and_writes_nothing() -> None:
+    """The wait for the lock is the lock-delay (a previous holder's may be running) and 5 s."""
+    async with world() as (marathon, agent, docker):
+        nobody = f"http://127.0.0.1:{sim_inprocess.free_port('127.0.0.1')}"
+        argv = [*flags(marathon, agent, docker), "--lock-agent", nobody, "--lock", "on", "--lock-delay", "0"]
+        code, out, err = await sync(*argv)  # a sync that waited for ever would fail at its 60 s timeout
+        assert (code, out) == (1, ""), err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"marathon-consul-registrar: sync: could not take the lock {KEY} through "
+                               f"--lock-agent {nobody} within 5s"), err
+        assert "nothing was written" in last, last
+        assert ORPHAN in await services(agent)
