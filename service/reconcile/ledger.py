@@ -99,6 +99,22 @@ class Ledger:
         """Where the registrations of `task_ids` were last seen."""
         return {self._managed[sid].agent_host for t in task_ids for sid in self._task_services.get(t, ())}
 
+    def same(self, reg: Registration) -> Registration:
+        """The registration held for `reg`'s service id if it equals `reg`, else `reg`. A resync
+        parses a fresh copy of every registration twice (as the agents hold it, as Marathon wants
+        it) while the ledger holds the same values: answering with the held object lets each copy
+        go at once instead of living to the resync's end. The allocator keeps every arena up to
+        the heap's peak, so the copies were idle RSS (issue 20)."""
+        held = self._managed.get(reg.service_id)
+        if held is None or held is reg:
+            return reg
+        # Registration.__eq__ field by field, without its two 8-tuples (this runs twice per registration
+        # per resync); the service id is equal by the lookup
+        same = (held.port == reg.port and held.address == reg.address and held.meta == reg.meta
+                and held.name == reg.name and held.tags == reg.tags and held.checks == reg.checks
+                and held.agent_host == reg.agent_host)
+        return held if same else reg
+
     def locations(self, app_id: str) -> set[str]:
         return set(self._locations.get(app_id, ()))
 

@@ -36,7 +36,7 @@ class Resync:
         """One resync; repairs what it finds unless `dry_run`. Returns what was found."""
         started = time.perf_counter()
         try:
-            world = await self.reader.read_world(self.ledger.all_locations())
+            world = await self.reader.read_world(self.ledger.all_locations(), self.ledger.same)
             # an agent that fails (an outage or a refusal) is counted and the resync goes on for the
             # rest (docs/architecture.md §8); its apps' repairs read it afresh
             self.metrics.agents_failing.set(len(world.unreachable))
@@ -67,7 +67,8 @@ class Resync:
         skips: dict[str, list[Skip]] = {}
         for app, app_tasks in world.apps.values():
             regs, skips[app.id] = await self.reader.desired(app, app_tasks, world.listings)
-            desired.update(regs)
+            same = self.ledger.same
+            desired.update((sid, same(reg)) for sid, reg in regs.items())
             tasks.update((t.id, t) for t in app_tasks)
         return diff(desired=desired, owned=world.owned, tasks=tasks, skips=skips, owner_agent=world.owner_agent,
                     unreachable=world.unreachable, agent_url=self.agents.url_for, held_apps=world.held_apps,

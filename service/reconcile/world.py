@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from service.clients import ConsulAgent, ConsulAgentDirectory, ContainerSource, MarathonApps
@@ -75,8 +75,9 @@ class WorldReader:
         self.pods_supported = True  # False once `/v2/pods/::status` answered 404 (a Marathon < 1.4)
 
     # ---------------------------------------------------------------- the resync's read
-    async def read_world(self, known: set[str]) -> World:
-        """Everything, reading the agents and slaves of `known` hosts while Marathon answers."""
+    async def read_world(self, known: set[str], same: Callable[[Registration], Registration] = lambda r: r) -> World:
+        """Everything, reading the agents and slaves of `known` hosts while Marathon answers.
+        `same` answers an equal registration already held, kept instead of the one read (`Ledger.same`)."""
         read_at = time.monotonic()
         seen: dict[str, ConsulAgent] = {}
         owned: dict[str, OwnedService] = {}
@@ -85,9 +86,12 @@ class WorldReader:
 
         async def read_agents(hosts: set[str]) -> None:
             for agent, result in await self._read_distinct(hosts, unreachable, seen):
-                for sid, svc in result.items():
-                    owned[sid] = svc
-                    owner_agent[sid] = agent.url
+                for svc in result.values():
+                    reg = same(svc.registration)
+                    if reg is not svc.registration:
+                        svc = OwnedService(reg, svc.check_types, svc.check_status)
+                    owned[reg.service_id] = svc
+                    owner_agent[reg.service_id] = agent.url
 
         marathon = asyncio.gather(self.marathon.apps_with_tasks(), self._read_pods())
         early = asyncio.gather(read_agents(known | await self._catalog_hosts(known)), self.listings(known))

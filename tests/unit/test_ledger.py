@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from service.model import ConsulCheck, OwnedService, Registration
 from service.ownership import ownership_meta
@@ -102,3 +102,21 @@ def test_tasks_of_an_instance_for_every_id_family() -> None:
     # a relaunched (resident) task: its latest incarnation is found within the bound probed
     ledger.remember(reg("web.instance-6f1e2d3c._app.64"))
     assert ledger.tasks_of_instance("web.instance-6f1e2d3c") == {"web.instance-6f1e2d3c._app.64"}
+
+
+def test_same_answers_the_held_registration_only_when_every_field_is_equal() -> None:
+    """A resync keeps the held object for an equal registration it read or derived (memory); a
+    registration differing in any field must come back as itself, or a drift would be missed."""
+    ledger = Ledger()
+    held = reg("t1", ttl=True)
+    ledger.remember(held)
+    copy = replace(held)
+    assert copy is not held and ledger.same(copy) is held
+    changes = {"agent_host": H2, "name": "b", "tags": ("x",), "address": "10.32.0.2", "port": 81,
+               "meta": held.meta[:-1], "checks": ()}
+    assert set(changes) == {f.name for f in fields(Registration)} - {"service_id"}  # a new field needs a row
+    for name, value in changes.items():
+        other = replace(held, **{name: value})
+        assert ledger.same(other) is other, name
+    unknown = reg("t2")
+    assert ledger.same(unknown) is unknown
