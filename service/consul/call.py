@@ -61,7 +61,8 @@ class AgentCooldowns:
     """One `Cooldown` per Consul agent address (host and port), shared by every client that calls
     that agent: the registrations' `AgentClient` and the lock's `ConsulLockClient`."""
 
-    def __init__(self) -> None:
+    def __init__(self, backoff: Backoff = CALL_BACKOFF) -> None:
+        self._backoff = backoff
         self._by_agent: dict[tuple[str, int], Cooldown] = {}
 
     def of(self, url: str) -> Cooldown:
@@ -69,7 +70,7 @@ class AgentCooldowns:
         key = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80))
         cooldown = self._by_agent.get(key)
         if cooldown is None:
-            cooldown = self._by_agent[key] = Cooldown(CALL_BACKOFF)
+            cooldown = self._by_agent[key] = Cooldown(self._backoff)
         return cooldown
 
 

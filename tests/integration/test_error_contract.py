@@ -29,7 +29,9 @@ import pytest
 from aiohttp import web
 
 from devcluster.docker_sim import start, stop
+from service.backoff import Backoff
 from service.consul.agents import AgentClient, ConsulAgents, ConsulError
+from service.consul.call import AgentCooldowns
 from service.consul.lock import ConsulLockClient
 from service.docker.lookup import ContainerLookup, DockerLookupError
 from service.errors import CallError
@@ -337,8 +339,12 @@ async def leadership(url: str, metrics: Metrics, *, optional: bool = False,
                      ) -> AsyncIterator[tuple[Leadership, list[str]]]:
     """A running `Leadership` over the real `ConsulLockClient`; yields it and the reasons it gave
     for stepping down (`on_lost`)."""
+    # The agent's back-off scaled down with the lease: its production cap (2 s, consul/call.py) is
+    # far below a real TTL (10 s and up) but above this 0.8 s one, so a renew waiting out the window
+    # left by three failed watch reads could miss its deadline here, never in production.
     client = ConsulLockClient(url, token=None, metrics=metrics, attempts=ATTEMPTS, timeout=1.0,
-                              wait_seconds=LOCK_SETTINGS.watch_wait_seconds)
+                              wait_seconds=LOCK_SETTINGS.watch_wait_seconds,
+                              cooldowns=AgentCooldowns(Backoff(initial=0.01, cap=0.1)))
     lost: list[str] = []
 
     async def on_lost(reason: str) -> None:
