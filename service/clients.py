@@ -12,6 +12,7 @@ left to the next resync (docs/architecture.md §8).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from service.lease import AliveCheck
@@ -59,7 +60,8 @@ class ConsulAgent(Protocol):
 
     async def node_name(self) -> str: ...
 
-    async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]: ...
+    async def owned(self, app_id: str | None = None,
+                    held: Callable[[str], Registration | None] | None = None) -> dict[str, OwnedService]: ...
 
     async def register(self, reg: Registration) -> None: ...
 

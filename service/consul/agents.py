@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -52,6 +52,15 @@ def _check_from_consul(obj: Mapping[str, Any]) -> ConsulCheck:
     )
 
 
+def _unchanged(known: Registration, svc: Mapping[str, Any], meta: Mapping[str, Any], host: str) -> bool:
+    """Is the agent's service `svc` (with its `meta`) what `_registrations` would parse into a
+    registration equal to `known`, checks aside? Field by field on the raw answer."""
+    return (svc.get("Port", 0) == known.port and svc.get("Address", "") == known.address
+            and svc.get("Service", "") == known.name and host == known.agent_host
+            and tuple(svc.get("Tags") or ()) == known.tags
+            and len(meta) == len(known.meta) and all(meta.get(k) == v for k, v in known.meta))
+
+
 class AgentClient:
     """One Consul agent (the one on `host`)."""
 
@@ -76,8 +85,11 @@ class AgentClient:
                 self._node_name = str(me.get("Config", {}).get("NodeName") or self.host)
         return self._node_name
 
-    async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
-        """Our registrations on this agent (optionally of one app), by service id."""
+    async def owned(self, app_id: str | None = None,
+                    held: Callable[[str], Registration | None] | None = None) -> dict[str, OwnedService]:
+        """Our registrations on this agent (optionally of one app), by service id. `held` (service
+        id -> the registration the caller holds): a service equal to it is answered as that object,
+        not parsed again (a resync reads every registration; `_registrations`)."""
         expr = owned_filter(app_id)
         services = self._call.answered("agent_services", await self._call(
             "agent_services", lambda: self._client.agent.services(filter_expr=expr)))
@@ -89,7 +101,7 @@ class AgentClient:
         # a resync reads every agent at once, and their whole decoded answers held across the checks'
         # round trip were most of the resync's heap peak, whose arenas the idle process kept (issue 20).
         with self._call.shape("agent_services"):
-            regs = self._registrations(services)
+            regs = self._registrations(services, held)
         del services
         checks = self._call.answered("agent_checks", await self._call("agent_checks", lambda: self._client.agent.checks(
             filter_expr=checks_filter(regs) if app_id is not None else None)))
@@ -98,12 +110,20 @@ class AgentClient:
         with self._call.shape("agent_services"):
             return self._with_checks(regs, checks)
 
-    def _registrations(self, services: Mapping[str, Any]) -> dict[str, Registration]:
-        """The agent's services as our `Registration` values, without checks yet (shape errors
-        raise; the caller turns them into a REPORT)."""
+    def _registrations(self, services: Mapping[str, Any],
+                       held: Callable[[str], Registration | None] | None = None) -> dict[str, Registration]:
+        """The agent's services as our `Registration` values, their checks still to be compared
+        (shape errors raise; the caller turns them into a REPORT). A service equal to the one `held`
+        is that object: parsing and sharing a fresh copy of every registration was ~13 % of a
+        no-drift resync's CPU (py-spy, 10,000 tasks), and the copies alive side by side with the held
+        ones raised the heap's peak, which the idle process keeps (issue 20)."""
         regs: dict[str, Registration] = {}
         for sid, svc in services.items():
             meta = svc.get("Meta") or {}
+            known = held(sid) if held is not None else None
+            if known is not None and _unchanged(known, svc, meta, self.host):
+                regs[known.service_id] = known
+                continue
             # names, tags and most Meta pairs repeat across registrations: the ledger keeps one of each
             regs[sid] = Registration(
                 agent_host=self.host, service_id=sid, name=shared(svc.get("Service", "")),
@@ -121,10 +141,13 @@ class AgentClient:
         for sid, reg in regs.items():
             chks = sorted(by_service.get(sid, []), key=lambda c: c.get("CheckID", ""))
             if not chks:
+                if reg.checks:  # a held registration whose checks the agent no longer has
+                    reg = replace(reg, checks=())
                 owned[sid] = OwnedService(registration=reg, check_types=_NO_CHECKS, check_status=_NO_CHECKS)
                 continue
+            found = tuple(_check_from_consul(c) for c in chks)
             owned[sid] = OwnedService(
-                registration=replace(reg, checks=tuple(_check_from_consul(c) for c in chks)),
+                registration=reg if reg.checks == found else replace(reg, checks=found),
                 check_types={c.get("CheckID", ""): c.get("Type", "") for c in chks},
                 check_status={c.get("CheckID", ""): c.get("Status", "") for c in chks},
             )

@@ -15,6 +15,7 @@ Parsing rules:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -290,15 +291,17 @@ def task_from_json(obj: Mapping[str, Any], *, app_id: str | None = None) -> Task
             resolved_app = parse_task_id(task_id).app_id
         except ValueError as exc:
             raise ValueError(f"{_where(ctx, 'appId')}: missing and not derivable ({exc})") from None
+    # app id, host, state and version repeat over many tasks: one string each (a resync holds every
+    # task at once, and its heap's peak is the idle process's RSS, issue 20)
     return Task(
         id=task_id,
-        app_id=resolved_app,
-        host=_get(task, "host", str, ctx, "host", ""),
+        app_id=sys.intern(resolved_app),
+        host=sys.intern(_get(task, "host", str, ctx, "host", "")),
         # Marathon's own default before Mesos has reported anything (§3.1)
-        state=_get(task, state_key, str, ctx, state_key, "TASK_STAGING"),
+        state=sys.intern(_get(task, state_key, str, ctx, state_key, "TASK_STAGING")),
         ports=ports_from_json(task, ctx),
         ip_addresses=ip_addresses_from_json(task, ctx),
-        app_version=_get(task, "version", str, ctx, "version", ""),
+        app_version=sys.intern(_get(task, "version", str, ctx, "version", "")),
         health=_health(task, ctx),
     )
 

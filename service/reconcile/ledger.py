@@ -99,6 +99,10 @@ class Ledger:
         """Where the registrations of `task_ids` were last seen."""
         return {self._managed[sid].agent_host for t in task_ids for sid in self._task_services.get(t, ())}
 
+    def held(self, service_id: str) -> Registration | None:
+        """The registration held for `service_id` (what we last saw or wrote), if any."""
+        return self._managed.get(service_id)
+
     def same(self, reg: Registration) -> Registration:
         """The registration held for `reg`'s service id if it equals `reg`, else `reg`. A resync
         parses a fresh copy of every registration twice (as the agents hold it, as Marathon wants

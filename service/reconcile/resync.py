@@ -36,7 +36,7 @@ class Resync:
         """One resync; repairs what it finds unless `dry_run`. Returns what was found."""
         started = time.perf_counter()
         try:
-            world = await self.reader.read_world(self.ledger.all_locations(), self.ledger.same)
+            world = await self.reader.read_world(self.ledger.all_locations(), self.ledger.held)
             # an agent that fails (an outage or a refusal) is counted and the resync goes on for the
             # rest (docs/architecture.md §8); its apps' repairs read it afresh
             self.metrics.agents_failing.set(len(world.unreachable))

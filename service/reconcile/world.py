@@ -75,9 +75,11 @@ class WorldReader:
         self.pods_supported = True  # False once `/v2/pods/::status` answered 404 (a Marathon < 1.4)
 
     # ---------------------------------------------------------------- the resync's read
-    async def read_world(self, known: set[str], same: Callable[[Registration], Registration] = lambda r: r) -> World:
-        """Everything, reading the agents and slaves of `known` hosts while Marathon answers.
-        `same` answers an equal registration already held, kept instead of the one read (`Ledger.same`)."""
+    async def read_world(self, known: set[str], held: Callable[[str], Registration | None] = lambda _sid: None
+                         ) -> World:
+        """Everything, reading the agents and slaves of `known` hosts while Marathon answers. `held`
+        (service id -> the registration held, `Ledger.held`): an agent's entry equal to it is
+        answered as that object (`AgentClient.owned`)."""
         read_at = time.monotonic()
         seen: dict[str, ConsulAgent] = {}
         owned: dict[str, OwnedService] = {}
@@ -85,13 +87,10 @@ class WorldReader:
         unreachable: dict[str, str] = {}
 
         async def read_agents(hosts: set[str]) -> None:
-            for agent, result in await self._read_distinct(hosts, unreachable, seen):
-                for svc in result.values():
-                    reg = same(svc.registration)
-                    if reg is not svc.registration:
-                        svc = OwnedService(reg, svc.check_types, svc.check_status)
-                    owned[reg.service_id] = svc
-                    owner_agent[reg.service_id] = agent.url
+            for agent, result in await self._read_distinct(hosts, unreachable, seen, held):
+                for sid, svc in result.items():
+                    owned[sid] = svc
+                    owner_agent[sid] = agent.url
 
         marathon = asyncio.gather(self.marathon.apps_with_tasks(), self._read_pods())
         early = asyncio.gather(read_agents(known | await self._catalog_hosts(known)), self.listings(known))
@@ -167,7 +166,8 @@ class WorldReader:
                 log.warning("catalog read via %s failed: %s", host, exc)
         return set()
 
-    async def _read_distinct(self, hosts: set[str], unreachable: dict[str, str], seen: dict[str, ConsulAgent]
+    async def _read_distinct(self, hosts: set[str], unreachable: dict[str, str], seen: dict[str, ConsulAgent],
+                             held: Callable[[str], Registration | None],
                              ) -> list[tuple[ConsulAgent, dict[str, OwnedService]]]:
         """Our registrations on each agent of `hosts`, once per real agent: a host name and an IP
         may lead to the same agent (node), and `seen` remembers the nodes read already."""
@@ -180,7 +180,7 @@ class WorldReader:
             elif name not in seen:
                 seen[name] = agent
                 fresh.append(agent)
-        results = await asyncio.gather(*(a.owned() for a in fresh), return_exceptions=True)
+        results = await asyncio.gather(*(a.owned(held=held) for a in fresh), return_exceptions=True)
         out = []
         for agent, result in zip(fresh, results, strict=True):
             if isinstance(result, BaseException):

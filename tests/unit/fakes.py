@@ -7,6 +7,7 @@ The end-to-end tests run the same logic against the simulators and real engines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.consul.agents import ConsulError
@@ -97,7 +98,8 @@ class FakeAgent:
         self._check()
         return f"node-{self.host}"
 
-    async def owned(self, app_id: str | None = None) -> dict[str, OwnedService]:
+    async def owned(self, app_id: str | None = None,
+                    held: Callable[[str], Registration | None] | None = None) -> dict[str, OwnedService]:
         self._check()
         self.reads += 1
         return {
