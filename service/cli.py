@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(config))
         return 0
     from service.errors import CallError
-    from service.runtime import LockUnavailable, sync_once
+    from service.runtime import LockUnavailable, SyncStopped, sync_once
 
     try:
         drift = asyncio.run(sync_once(config, dry_run=args.dry_run))
@@ -114,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CallError, LockUnavailable) as exc:
         print(f"marathon-consul-registrar: sync: {redact.redact(str(exc))}", file=sys.stderr)
         return 1
+    except SyncStopped as exc:  # it cleaned up on its way out; the status a SIGTERM'd process has
+        print(f"marathon-consul-registrar: sync: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(redact.redact(json.dumps(drift.as_dict(), indent=2, sort_keys=True)))
     return 1 if drift.unreachable else 0
 

@@ -8,6 +8,6 @@ gate and the resync loop; `lock` the cluster's lock as serve and sync take it;
 """
 
 from service.runtime.run import serve
-from service.runtime.sync import LockUnavailable, sync_once
+from service.runtime.sync import LockUnavailable, SyncStopped, sync_once
 
-__all__ = ["LockUnavailable", "serve", "sync_once"]
+__all__ = ["LockUnavailable", "SyncStopped", "serve", "sync_once"]

@@ -4,13 +4,16 @@ With `--dry-run` it only reads, and takes no lock. Otherwise it writes, so it ta
 lock first, as `serve` does (`service.runtime.lock`: the same key, session and write gate): a
 `sync` beside a serving instance would be a second writer. It waits a bounded time for the lock
 (a previous holder's lock-delay may be running), and gives up at once, naming the holder, when
-another instance holds it; on its way out it releases the key and destroys its session.
+another instance holds it; on its way out it releases the key and destroys its session, also when
+stopped by SIGTERM (a session left to its TTL would keep every serving instance from writing for up
+to 2 x TTL + the lock-delay).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from service.config import Config
@@ -26,6 +29,10 @@ IDLE_WITHIN = 120.0  # seconds for the repairs the resync scheduled
 
 class LockUnavailable(Exception):
     """`sync` could not take the cluster's lock, so it wrote nothing; the message says why in one line."""
+
+
+class SyncStopped(Exception):
+    """SIGTERM stopped `sync`; it gave the lock back on its way out. The message says so in one line."""
 
 
 def _holder(leadership: Leadership) -> str:
@@ -76,7 +83,33 @@ async def _holding(config: Config, outside: Outside, cluster_id: str) -> AsyncIt
 
 
 async def sync_once(config: Config, *, dry_run: bool) -> Drift:
-    """One resync (repairing unless dry_run), then exit."""
+    """One resync (repairing unless dry_run), then exit. SIGTERM cancels it, so that the way out
+    (the lock's release, the sessions closed) runs as on Ctrl-C; it raises `SyncStopped`."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        if not terminated:  # a second SIGTERM does not cut the (bounded) way out short
+            terminated = True
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await _sync(config, dry_run=dry_run)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        task.uncancel()
+        why = "; nothing was written" if dry_run else " before its repairs were done; its lock, if any, given back"
+        raise SyncStopped(f"stopped (SIGTERM){why}") from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _sync(config: Config, *, dry_run: bool) -> Drift:
     outside = connect(config)
     try:
         # never take another cluster's registrations for ours, in a one-off sync least of all

@@ -178,3 +178,39 @@ async def test_sync_through_an_unreachable_lock_agent_gives_up_in_bounded_time_a
                                f"--lock-agent {nobody} within 5s"), err
         assert "nothing was written" in last, last
         assert ORPHAN in await services(agent)
+
+
+async def test_sync_stopped_by_sigterm_gives_the_lock_back() -> None:
+    """SIGTERM is how a sync is stopped (`timeout`, a Job's deadline, systemd, Ctrl-\\ aside): it must
+    give the key back and destroy its session on its way out, as serve does. A session left to its
+    TTL keeps every serving instance from writing for up to 2 x TTL + the lock-delay (45 s by default:
+    the session is bound to serfHealth only, which stays passing)."""
+    async with world() as (marathon, agent, docker):
+        # the resync's read of the apps hangs: the sync holds the lock, nothing written yet
+        async with aiohttp.ClientSession() as http, http.post(f"{marathon}/_sim/faults", json={
+                "path": "^/v2/apps$", "method": "GET", "mode": "slow", "delay": 30}) as resp:
+            assert resp.status == 201, await resp.text()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "sync", *flags(marathon, agent, docker), "--lock", "on",
+            stdout=PIPE, stderr=PIPE, cwd=ROOT,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("MCR_")}, "PYTHONPATH": str(ROOT)})
+        try:
+            async with asyncio.timeout(30):
+                while await key_session(agent) is None:
+                    assert proc.returncode is None, (await proc.communicate())[1].decode()
+                    await asyncio.sleep(0.05)
+            proc.terminate()
+            async with asyncio.timeout(15):
+                out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        text = err.decode()
+        assert proc.returncode == 143 and out == b"", text
+        assert "Traceback" not in text, text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("marathon-consul-registrar: sync: stopped (SIGTERM)"), text
+        assert await key_session(agent) is None, text  # the key given back
+        assert await sessions(agent) == set(), text  # the session destroyed
+        assert ORPHAN in await services(agent)  # stopped before its repairs
