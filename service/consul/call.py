@@ -61,8 +61,8 @@ class AgentCooldowns:
     """One `Cooldown` per Consul agent address (host and port), shared by every client that calls
     that agent: the registrations' `AgentClient` and the lock's `ConsulLockClient`."""
 
-    def __init__(self, backoff: Backoff = CALL_BACKOFF) -> None:
-        self._backoff = backoff
+    def __init__(self, backoff: Backoff | None = None) -> None:
+        self._backoff = backoff  # None: CALL_BACKOFF, read when an agent's Cooldown is made
         self._by_agent: dict[tuple[str, int], Cooldown] = {}
 
     def of(self, url: str) -> Cooldown:
@@ -70,7 +70,7 @@ class AgentCooldowns:
         key = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80))
         cooldown = self._by_agent.get(key)
         if cooldown is None:
-            cooldown = self._by_agent[key] = Cooldown(self._backoff)
+            cooldown = self._by_agent[key] = Cooldown(self._backoff or CALL_BACKOFF)
         return cooldown
 
 
