@@ -67,7 +67,8 @@ class AgentCooldowns:
 
     def of(self, url: str) -> Cooldown:
         parts = urllib.parse.urlsplit(url)
-        key = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80))
+        # the port the client calls (`connect.consul_client`): Consul's 8500 when the URL names none
+        key = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 8500))
         cooldown = self._by_agent.get(key)
         if cooldown is None:
             cooldown = self._by_agent[key] = Cooldown(self._backoff or CALL_BACKOFF)
