@@ -67,7 +67,8 @@ class Reconciler:
         self.reader = reader
         self.writer = writer = ConsulWriter(agents=agents, ledger=self.ledger, metrics=metrics,
                                             concurrency=self.settings.write_concurrency, may_write=may_write)
-        self.step = AppStep(reader=reader, ledger=self.ledger, writer=writer, metrics=metrics)
+        self.step = AppStep(reader=reader, ledger=self.ledger, writer=writer, metrics=metrics,
+                            late_running=self._late_running)
         self._resync = Resync(reader=reader, ledger=self.ledger, writer=writer, agents=agents, metrics=metrics,
                               schedule=self._schedule_repair)
         self.queue: WorkQueue[str, AppWork] = WorkQueue(
@@ -167,6 +168,14 @@ class Reconciler:
         self._touched_at[app_id] = time.monotonic()
         self.queue.add(app_id, work)
         return True
+
+    def _late_running(self, app_id: str) -> dict[str, float]:
+        """Tasks events reported running that wait for the app's next run (see AppStep._with_late_hints)."""
+        work = self.queue.peek(app_id)
+        if work is None or work.task_ids is None:
+            return {}
+        now = time.monotonic()
+        return {tid: work.received.get(tid, now) for tid in work.running_on}
 
     def _schedule_repair(self, app_id: str, repair: Repair) -> None:
         if self.queue.is_shut_down or self.paused:

@@ -23,11 +23,11 @@ that hit a refusal are left as they are: their new truth is not known.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 
 from service.errors import CallError
 from service.metrics import Metrics
-from service.model import OwnedService, Registration, Task
+from service.model import OwnedService, Registration, Task, TaskState
 from service.reconcile.diff import in_place
 from service.reconcile.ledger import Ledger
 from service.reconcile.work import (
@@ -47,12 +47,20 @@ from service.reconcile.writer import ConsulWriter
 REASON_CHARS = 500
 
 
+def _no_late_hints(_app_id: str) -> Mapping[str, float]:
+    return {}
+
+
 class AppStep:
-    def __init__(self, *, reader: WorldReader, ledger: Ledger, writer: ConsulWriter, metrics: Metrics) -> None:
+    def __init__(self, *, reader: WorldReader, ledger: Ledger, writer: ConsulWriter, metrics: Metrics,
+                 late_running: Callable[[str], Mapping[str, float]] = _no_late_hints) -> None:
+        """`late_running(app_id)`: the tasks events reported running since this run began (task id
+        -> when the event came), still queued for the app's next run (see `_with_late_hints`)."""
         self.reader = reader
         self.ledger = ledger
         self.writer = writer
         self.metrics = metrics
+        self.late_running = late_running
 
     async def run(self, app_id: str, work: AppWork, source: StateSource) -> Outcome:
         try:
@@ -79,6 +87,7 @@ class AppStep:
                 self.reader.known_apps.discard(app_id)
             else:
                 self.reader.known_apps.add(app_id)
+            work = self._with_late_hints(app_id, work, tasks)
         all_task_ids = {t.id for t in tasks}
         if work.task_ids is not None:
             tasks = [t for t in tasks if t.id in work.task_ids]
@@ -113,6 +122,29 @@ class AppStep:
             hosts=retry_agents | work.hosts, received=dict(work.received),
             running_on={t: h for t, h in work.running_on.items() if t in retry_tasks})
         return Retry(remaining=remaining, reason="; ".join(reasons)[:REASON_CHARS])
+
+    def _with_late_hints(self, app_id: str, work: AppWork, tasks: list[Task]) -> AppWork:
+        """`work` plus the tasks that events reported running while Marathon was being read, where
+        the answer shows them running too.
+
+        Marathon's tasks start a few milliseconds apart and each announces itself: the first event
+        starts a run, the rest arrive while it reads Marathon and wait for a second run (another
+        read, another lookup) after it. Where this run's answer already shows such a task running,
+        writing it now is what that second run would do from its own answer: only Marathon's
+        answer decides, the events still only say where to look. Anything else (a task the answer
+        does not show running yet, a kill, whole-app work) waits for the next run as before, and
+        the next run still happens (for the tasks taken here it compares and writes nothing)."""
+        if work.task_ids is None:
+            return work
+        late = self.late_running(app_id)
+        if not late:
+            return work
+        extra = {t.id: late[t.id] for t in tasks
+                 if t.state == TaskState.RUNNING and t.id in late and t.id not in work.task_ids}
+        if not extra:
+            return work
+        return AppWork(task_ids=work.task_ids | extra.keys(), hosts=set(work.hosts),
+                       received={**extra, **work.received}, running_on=dict(work.running_on))
 
     async def _apply(self, app_id: str, desired: dict[str, Registration], owned: dict[str, OwnedService],
                      work: AppWork, tasks: list[Task]) -> dict[str, CallError]:

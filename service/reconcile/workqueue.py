@@ -146,6 +146,11 @@ class WorkQueue(Generic[K, W]):
         """The key succeeded: its next failure backs off from the start again."""
         self._failures.pop(key, None)
 
+    def peek(self, key: K) -> W | None:
+        """The work pending for `key` (added since its last `get`), left where it is; None if none.
+        The caller must not change it: it is still the queue's."""
+        return self._pending.get(key)
+
     def failures(self, key: K) -> int:
         return self._failures.get(key, 0)
 

@@ -448,3 +448,81 @@ async def test_a_forged_event_never_sends_the_registrar_to_a_host_marathon_did_n
         assert "evil.example" not in looked_up
         assert "evil.example" not in w.agents.agents, "no agent client was even made for the forged host"
         assert w.managed_task_ids() == {t.id}
+
+
+async def _first_run_waiting_on_marathon(w: World, r: Reconciler) -> tuple[asyncio.Event, list[int]]:
+    """Make every Marathon read wait for the returned event; the list records, per register call,
+    how many reads had been answered when it was made."""
+    answer, reads_at_register = asyncio.Event(), []
+    read = w.marathon.app_with_tasks
+    answered = 0
+
+    async def slow_read(app_id: str):  # type: ignore[no-untyped-def]
+        nonlocal answered
+        await answer.wait()
+        result = await read(app_id)
+        answered += 1
+        return result
+
+    w.marathon.app_with_tasks = slow_read  # type: ignore[method-assign]
+    for host in HOSTS:
+        agent = w.agents.agent(host)
+        register = agent.register
+
+        async def recording_register(reg, register=register):  # type: ignore[no-untyped-def]
+            reads_at_register.append(answered)
+            await register(reg)
+
+        agent.register = recording_register  # type: ignore[method-assign]
+    return answer, reads_at_register
+
+
+async def test_tasks_reported_running_while_marathon_answers_are_written_by_that_run_if_it_shows_them() -> None:
+    w = World()
+    w.deploy(APP)
+    t1, t2, t3 = w.start_task(APP), w.start_task(APP), w.start_task(APP)
+    e1, e2, e3 = w.events[-3:]
+    async with w.running() as r:
+        r.reader.known_hosts.update(HOSTS)
+        answer, reads_at_register = await _first_run_waiting_on_marathon(w, r)
+        r.hint(e1)
+        await asyncio.sleep(0.01)  # the run for t1 has begun and waits for Marathon
+        r.hint(e2)
+        r.hint(e3)
+        answer.set()
+        await drain(r)
+        assert w.managed_task_ids() == {t1.id, t2.id, t3.id}
+        assert reads_at_register == [1, 1, 1], "all three written after the first read, not after a second"
+        assert w.agents.writes() == 3, "the second run (it still happens) compares and writes nothing"
+
+
+async def test_a_task_reported_running_while_marathon_answers_waits_for_a_read_that_shows_it_running() -> None:
+    w = World()
+    w.deploy(APP)
+    t1 = w.start_task(APP)
+    e1 = w.events[-1]
+    # t2's event comes while Marathon's first answer is on its way, an answer that does not list t2
+    # yet (Marathon lists it from the next read on); and a forged running event for a task Marathon
+    # never had
+    t2 = w.start_task(APP)
+    e2 = w.events[-1]
+    t2_listed = w.marathon.tasks[APP].pop(t2.id)
+    read = w.marathon.app_with_tasks
+
+    async def listing_t2_after_this_read(app_id: str):  # type: ignore[no-untyped-def]
+        result = await read(app_id)
+        w.marathon.tasks[APP][t2.id] = t2_listed
+        return result
+
+    w.marathon.app_with_tasks = listing_t2_after_this_read  # type: ignore[method-assign]
+    async with w.running() as r:
+        r.reader.known_hosts.update(HOSTS)
+        answer, reads_at_register = await _first_run_waiting_on_marathon(w, r)
+        r.hint(e1)
+        await asyncio.sleep(0.01)
+        r.hint(e2)
+        r.hint(replace(e1, task_id=e1.task_id.replace("uuid-", "uuid-forged-")))
+        answer.set()
+        await drain(r)
+        assert w.managed_task_ids() == {t1.id, t2.id}
+        assert reads_at_register == [1, 2], "t2 written after the read that showed it running"

@@ -95,6 +95,19 @@ async def test_a_key_being_processed_is_not_handed_out_again_and_runs_once_more_
     assert q.depth == 0 and q.in_flight == 0
 
 
+async def test_peek_shows_what_waits_for_a_key_being_processed_and_leaves_it_there() -> None:
+    q, _ = make()
+    q.add("app", frozenset({"1"}))
+    key, _work = await get_now(q)
+    assert q.peek("app") is None, "nothing added since the run began"
+    q.add("app", frozenset({"2"}))
+    assert q.peek("app") == frozenset({"2"})
+    assert q.peek("other") is None
+    invariants(q)
+    q.done(key)
+    assert await get_now(q) == ("app", frozenset({"2"})), "peeking took nothing away"
+
+
 async def test_different_keys_are_handed_out_in_arrival_order_concurrently() -> None:
     q, _ = make()
     for key in ("b", "a", "c"):
