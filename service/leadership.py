@@ -30,7 +30,8 @@ from service.lease import decode_entry, holder_fields
 from service.lease import holder_value as holder_value
 from service.lease import lease_seconds as lease_seconds
 from service.lease import lock_key as lock_key
-from service.retry import Stop, Stopped
+from service.liveness import Liveness
+from service.retry import Stop, Stopped, farewell
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ class Leadership:
         self._session: str | None = None
         self._held = False
         self._lease = Lease(settings.lease_seconds, clock)
-        self._alive_registered = False
-        self._alive_failure: str | None = None  # the last cause logged (a repeat at debug)
+        self._liveness = Liveness(client, settings.alive)
         self._stop = stop if stop is not None else Stop()  # every wait of the lock's loops ends on it
         self.since: float | None = None  # wall time we became writer
         self.holder: dict[str, Any] | None = None  # the value of the key as last read
@@ -109,14 +109,19 @@ class Leadership:
         try:
             await self._contend_until_stopped()
         finally:
-            await self._deregister_alive()
+            await self._liveness.deregister()
 
     async def _contend_until_stopped(self) -> None:
         while not self._stop.is_set():
             try:
-                await self._contend_and_hold()
+                # contending (a standby's blocking watch of the key included) ends at once on stop;
+                # holding ends by itself on stop, releasing the key first
+                if await self._stop.race(self._contend()):
+                    await self._hold()
             except asyncio.CancelledError:
                 raise
+            except Stopped:
+                pass
             except SessionsUnavailable as exc:
                 if self._optional:
                     await self._write_unlocked(str(exc))
@@ -158,20 +163,9 @@ class Leadership:
         self.writer_event.set()
         await self._stop.wait()
 
-    async def _contend_and_hold(self) -> None:
-        alive = self.settings.alive
-        checks = None
-        if alive is not None:
-            # every round: the agent may have lost it (restarted, reaped); identical, it changes nothing
-            try:
-                await self._client.register_alive(alive)
-                self._alive_registered = True
-                checks = [SERF_HEALTH, alive.check_id]
-            except Exception as exc:  # e.g. a token without service:write on its name: still a lock
-                why = (f"lock: cannot register the liveness check {alive.service_id} ({exc}); this session is "
-                       "bound to serfHealth and its TTL only (slower failover after a crash)")
-                log.log(logging.DEBUG if why == self._alive_failure else logging.WARNING, "%s", why)
-                self._alive_failure = why
+    async def _contend(self) -> bool:
+        """Until the key is ours (True) or stop (False)."""
+        checks = await self._liveness.checks()
         sent = self._clock()
         self._session = await self._client.create_session(
             name="marathon-consul-registrar", ttl_seconds=self.settings.ttl_seconds,
@@ -198,14 +192,14 @@ class Leadership:
             sent = self._clock()
             if await self._client.acquire(self.settings.key, self._value, self._session, LOCK_FLAG):
                 self._lease.acknowledged(sent)  # the acquire proves the session alive after `sent`
-                await self._hold()
-                return
+                return True
             # false with no holder: an invalidated session's lock-delay is running (Consul §3)
             self.detail = "standby: lock-delay of the previous holder running"
             lease_from = await self._renew_or_raise(lease_from)
             with contextlib.suppress(Stopped):
                 await self._stop.sleep(self.settings.lock_delay_poll_seconds)
             index = None
+        return False
 
     def _is_predecessor(self, entry: dict[str, Any] | None) -> bool:
         """Does the key name an earlier run of this very instance? Same host name, same advertised
@@ -255,7 +249,7 @@ class Leadership:
         acquired = asyncio.create_task(self._acquired(), name="lock-acquired")
         try:
             done, _ = await asyncio.wait({renew, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if stop in done:
+            if self._stop.is_set():  # also when a client's wait in renew or watch saw it first
                 await self._release()
             for task in done - {stop}:
                 exc = task.exception()
@@ -281,7 +275,9 @@ class Leadership:
             return
         if session is not None:
             try:
-                await asyncio.wait_for(self._client.release(self.settings.key, self._value, session, LOCK_FLAG), 5.0)
+                with farewell():  # sent after the stop signal
+                    await asyncio.wait_for(self._client.release(self.settings.key, self._value, session, LOCK_FLAG),
+                                           5.0)
             except Exception as exc:  # destroying the session releases it anyway
                 log.warning("lock: releasing %s failed (%s)", self.settings.key, exc)
         await self._announce_lost("released on shutdown")
@@ -314,7 +310,7 @@ class Leadership:
             try:
                 alive = await asyncio.wait_for(self._client.renew_session(self._session),
                                                max(0.1, acked + self.settings.ttl_seconds - sent))
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Stopped):
                 raise
             except Exception as exc:
                 if self._clock() - acked >= self.settings.ttl_seconds:
@@ -337,7 +333,7 @@ class Leadership:
             try:
                 index, entry = await self._client.get_key(self.settings.key, index=index,
                                                          wait_seconds=self.settings.watch_wait_seconds)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Stopped):
                 raise
             except Exception as exc:  # the renew loop decides; a flaky read alone loses nothing
                 log.warning("lock: watching %s failed (%s)", self.settings.key, exc)
@@ -374,21 +370,10 @@ class Leadership:
         session, self._session = self._session, None
         if session is not None:
             try:
-                await asyncio.wait_for(self._client.destroy_session(session), 5.0)
+                with farewell():  # also on the way out, after the stop signal
+                    await asyncio.wait_for(self._client.destroy_session(session), 5.0)
             except Exception as exc:  # any failure has the same consequence, said there
                 _log_destroy_failed(session, exc, self.settings.ttl_seconds)
-
-    async def _deregister_alive(self) -> None:
-        """After the session is gone (deregistering first would invalidate it): leave nothing behind."""
-        alive = self.settings.alive
-        if alive is None or not self._alive_registered:
-            return
-        try:
-            await asyncio.wait_for(self._client.deregister_alive(alive.service_id), 5.0)
-            self._alive_registered = False
-        except Exception as exc:  # the agent reaps it a minute after its check turns critical
-            log.warning("lock: could not deregister %s (%s); the agent removes it %gs after its check fails",
-                        alive.service_id, str(exc) or type(exc).__name__, alive.deregister_after_seconds)
 
     def _notify(self, role: Role, reason: str) -> None:
         if self._on_change is not None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_never
@@ -29,7 +29,7 @@ from tenacity.wait import wait_base
 
 from service.backoff import Backoff
 
-__all__ = ["ATTEMPT_GATE", "Backoff", "Cooldown", "Stop", "Stopped", "retry"]
+__all__ = ["ATTEMPT_GATE", "Backoff", "Cooldown", "Stop", "Stopped", "farewell", "retry", "watching"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,26 @@ T = TypeVar("T")
 # call wrapper through the clients' Protocols without the reconcile core knowing the client.
 ATTEMPT_GATE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("attempt_gate",
                                                                                         default=None)
+
+# Set (by `farewell`) for the calls the stop itself makes: releasing the lock, destroying its
+# session, unsubscribing. Those must still go out after the stop signal, so a client's waits do not
+# watch it there (`watching`); the caller bounds them with a timeout of its own instead.
+_FAREWELL: contextvars.ContextVar[bool] = contextvars.ContextVar("farewell", default=False)
+
+
+@contextlib.contextmanager
+def farewell() -> Iterator[None]:
+    """The calls made inside are part of stopping: the clients' waits do not end on stop."""
+    token = _FAREWELL.set(True)
+    try:
+        yield
+    finally:
+        _FAREWELL.reset(token)
+
+
+def watching(stop: Stop | None) -> Stop | None:
+    """The stop signal a client's wait watches now: `stop`, except inside `farewell()`."""
+    return None if _FAREWELL.get() else stop
 
 
 class Stopped(Exception):
@@ -72,6 +92,24 @@ class Stop:
             async with asyncio.timeout(seconds):
                 await self._event.wait()
             raise Stopped()
+
+    async def race(self, aw: Awaitable[T]) -> T:
+        """The result of `aw`; when stop is (or becomes) set first, `aw` is cancelled and `Stopped`
+        raised at once. For a wait that is not ours to shorten: a blocking query, a call in flight."""
+        if self._event.is_set():
+            raise Stopped()
+        work = asyncio.ensure_future(aw)
+        stopped = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled() and self._event.is_set():
+            raise Stopped()
+        return work.result()
 
     async def wait_event(self, event: asyncio.Event, seconds: float | None) -> None:
         """Until `event` is set or `seconds` passed; `Stopped` at once on stop."""

@@ -42,7 +42,7 @@ from service.errors import (
     target_unwell,
 )
 from service.metrics import Metrics
-from service.retry import ATTEMPT_GATE, Cooldown, Stop, retry
+from service.retry import ATTEMPT_GATE, Cooldown, Stop, retry, watching
 
 T = TypeVar("T")
 # The agent's back-off while it answers RETRY: short, since the whole key is retried later anyway.
@@ -108,7 +108,7 @@ class ConsulCall:
             return isinstance(exc, ConsulError) and exc.verdict is RETRY and exc.cause not in counted_only
 
         return await retry(lambda: self._attempt(call, fn, counted_only, blocking), policy=self._attempts,
-                           stop=self._stop,
+                           stop=watching(self._stop),
                            retry_on=retryable, on_retry=self._retrying)
 
     def _retrying(self, _attempt: int, _exc: BaseException, _delay: float) -> None:
@@ -117,7 +117,7 @@ class ConsulCall:
     async def _attempt(self, call: str, fn: Callable[[], Awaitable[T]], counted_only: frozenset[str],
                        blocking: bool) -> T:
         cooldown = self.cooldown
-        probe = await cooldown.ready(self._stop, probe=not blocking) if cooldown.cooling else False
+        probe = await cooldown.ready(watching(self._stop), probe=not blocking) if cooldown.cooling else False
         gate = ATTEMPT_GATE.get()
         if gate is not None:
             try:

@@ -54,7 +54,7 @@ from service.errors import (
 )
 from service.errors import consume_exception as consume_exception
 from service.metrics import Metrics
-from service.retry import Cooldown, Stop
+from service.retry import Cooldown, Stop, watching
 
 INSPECT_CONCURRENCY = 16  # per engine; the reference saw 50 concurrent inspects served in ~6 ms
 # One engine's shared back-off while it cannot answer (as an agent's: service.consul.call.CALL_BACKOFF)
@@ -127,7 +127,7 @@ class DockerEngines:
         `json_body` is false; None for an allowed 404 or a status in `allow`) and the headers. Every
         other answer than `expect` is one DockerLookupError naming the slave and the call."""
         cooldown = e.cooldown
-        probe = await cooldown.ready(self._stop) if cooldown.cooling else False
+        probe = await cooldown.ready(watching(self._stop)) if cooldown.cooling else False
         try:
             result = await self._request(e, call, path, allow_404=allow_404, json_body=json_body, method=method,
                                          payload=payload, expect=expect, allow=allow, send_headers=send_headers)

@@ -58,6 +58,7 @@ from service.model import (
     Cidr,
     Container,
 )
+from service.retry import Stop
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,15 @@ class ContainerLookup:
         overlay_cidrs: tuple[Cidr, ...] = DEFAULT_OVERLAY_CIDRS,
         weave_exec: bool = False,
         tls: TLSOptions | None = None,
+        stop: Stop | None = None,
     ) -> None:
+        """`stop`: the process's stop signal, which ends the engines' back-off waits at once."""
         self.url_template = url_template
         self.networks = tuple(networks)
         self.overlay_cidrs = tuple(overlay_cidrs)
         self.weave_exec = weave_exec
         self._metrics = metrics
-        self._docker = DockerEngines(metrics=metrics, timeout=timeout, tls=tls)
+        self._docker = DockerEngines(metrics=metrics, timeout=timeout, tls=tls, stop=stop)
         self._weave = WeaveProxy(self._docker, metrics=metrics, overlay_cidrs=self.overlay_cidrs,
                                  weave_exec=weave_exec)
         self._list_ttl = list_ttl

@@ -56,7 +56,7 @@ from service.errors import (
 from service.marathon.endpoint import Endpoint, MarathonError, Transient
 from service.marathon.redirect import MAX_REDIRECTS, RedirectError, follow, is_redirect
 from service.metrics import Metrics
-from service.retry import Cooldown, Stop, retry
+from service.retry import Cooldown, Stop, retry, watching
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class Masters:
                 index = self._current
                 cooldown = self._cooldowns[index]
                 if cooldown.cooling:
-                    probe = await cooldown.ready(self._stop)
+                    probe = await cooldown.ready(watching(self._stop))
                 result = await self._attempt(call, method, path, index=index, params=params,
                                              headers=headers, data=data, ok_statuses=ok_statuses,
                                              undecoded=undecoded)
@@ -305,7 +305,7 @@ class Masters:
             return result
 
         try:
-            return await retry(attempt, policy=self._backoff, stop=self._stop,
+            return await retry(attempt, policy=self._backoff, stop=watching(self._stop),
                                retry_on=lambda e: isinstance(e, Transient), on_retry=self._before_sleep)
         except Transient as t:
             url = str(self.endpoints[t.endpoint_index].url(path))

@@ -43,6 +43,7 @@ from service.reconcile.work import (
 )
 from service.reconcile.world import Prefetched, WorldReader
 from service.reconcile.writer import ConsulWriter
+from service.retry import Stopped
 
 REASON_CHARS = 500
 
@@ -69,6 +70,8 @@ class AppStep:
             if exc.reported:
                 return Parked(reason=str(exc)[:REASON_CHARS])
             return Retry(remaining=work, reason=str(exc)[:REASON_CHARS])
+        except Stopped:  # the process is stopping: the work is left, not failed
+            raise
         except Exception as exc:  # a bug of ours: the whole work is retried, never lost
             return Retry(remaining=work, reason=str(exc)[:REASON_CHARS])
 

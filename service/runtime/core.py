@@ -104,6 +104,8 @@ class Core:
                     try:
                         await self._resync_once(source)
                         failures = 0
+                    except Stopped:
+                        raise
                     except Exception as exc:
                         failures += 1
                         error = exc

@@ -38,9 +38,10 @@ def lock_for(config: Config, outside: Outside, *, cluster_id: str, serving: bool
                             lock_delay_seconds=config.lock_delay, alive=alive,
                             **({} if serving else {"watch_wait_seconds": 1.0}))
     client = ConsulLockClient(config.lock_agent, token=outside.consul_token, wait_seconds=settings.watch_wait_seconds,
-                              tls=config.consul_tls, metrics=outside.metrics, cooldowns=outside.consul_cooldowns)
+                              tls=config.consul_tls, metrics=outside.metrics, cooldowns=outside.consul_cooldowns,
+                              stop=outside.stop)
     value = holder_value(host=host or socket.gethostname(), port=config.listen_port if serving else 0,
                          version=version())
     leadership = Leadership(client, settings, value=value, on_acquired=on_acquired, on_lost=on_lost,
-                            optional=config.lock is LockMode.AUTO, on_standby=on_standby)
+                            optional=config.lock is LockMode.AUTO, on_standby=on_standby, stop=outside.stop)
     return leadership, client

@@ -22,6 +22,7 @@ from service.marathon.client import MarathonClient
 from service.metrics import Metrics
 from service.reconcile import Reconciler, ReconcileSettings
 from service.reconcile.settings import ttl_floor_for
+from service.retry import Stop
 from service.tokens import TokenFile, TokenSource, static
 
 
@@ -42,20 +43,25 @@ class Outside:
     marathon: MarathonClient
     consul_token: TokenSource  # one source: the lock and the agents rotate together
     consul_cooldowns: AgentCooldowns  # one back-off per agent, for the lock's calls and the registrations'
+    stop: Stop  # the process's stop signal: every client's waits (back-off, retries) end on it
 
     async def close(self) -> None:
         await self.session.close()
 
 
-def connect(config: Config) -> Outside:
+def connect(config: Config, stop: Stop | None = None) -> Outside:
+    """The clients of the start-up stages; `stop` (the process's, else one of its own) reaches every
+    client built from here, so that no back-off or retry wait outlives the stop signal."""
+    stop = stop if stop is not None else Stop()
     metrics = Metrics()
     connector = aiohttp.TCPConnector(ssl=ssl_context(config.marathon_tls, "marathon")) if config.marathon_tls else None
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), connector=connector)
     marathon_token = None
     if config.marathon_token_file:
         marathon_token = TokenFile(config.marathon_token_file, what="marathon token")
-    marathon = MarathonClient(list(config.marathon), session=session, metrics=metrics, token=marathon_token)
-    return Outside(metrics, session, marathon, consul_token(config), AgentCooldowns())
+    marathon = MarathonClient(list(config.marathon), session=session, metrics=metrics, token=marathon_token,
+                              stop=stop)
+    return Outside(metrics, session, marathon, consul_token(config), AgentCooldowns(), stop)
 
 
 @dataclass
@@ -75,9 +81,9 @@ def build_reconciler(config: Config, outside: Outside, *, cluster_id: str | None
     """The reconcile core for this cluster identity, writing only while `may_write()` says so."""
     lookup = ContainerLookup(config.docker, config.networks, metrics=outside.metrics,
                              overlay_cidrs=config.overlay_cidrs, weave_exec=config.weave_exec_lookup,
-                             tls=config.docker_tls)
+                             tls=config.docker_tls, stop=outside.stop)
     agents = ConsulAgents(config.consul, token=outside.consul_token, metrics=outside.metrics, tls=config.consul_tls,
-                          cooldowns=outside.consul_cooldowns)
+                          cooldowns=outside.consul_cooldowns, stop=outside.stop)
     settings = ReconcileSettings(naming=config.naming, name_override=config.allow_name_override,
                                  address_mode=config.address_mode, networks=config.networks,
                                  overlay_cidrs=config.overlay_cidrs,

@@ -54,7 +54,7 @@ class Registrar:
         self._callback_url = config.callback_url if secret is None or config.callback_url is None else \
             f"{config.callback_url.rstrip('/')}/{secret}"
         self.readiness = Readiness()
-        self.outside = connect(config)
+        self.outside = connect(config, self.stop)
         self.face = HttpFace(config, self.outside.metrics, self.readiness, secret)
         self.core: Core | None = None
         self.source: EventSource | None = None

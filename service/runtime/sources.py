@@ -21,7 +21,7 @@ from service.intake import EventIntake
 from service.marathon.events import EventError
 from service.marathon.sse import EventStream
 from service.marathon.subscription import CallbackSubscription
-from service.retry import Stop, retry
+from service.retry import Stop, farewell, retry
 from service.runtime.parts import Outside
 from service.web import Readiness
 
@@ -88,7 +88,8 @@ class Callbacks:
 
     async def close(self) -> None:
         if self._subscribed:
-            await self._subscription.remove()
+            with farewell():  # sent after the stop signal, bounded by its own timeout
+                await self._subscription.remove()
 
 
 class Stream:
