@@ -181,7 +181,9 @@ class EventStream:
         backoff_cap: float = 5.0,
         refusal_cap: float = 30.0,
         stable_after: float | None = None,
+        stop: Stop | None = None,
     ) -> None:
+        """`stop`: the process's stop signal (its reconnect waits end on it), else one of its own."""
         self.client = client
         self.session = session or client.session
         self.metrics = metrics
@@ -199,7 +201,7 @@ class EventStream:
         self.connected = False
         self.connects = 0  # successful connects so far (tests and /ready read it)
         self._index = client.current_index
-        self._stop = Stop()
+        self._stop = stop if stop is not None else Stop()
         self._failures = 0
         self._connected_at: float | None = None
         self._attached = False  # this connection delivered an event_stream_attached

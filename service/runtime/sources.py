@@ -102,7 +102,8 @@ class Stream:
         self._readiness = readiness
         self._resync_now = resync_now
         self._stream = EventStream(outside.marathon, session=outside.session, metrics=outside.metrics,
-                                   on_event=self._on_event, on_connect=self._on_connect, event_types=SSE_EVENT_TYPES)
+                                   on_event=self._on_event, on_connect=self._on_connect, event_types=SSE_EVENT_TYPES,
+                                   stop=outside.stop)
         self._task: asyncio.Task[None] | None = None
 
     async def _on_event(self, obj: dict[str, Any]) -> None:

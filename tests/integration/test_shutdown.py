@@ -29,7 +29,9 @@ from tests.devcluster import sim_inprocess
 from tests.helpers import Process, free_port, http
 
 EXIT_WITHIN = 5.0
-STANDBY_EXIT_WITHIN = 1.5  # nothing of a standby's needs giving back: its exit is the process's own
+# a registrar that does not hold the lock has nothing to give back: its exit is the process's own,
+# never the lock's 2 s stop grace spent waiting for a call or a back-off of its contention
+NOT_HOLDING_EXIT_WITHIN = 1.5
 CLUSTER = "shutdown-test"
 KEY = lock_key(CLUSTER)
 
@@ -163,10 +165,20 @@ async def _sigterm_waiting_for_identity(marathon_url: str, dead: str, *, stalled
 
 
 # ------------------------------------------------------------------ contending for the lock
-@pytest.mark.parametrize("kind", ["refusing", "stalling"])
+@pytest.mark.parametrize("kind", ["refusing", "stalling", "answering 500"])
 async def test_sigterm_while_contending_for_an_unreachable_lock_agent(
         kind: str, request: pytest.FixtureRequest, marathon: sim_inprocess.Served, refusing: str) -> None:
-    agent = request.getfixturevalue(kind)
+    """A stalled call is cut, an agent's back-off (500: up to 2 s) is not waited out."""
+    if kind == "answering 500":
+        async with sim_inprocess.consul() as consul:
+            fault(consul, path="^/v1/", status=500)
+            await _sigterm_contending(consul.urls[0], marathon, refusing, backing_off=True)
+        return
+    await _sigterm_contending(request.getfixturevalue(kind), marathon, refusing, backing_off=False)
+
+
+async def _sigterm_contending(agent: str, marathon: sim_inprocess.Served, refusing: str, *,
+                              backing_off: bool) -> None:
     reg = Registrar("--marathon", marathon.urls[0], "--consul", agent, "--docker", refusing.replace("http", "tcp"),
                     "--lock", "on", "--cluster-id", CLUSTER, "--events", "sse", name="contending")
 
@@ -174,7 +186,10 @@ async def test_sigterm_while_contending_for_an_unreachable_lock_agent(
         return any("contending" in r for r in await reg.reasons())
 
     await reg.until("contending for the lock", contending)
-    await reg.terminate()
+    if backing_off:
+        await asyncio.sleep(2.0)  # the agent's back-off has grown to its 2 s cap
+    took = await reg.terminate()
+    assert took < NOT_HOLDING_EXIT_WITHIN, f"a contender took {took:.2f}s to exit after SIGTERM"
 
 
 # ------------------------------------------------------------------ standby
@@ -192,9 +207,8 @@ async def test_sigterm_as_a_standby(marathon: sim_inprocess.Served, consul: sim_
     await reg.until("standby", standby)
     took = await reg.terminate()
     assert await key_holder(consul.urls[0]) == other  # a standby leaves the holder's key alone
-    # its blocking watch of the key (7.5 s with the default TTL) is cut at once, not waited out
-    # for the lock's 2 s stop grace
-    assert took < STANDBY_EXIT_WITHIN, f"a standby took {took:.2f}s to exit after SIGTERM"
+    # its blocking watch of the key (7.5 s with the default TTL) is cut at once
+    assert took < NOT_HOLDING_EXIT_WITHIN, f"a standby took {took:.2f}s to exit after SIGTERM"
 
 
 # ------------------------------------------------------------------ picking the event transport

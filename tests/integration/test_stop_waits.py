@@ -5,10 +5,10 @@ reconcile core's clients and the lock's (`build_reconciler`, `lock_for`).
 Each row puts one client in a back-off window of 10 s (a Consul agent or a Docker engine answering
 500, a Marathon master answering 503, through the real client libraries against the in-process
 simulators), sets the stop signal while a call waits in it, and asserts the call ends with
-`Stopped` within a second. Before the stop reached the clients, each waited its window out: the
-lock's loop then held the stop for its whole grace period, and a worker kept calling a failing
-target until it was cancelled. A call made as part of stopping (`farewell`: the lock's release,
-the callbacks' unsubscription) still goes out after the signal.
+`Stopped` within a second; the event stream's reconnect wait likewise. Before the stop reached the
+clients, each waited its window out: the lock's loop then held the stop for its whole grace period,
+and a worker kept calling a failing target until it was cancelled. A call made as part of stopping
+(`farewell`: the lock's release, the callbacks' unsubscription) still goes out after the signal.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aiohttp import web
 import service.consul.call as consul_call
 import service.docker.engine as docker_engine
 import service.marathon.masters as masters
+import service.marathon.sse as sse
 from devcluster import faults as faults_module
 from devcluster.docker_sim import start as start_docker
 from devcluster.docker_sim import stop as stop_docker
@@ -33,10 +34,13 @@ from devcluster.faults import Faults
 from service import cli
 from service.backoff import Backoff
 from service.config import config_from_args
+from service.intake import EventIntake
 from service.model import Registration
 from service.retry import Stop, Stopped, farewell
 from service.runtime.lock import lock_for
 from service.runtime.parts import Outside, ReconcileParts, build_reconciler, connect
+from service.runtime.sources import Stream
+from service.web import Readiness
 from tests.integration.test_error_contract import AGENT_A, ENGINE, LIST, consul_agents, fault, marathon_sim
 
 WINDOW = 10.0  # every back-off in these tests: far longer than the stop may take
@@ -178,3 +182,31 @@ async def test_a_call_made_as_part_of_stopping_still_goes_out_after_the_signal()
         with farewell():
             await b.parts.agents.agent(AGENT_A).register(REG)
             assert list(await b.parts.agents.agent(AGENT_A).owned()) == [REG.service_id]
+
+
+async def test_stop_ends_the_event_streams_reconnect_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event source as `serve` starts it (`runtime.sources.Stream`), reconnecting to a master
+    that answers 503: its back-off ends on the process's stop, not only when the source is closed."""
+    monkeypatch.setattr(sse, "Backoff", lambda **kw: Backoff(**{**kw, "initial": WINDOW, "cap": WINDOW,
+                                                                 "uniform": top}))
+    called = asyncio.Event()
+    pick = Faults.pick
+
+    def recording_pick(self: Faults, request: web.Request) -> faults_module.Rule | None:
+        if request.path == "/v2/events":
+            called.set()
+        return pick(self, request)
+
+    monkeypatch.setattr(Faults, "pick", recording_pick)
+    async with marathon_sim() as url:
+        await fault(url, {"path": "^/v2/events$", "status": 503, "duration": 60})
+        async with built("--marathon", url) as b:
+            source = Stream(b.outside, EventIntake(None, b.outside.metrics), Readiness(), lambda: None)
+            await source.start(b.stop)
+            assert source._task is not None
+            await asyncio.wait_for(called.wait(), 5.0)
+            await asyncio.sleep(0.3)  # refused, it waits out the 10 s back-off now
+            assert not source._task.done()
+            b.stop.set()
+            await asyncio.wait_for(asyncio.shield(source._task), ENDS_WITHIN)  # run() returns: stopped
+            await source.close()
