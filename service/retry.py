@@ -96,9 +96,11 @@ class Stop:
     async def race(self, aw: Awaitable[T]) -> T:
         """The result of `aw`; when stop is (or becomes) set first, `aw` is cancelled and `Stopped`
         raised at once. For a wait that is not ours to shorten: a blocking query, a call in flight."""
-        if self._event.is_set():
-            raise Stopped()
         work = asyncio.ensure_future(aw)
+        if self._event.is_set():
+            work.cancel()  # before its first step: nothing of it runs
+            await asyncio.gather(work, return_exceptions=True)
+            raise Stopped()
         stopped = asyncio.ensure_future(self._event.wait())
         try:
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)

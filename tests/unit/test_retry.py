@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service.backoff import Backoff
-from service.retry import Cooldown, Stop, Stopped, retry
+from service.retry import Cooldown, Stop, Stopped, farewell, retry, watching
 
 
 def top(_lo: float, hi: float) -> float:
@@ -127,6 +127,35 @@ async def test_stop_sleep_returns_after_the_time_and_raises_on_stop() -> None:
         await waiter
     assert time.perf_counter() - started < 0.05
     await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def test_stop_race_gives_the_result_or_cuts_the_wait_at_once() -> None:
+    """A wait that is not ours to shorten (a blocking query) is cancelled on stop: `Stopped`."""
+    stop = Stop()
+    assert await stop.race(asyncio.sleep(0.001, result="answered")) == "answered"
+    blocking = asyncio.ensure_future(asyncio.sleep(60.0))
+    racing = asyncio.create_task(stop.race(blocking))
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    stop.set()
+    with pytest.raises(Stopped):
+        await racing
+    assert time.perf_counter() - started < 0.05
+    assert blocking.cancelled()  # nothing of it runs on after the stop
+    with pytest.raises(Stopped):  # a stop already set starts nothing
+        await stop.race(asyncio.sleep(0))
+
+
+async def test_a_call_made_as_part_of_stopping_does_not_watch_the_stop() -> None:
+    """The lock's release, the callbacks' unsubscription: they go out after the signal."""
+    stop = Stop()
+    stop.set()
+    assert watching(stop) is stop
+    with farewell():
+        assert watching(stop) is None
+        assert await asyncio.wait_for(retry(lambda: asyncio.sleep(0, result=1), policy=Backoff(initial=0.1, cap=0.1),
+                                            stop=watching(stop), retry_on=lambda _: True), 1.0) == 1
+    assert watching(stop) is stop
 
 
 class Clock:
