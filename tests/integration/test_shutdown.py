@@ -127,6 +127,12 @@ async def key_holder(consul_url: str) -> str | None:
         return entry.get("Session")
 
 
+async def session_alive(consul_url: str, session: str) -> bool:
+    """Does the agent still know the session? (A writer destroys its own on the way out.)"""
+    async with aiohttp.ClientSession() as s, s.get(f"{consul_url}/v1/session/info/{session}") as resp:
+        return bool(await resp.json())
+
+
 async def hold_lock(consul_url: str) -> str:
     """Another instance holds the lock: a session of ours acquires the key."""
     async with aiohttp.ClientSession() as s:
@@ -253,19 +259,23 @@ async def test_sigterm_while_subscribing_callbacks(kind: str, request: pytest.Fi
 async def test_sigterm_during_the_first_resync_releases_the_lock(marathon: sim_inprocess.Served,
                                                                  consul: sim_inprocess.Served,
                                                                  refusing: str) -> None:
-    """The new writer's first resync stalls on Marathon's app list: the lock is held meanwhile."""
+    """The new writer's first resync stalls on Marathon's app list: the lock is held meanwhile.
+    No liveness check (--lock-check-interval 0), so only the writer's destroy ends its session."""
     fault(marathon, path="^/v2/apps$", mode="slow", delay=30)
     reg = Registrar("--marathon", marathon.urls[0], "--consul", consul.urls[0], "--docker",
                     refusing.replace("http", "tcp"), "--lock", "on", "--cluster-id", CLUSTER, "--events", "sse",
-                    name="first-resync")
+                    "--lock-check-interval", "0", name="first-resync")
 
     async def resyncing() -> bool:
         return (await reg.reasons() == ["first resync not finished yet"]
                 and await key_holder(consul.urls[0]) is not None)
 
     await reg.until("the first resync, holding the lock", resyncing)
+    held = await key_holder(consul.urls[0])
+    assert held is not None
     await reg.terminate()
     assert await key_holder(consul.urls[0]) is None
+    assert not await session_alive(consul.urls[0], held)  # released, then destroyed
 
 
 async def test_sigterm_while_serving_releases_the_lock(marathon: sim_inprocess.Served,
@@ -280,5 +290,8 @@ async def test_sigterm_while_serving_releases_the_lock(marathon: sim_inprocess.S
             return (await reg.get("/ready"))[0] == 200 and await key_holder(consul.urls[0]) is not None
 
         await reg.until("serving, holding the lock", serving)
+        held = await key_holder(consul.urls[0])
+        assert held is not None
         await reg.terminate()
     assert await key_holder(consul.urls[0]) is None
+    assert not await session_alive(consul.urls[0], held)  # released, then destroyed
