@@ -2,8 +2,9 @@
 
 The recipe (Consul's own, hashicorp/consul `api/lock.go`), the liveness registration its session is
 bound to, the write gate and why two writers never overlap are docs/architecture.md §3.1; the
-gate's arithmetic is `service.lease`, the Consul calls `service.consul.lock`, behind the
-`SessionKV` interface of `service.clients`.
+gate's arithmetic is `service.lease`, the liveness registration `service.liveness`, the Consul
+calls `service.consul.lock`, behind the `SessionKV` interface of `service.clients`. Contending
+ends at once on stop (`Stop.race`); holding ends by releasing the key, then destroying the session.
 """
 
 from __future__ import annotations
