@@ -9,6 +9,7 @@ and `service.consul` import it, it imports nothing of ours.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Hashable, Iterable, Mapping
 from enum import StrEnum
 from typing import TypeVar
@@ -60,8 +61,11 @@ def shared(value: _Shared) -> _Shared:
 
 
 def shared_meta(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """Sorted Meta pairs, each shared (`shared`) unless its value is this registration's own."""
-    return tuple(sorted(p if p[0] in _OWN_VALUE else shared(p) for p in pairs))
+    """Sorted Meta pairs, each shared (`shared`) unless its value is this registration's own; an own
+    value (a task id) is interned, as Marathon's task ids are when parsed, so a resync's fresh copy
+    of a task id is the ledger's string and goes at once (issue 20)."""
+    return tuple(sorted(((p[0], sys.intern(p[1])) if type(p[1]) is str else p) if p[0] in _OWN_VALUE else shared(p)
+                        for p in pairs))
 
 
 def ownership_meta(*, app_id: str, task_id: str, host: str, port_index: int,

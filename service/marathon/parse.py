@@ -282,7 +282,7 @@ def task_from_json(obj: Mapping[str, Any], *, app_id: str | None = None) -> Task
     """
     task = _obj(obj, "", "task")
     key = "taskId" if "taskId" in task and "id" not in task else "id"
-    task_id = _get(task, key, str, "task", key)
+    task_id = sys.intern(_get(task, key, str, "task", key))
     ctx = f"task {task_id!r}"
     state_key = "taskStatus" if "taskStatus" in task and "state" not in task else "state"
     resolved_app = _get(task, "appId", str, ctx, "appId", None) or app_id

@@ -76,9 +76,14 @@ class Resync:
 
     async def _repair(self, drift: Drift, world: World) -> None:
         """Schedule a whole-app repair per app with drift, and wait for each one's first run."""
+        # only the apps to repair: a map for every app was ~1,000 small dicts on the resync's heap
+        # peak at 10,000 tasks, which the idle process keeps (issue 20)
+        repaired = drift.apps_to_repair
         owned_by_app: dict[str, dict[str, OwnedService]] = {}
         for sid, have in world.owned.items():
-            owned_by_app.setdefault(have.registration.app_id, {})[sid] = have
+            app_id = have.registration.app_id
+            if app_id in repaired:
+                owned_by_app.setdefault(app_id, {})[sid] = have
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[bool]] = []
         for app_id in sorted(drift.apps_to_repair):
